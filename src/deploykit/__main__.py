@@ -1,0 +1,5 @@
+"""Allow ``python -m deploykit``."""
+
+from deploykit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,247 @@
+"""The command line: parse, call the core, print. Decisions live in the core modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from deploykit import __version__, inventory, lab, runner
+from deploykit.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, DeploykitError
+from deploykit.project import project_root
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _inventory_path(arg: str | None, root: Path) -> Path:
+    return Path(arg).resolve() if arg else lab.inventory_file(root)
+
+
+def _parse_extra_vars(pairs: Sequence[str]) -> dict[str, str]:
+    extra: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"deploykit: -e expects KEY=VALUE, got {pair!r}")
+        extra[key] = value
+    return extra
+
+
+# --- lab ------------------------------------------------------------------------------------
+
+
+def cmd_lab_up(args: argparse.Namespace) -> int:
+    spec = lab.LabSpec(app_clones=args.app_clones, profile=args.profile, subnet=args.subnet)
+    result = lab.up(spec, root=project_root(), log=console.print)
+    if args.json:
+        out.print_json(json.dumps(result.to_dict()))
+    else:
+        _print_lab_hosts(result.hosts)
+        console.print(f"inventory: {result.inventory}")
+        console.print("next: [bold]ansible all -m ping[/bold]   (from the repository root)")
+    return EXIT_OK
+
+
+def cmd_lab_down(args: argparse.Namespace) -> int:
+    removed = lab.down(root=project_root(), log=console.print)
+    if args.json:
+        out.print_json(json.dumps(removed))
+    return EXIT_OK
+
+
+def cmd_lab_status(args: argparse.Namespace) -> int:
+    hosts = lab.status(root=project_root())
+    if args.json:
+        out.print_json(json.dumps([h.to_dict() for h in hosts]))
+    elif not hosts:
+        console.print("no lab: run [bold]deploykit lab up[/bold]")
+    else:
+        _print_lab_hosts(hosts)
+    return EXIT_OK
+
+
+def cmd_lab_image(args: argparse.Namespace) -> int:
+    tag = lab.ensure_image(log=console.print, rebuild=args.rebuild)
+    out.print(tag)
+    return EXIT_OK
+
+
+def _print_lab_hosts(hosts: Sequence[lab.LabHost]) -> None:
+    table = Table(title="lab hosts")
+    for column in ("host", "groups", "address", "container", "ssh"):
+        table.add_column(column)
+    for host in hosts:
+        table.add_row(
+            host.name,
+            ",".join(host.groups),
+            host.address,
+            host.state,
+            "[green]up[/green]" if host.ssh_up else "[red]down[/red]",
+        )
+    out.print(table)
+
+
+# --- check, run, up -------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    root = project_root()
+    path = _inventory_path(args.inventory, root)
+    problems = inventory.validate_inventory(path, roles_dir=root / "roles")
+    if args.json:
+        out.print_json(json.dumps({"inventory": str(path), "problems": [str(p) for p in problems]}))
+    else:
+        for problem in problems:
+            out.print(str(problem), markup=False, highlight=False)
+        if not problems:
+            console.print(f"inventory OK: {path}")
+    return EXIT_BAD_INPUT if problems else EXIT_OK
+
+
+def _run(playbook: str, args: argparse.Namespace, extravars: dict[str, str] | None = None) -> int:
+    root = project_root()
+    path = _inventory_path(args.inventory, root)
+    problems = inventory.validate_inventory(path, roles_dir=root / "roles")
+    if problems:
+        for problem in problems:
+            console.print(str(problem), markup=False, highlight=False)
+        console.print(f"{len(problems)} problem(s) in {path}: nothing was run")
+        return EXIT_BAD_INPUT
+    sink: runner.EventSink = (
+        runner.JsonLinesSink(sys.stdout) if args.json else runner.ProgressDisplay(console)
+    )
+    result = runner.run_playbook(
+        playbook,
+        root=root,
+        inventory=path,
+        extravars=extravars,
+        limit=getattr(args, "limit", None),
+        tags=getattr(args, "tags", None),
+        vault_password_file=getattr(args, "vault_password_file", None),
+        on_event=sink,
+    )
+    sink.close(result)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run(args.playbook, args, _parse_extra_vars(args.extra_vars))
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    return _run("site.yml", args, _parse_extra_vars(args.extra_vars))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """From nothing to a converged stack on the lab."""
+    root = project_root()
+    spec = lab.LabSpec(app_clones=args.app_clones, profile=args.profile, subnet=args.subnet)
+    result = lab.up(spec, root=root, log=console.print)
+    _print_lab_hosts(result.hosts)
+    args.inventory = str(result.inventory)
+    rc = _run("site.yml", args)
+    if rc == EXIT_OK:
+        console.print(f"[green]the lab is up and converged[/green]: inventory {result.inventory}")
+    return rc
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    return cmd_lab_down(args)
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+
+def _add_lab_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--app-clones", type=int, default=None, metavar="N",
+        help="number of app clones (default: 3 for the full profile, 1 for small)",
+    )
+    parser.add_argument(
+        "--profile", choices=sorted(lab.PROFILES), default="full",
+        help="full: lb, app1..N, worker1, cache1, db1, queue1; small: everything on two hosts",
+    )
+    parser.add_argument(
+        "--subnet", default=lab.DEFAULT_SUBNET,
+        help=f"the lab network's IPv4 subnet (default {lab.DEFAULT_SUBNET})",
+    )
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", "--inventory", help="inventory file (default: the lab's)")
+    parser.add_argument("-l", "--limit", help="limit to these hosts or groups")
+    parser.add_argument("-t", "--tags", help="only tasks with these tags (comma-separated)")
+    parser.add_argument(
+        "-e", "--extra-vars", action="append", default=[], metavar="KEY=VALUE",
+        help="extra variable (repeatable)",
+    )
+    parser.add_argument("--vault-password-file", type=Path, help="file holding the vault password")
+    parser.add_argument("--json", action="store_true", help="print events and recap as JSON lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deploykit",
+        description="Build the scalable web stack with Ansible and roll releases onto it.",
+    )
+    parser.add_argument("--version", action="version", version=f"deploykit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="create the lab and converge site.yml on it")
+    _add_lab_options(up)
+    _add_run_options(up)
+    up.set_defaults(func=cmd_up)
+
+    down = commands.add_parser("down", help="remove the lab and everything it generated")
+    down.add_argument("--json", action="store_true")
+    down.set_defaults(func=cmd_down)
+
+    lab_parser = commands.add_parser("lab", help="the lab of Debian 12 hosts in Docker")
+    lab_commands = lab_parser.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
+    lab_up = lab_commands.add_parser("up", help="create (or keep) the lab's hosts and inventory")
+    _add_lab_options(lab_up)
+    lab_up.add_argument("--json", action="store_true")
+    lab_up.set_defaults(func=cmd_lab_up)
+    lab_down = lab_commands.add_parser("down", help="remove containers, network, keys, inventory")
+    lab_down.add_argument("--json", action="store_true")
+    lab_down.set_defaults(func=cmd_lab_down)
+    lab_status = lab_commands.add_parser("status", help="show the lab's hosts")
+    lab_status.add_argument("--json", action="store_true")
+    lab_status.set_defaults(func=cmd_lab_status)
+    lab_image = lab_commands.add_parser("image", help="build (or find) the base image; print it")
+    lab_image.add_argument("--rebuild", action="store_true", help="build even if it exists")
+    lab_image.set_defaults(func=cmd_lab_image)
+
+    check = commands.add_parser("check", help="validate an inventory; nothing is contacted")
+    check.add_argument("-i", "--inventory", help="inventory file (default: the lab's)")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=cmd_check)
+
+    provision = commands.add_parser("provision", help="converge site.yml on the inventory")
+    _add_run_options(provision)
+    provision.set_defaults(func=cmd_provision)
+
+    run = commands.add_parser("run", help="run one playbook of this project")
+    run.add_argument("playbook", help="path relative to the project, e.g. playbooks/common.yml")
+    _add_run_options(run)
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rc: int = args.func(args)
+    except DeploykitError as error:
+        console.print(f"[red]error:[/red] {error}", highlight=False)
+        return error.exit_code
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return EXIT_FAILED
+    return rc

@@ -1,0 +1,692 @@
+"""The lab: real Debian 12 hosts as Docker containers booted with systemd, reached over SSH.
+
+The lab exists so that every role and every deploy is exercised the way it runs on real servers:
+systemd as PID 1, sshd with its own host keys, Ansible connecting over SSH with a key pair that
+deploykit generates and a known_hosts file it writes (host keys are checked, not ignored).
+
+No registry is needed: the base image is built offline with debootstrap from Debian's mirror, tagged
+with a hash of its recipe, and reused until the recipe changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from deploykit.errors import BadInput, LabError
+from deploykit.project import lab_inventory_dir, project_root
+
+Log = Callable[[str], object]
+
+NETWORK_NAME = "deploykit-lab"
+CONTAINER_PREFIX = "deploykit-lab-"
+DEFAULT_SUBNET = "172.30.99.0/24"
+LABEL = "io.deploykit.lab"
+IMAGE_REPOSITORY = "deploykit/debian"
+# The alias molecule scenarios use; always points at the image of the current recipe.
+IMAGE_ALIAS = f"{IMAGE_REPOSITORY}:12"
+PROFILES = {"full": 3, "small": 1}  # profile -> default number of app clones
+MAX_APP_CLONES = 100
+
+# --- the base image recipe: anything that changes the image belongs here (it is hashed) --------
+
+IMAGE_RECIPE: dict[str, Any] = {
+    "suite": "bookworm",
+    "variant": "minbase",
+    "packages": [
+        "python3", "python3-venv", "python3-apt", "systemd", "systemd-sysv", "dbus",
+        "openssh-server", "sudo", "iproute2", "procps", "ca-certificates",
+    ],
+    "sources": [
+        "deb {mirror} bookworm main",
+        "deb {mirror} bookworm-updates main",
+        "deb {security} bookworm-security main",
+    ],
+    # Bumped whenever _configure_rootfs changes what it writes.
+    "post_config": 2,
+}
+MIRROR = os.environ.get("DEPLOYKIT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+SECURITY_MIRROR = os.environ.get(
+    "DEPLOYKIT_DEBIAN_SECURITY_MIRROR", "http://deb.debian.org/debian-security"
+)
+
+# systemd boots as PID 1 with these (measured in ../shared/LAB-NOTES.md; --privileged fails here).
+_CAPABILITIES = ["SYS_ADMIN", "NET_ADMIN"]
+_SECURITY_OPTS = ["seccomp=unconfined", "apparmor=unconfined"]
+_TMPFS = {"/run": "", "/run/lock": "", "/tmp": ""}  # noqa: S108 - mount points inside the container
+
+# A unit baked into the image: each container makes its own SSH host keys at first boot, so no
+# two lab hosts share a key (the image's keys are deleted when it is built).
+_HOSTKEY_UNIT = """\
+[Unit]
+Description=Generate this host's own SSH host keys (deploykit lab)
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+"""
+_SSHD_CONFIG = """\
+# deploykit lab: key-only root login, as on a hardened real server.
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+"""
+
+
+def image_tag() -> str:
+    digest = hashlib.sha256(json.dumps(IMAGE_RECIPE, sort_keys=True).encode()).hexdigest()
+    return f"{IMAGE_REPOSITORY}:12-{digest[:12]}"
+
+
+# --- the topology -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """One lab host as planned: its name, inventory groups and fixed address."""
+
+    name: str
+    groups: tuple[str, ...]
+    address: str
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    """What `deploykit lab up` builds. ``app_clones`` None means the profile's default."""
+
+    app_clones: int | None = None
+    profile: str = "full"
+    subnet: str = DEFAULT_SUBNET
+
+    def network(self) -> ipaddress.IPv4Network:
+        try:
+            net = ipaddress.ip_network(self.subnet)
+        except ValueError as error:
+            raise BadInput(f"--subnet {self.subnet!r}: {error}; give an IPv4 network such as "
+                           f"{DEFAULT_SUBNET}") from None
+        if not isinstance(net, ipaddress.IPv4Network) or net.num_addresses < 256:
+            raise BadInput(f"--subnet {self.subnet!r}: give an IPv4 network of /24 or larger "
+                           f"such as {DEFAULT_SUBNET}")
+        return net
+
+    def hosts(self) -> list[HostPlan]:
+        """The hosts, with addresses in fixed blocks so that changing the number of clones never
+        renumbers another host: services at .10-.19, app clones from .20 on."""
+        if self.profile not in PROFILES:
+            raise BadInput(f"--profile {self.profile!r}: choose one of {', '.join(PROFILES)}")
+        clones = PROFILES[self.profile] if self.app_clones is None else self.app_clones
+        if not 1 <= clones <= MAX_APP_CLONES:
+            raise BadInput(f"--app-clones {clones}: give a number from 1 to {MAX_APP_CLONES}")
+        base = self.network().network_address
+
+        def at(offset: int) -> str:
+            return str(base + offset)
+
+        if self.profile == "small":
+            # Everything but the balancer and the clones shares one host: roles must not assume
+            # they are alone on a host (../shared/ARCHITECTURE.md, Topology).
+            services = [HostPlan("lb1", ("lb",), at(10)),
+                        HostPlan("backend1", ("worker", "cache", "docstore", "queue"), at(11))]
+        else:
+            services = [
+                HostPlan("lb1", ("lb",), at(10)),
+                HostPlan("cache1", ("cache",), at(11)),
+                HostPlan("db1", ("docstore",), at(12)),
+                HostPlan("queue1", ("queue",), at(13)),
+                HostPlan("worker1", ("worker",), at(14)),
+            ]
+        clones_plan = [HostPlan(f"app{i}", ("app",), at(19 + i)) for i in range(1, clones + 1)]
+        return services[:1] + clones_plan + services[1:]
+
+
+@dataclass
+class LabHost:
+    """A lab host as it is: what `lab status` shows."""
+
+    name: str
+    groups: list[str]
+    address: str
+    state: str
+    ssh_up: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LabUpResult:
+    hosts: list[LabHost]
+    inventory: Path
+    image: str
+    created: list[str] = field(default_factory=list)
+    changed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hosts": [h.to_dict() for h in self.hosts],
+            "inventory": str(self.inventory),
+            "image": self.image,
+            "created": self.created,
+            "changed": self.changed,
+        }
+
+
+# --- generated files ----------------------------------------------------------------------------
+
+
+def inventory_file(root: Path | None = None) -> Path:
+    return lab_inventory_dir(root) / "hosts.yml"
+
+
+def _ssh_dir(root: Path | None) -> Path:
+    return lab_inventory_dir(root) / ".ssh"
+
+
+def ensure_key_pair(ssh_dir: Path) -> tuple[Path, str]:
+    """The lab's SSH key pair (ed25519), generated once; returns the private key path and the
+    public key line."""
+    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private = ssh_dir / "id_ed25519"
+    public = ssh_dir / "id_ed25519.pub"
+    if not private.exists():
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+        pub = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        public.write_text(pub.decode() + " deploykit-lab\n")
+    return private, public.read_text().strip()
+
+
+def render_inventory(plans: Iterable[HostPlan], *, private_key: Path, known_hosts: Path) -> str:
+    """inventories/lab/hosts.yml: every host once under all.hosts (its address), and each group
+    listing its members, so a host in several groups (the small profile) is defined once."""
+    plans = list(plans)
+    groups: dict[str, dict[str, dict[str, None]]] = {}
+    for plan in plans:
+        for group in plan.groups:
+            groups.setdefault(group, {"hosts": {}})["hosts"][plan.name] = None
+    ssh_args = f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes"
+    document = {
+        "all": {
+            "vars": {
+                "ansible_user": "root",
+                "ansible_ssh_private_key_file": str(private_key),
+                "ansible_ssh_common_args": ssh_args,
+            },
+            "hosts": {
+                p.name: {"ansible_host": p.address, "deploykit_private_address": p.address}
+                for p in plans
+            },
+            "children": dict(sorted(groups.items())),
+        }
+    }
+    header = (
+        "# Written by `deploykit lab up`; removed by `deploykit lab down`. Do not edit: it is\n"
+        "# rewritten. Real servers: see inventories/production/.\n"
+    )
+    return header + yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+
+
+def _write_if_changed(path: Path, content: str, mode: int = 0o644) -> bool:
+    if path.exists() and path.read_text() == content:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(content)
+    tmp.chmod(mode)
+    tmp.replace(path)
+    return True
+
+
+# --- the Docker engine --------------------------------------------------------------------------
+
+ENGINE_HINT = (
+    "install and start Debian's engine: apt-get install -y docker.io && "
+    "(dockerd >/var/log/dockerd.log 2>&1 &)  — or run scripts/ensure-docker-engine"
+)
+
+
+def docker_client() -> Any:
+    """A client for a running engine, or a LabError that says how to start one."""
+    import docker  # imported late: `deploykit check` must not need an engine
+    from docker.errors import DockerException
+
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except DockerException as error:
+        reason = str(error).splitlines()[0][:160]
+        raise LabError(f"no Docker engine answers ({reason})", hint=ENGINE_HINT) from None
+    return client
+
+
+# --- the base image -----------------------------------------------------------------------------
+
+
+def ensure_image(log: Log = print, *, rebuild: bool = False, client: Any = None) -> str:
+    """The base image for the current recipe: found, or built offline with debootstrap."""
+    from docker.errors import ImageNotFound
+
+    client = client or docker_client()
+    tag = image_tag()
+    if not rebuild:
+        try:
+            client.images.get(tag)
+            _alias(client, tag)
+            return tag
+        except ImageNotFound:
+            pass
+    _check_can_debootstrap()
+    log(f"building the lab's base image {tag} offline with debootstrap (about a minute)")
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="deploykit-rootfs-", dir="/var/tmp"))  # noqa: S108
+    rootfs = workdir / "rootfs"
+    try:
+        _debootstrap(rootfs)
+        _configure_rootfs(rootfs)
+        _import(rootfs, tag)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    _alias(client, tag)
+    log(f"built {tag} in {time.monotonic() - started:.0f} s")
+    return tag
+
+
+def _alias(client: Any, tag: str) -> None:
+    repository, _, version = IMAGE_ALIAS.partition(":")
+    image = client.images.get(tag)
+    if IMAGE_ALIAS not in image.tags:
+        image.tag(repository, version)
+
+
+def _check_can_debootstrap() -> None:
+    if os.geteuid() != 0:
+        raise LabError(
+            "building the lab's base image needs root (debootstrap creates device nodes and "
+            "chroots)",
+            hint="run `deploykit lab up` as root, or have root run `deploykit lab image` once",
+        )
+    if shutil.which("debootstrap") is None:
+        raise LabError(
+            "debootstrap is not installed; it builds the lab's base image offline",
+            hint="apt-get install -y debootstrap",
+        )
+
+
+def _debootstrap(rootfs: Path) -> None:
+    command = [
+        "debootstrap",
+        f"--variant={IMAGE_RECIPE['variant']}",
+        "--include=" + ",".join(IMAGE_RECIPE["packages"]),
+        IMAGE_RECIPE["suite"],
+        str(rootfs),
+        MIRROR,
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = "\n    ".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise LabError(
+            f"debootstrap failed (exit {proc.returncode}):\n    {tail}",
+            hint=f"check that {MIRROR} is reachable (set DEPLOYKIT_DEBIAN_MIRROR for a local "
+            "mirror) and that /var/tmp has 500 MB free",
+        )
+
+
+def _configure_rootfs(rootfs: Path) -> None:
+    """What debootstrap leaves that a fleet of containers must not share, and lab conveniences."""
+    sources = "\n".join(IMAGE_RECIPE["sources"]).format(mirror=MIRROR, security=SECURITY_MIRROR)
+    (rootfs / "etc/apt/sources.list").write_text(sources + "\n")
+    for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    # Empty machine-id: systemd makes a fresh one at each container's first boot.
+    (rootfs / "etc/machine-id").write_text("")
+    dbus_id = rootfs / "var/lib/dbus/machine-id"
+    if dbus_id.is_file() or dbus_id.is_symlink():
+        dbus_id.unlink()
+    unit = rootfs / "etc/systemd/system/deploykit-ssh-hostkeys.service"
+    unit.write_text(_HOSTKEY_UNIT)
+    wants = rootfs / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / unit.name
+    if not link.is_symlink():
+        link.symlink_to(f"/etc/systemd/system/{unit.name}")
+    (rootfs / "etc/ssh/sshd_config.d/deploykit-lab.conf").write_text(_SSHD_CONFIG)
+    root_ssh = rootfs / "root/.ssh"
+    root_ssh.mkdir(mode=0o700, exist_ok=True)
+    # apt's lists and archives are rebuilt by the first `apt-get update`; they only bloat the image.
+    shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
+    (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
+
+
+def _import(rootfs: Path, tag: str) -> None:
+    tar = subprocess.Popen(
+        ["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE
+    )
+    importer = subprocess.run(
+        ["docker", "import",
+         "-c", 'CMD ["/lib/systemd/systemd"]',
+         "-c", "ENV container=docker",
+         "-c", f"LABEL {LABEL}.recipe={tag}",
+         "-", tag],
+        stdin=tar.stdout, capture_output=True, text=True, check=False,
+    )
+    if tar.stdout is not None:
+        tar.stdout.close()
+    tar.wait()
+    if importer.returncode != 0 or tar.returncode != 0:
+        raise LabError(f"docker import of the base image failed: {importer.stderr.strip()}")
+
+
+# --- network and containers ---------------------------------------------------------------------
+
+
+def _ensure_network(client: Any, net: ipaddress.IPv4Network, log: Log) -> bool:
+    """The lab's bridge network with its fixed subnet; refuses a subnet something else uses."""
+    ours = None
+    for network in client.networks.list():
+        configs = (network.attrs.get("IPAM") or {}).get("Config") or []
+        subnets = [c["Subnet"] for c in configs if "Subnet" in c]
+        if network.name == NETWORK_NAME:
+            ours = (network, subnets)
+            continue
+        for subnet in subnets:
+            other = ipaddress.ip_network(subnet)
+            if other.version == 4 and other.overlaps(net):
+                raise LabError(
+                    f"subnet {net} is already taken: Docker network {network.name!r} uses "
+                    f"{subnet}",
+                    hint="choose a free one with --subnet (e.g. 172.30.199.0/24)",
+                )
+    for route in _host_routes():
+        if route.overlaps(net) and ours is None:
+            raise LabError(
+                f"subnet {net} is already taken: the host routes {route} elsewhere",
+                hint="choose a free one with --subnet (e.g. 172.30.199.0/24)",
+            )
+    if ours is not None:
+        network, subnets = ours
+        if subnets != [str(net)]:
+            raise LabError(
+                f"the lab network {NETWORK_NAME!r} exists with subnet {', '.join(subnets)}, not "
+                f"{net}",
+                hint="run `deploykit lab down` first, or pass the same --subnet",
+            )
+        return False
+    from docker.types import IPAMConfig, IPAMPool
+
+    log(f"creating network {NETWORK_NAME} ({net})")
+    client.networks.create(
+        NETWORK_NAME,
+        driver="bridge",
+        ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=str(net), gateway=str(net.network_address + 1))]),
+        labels={LABEL: "1"},
+    )
+    return True
+
+
+def _host_routes() -> list[ipaddress.IPv4Network]:
+    """IPv4 routes of the host that are not Docker's own bridges (those are checked by name)."""
+    proc = subprocess.run(["ip", "-j", "-4", "route"], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return []
+    routes = []
+    for entry in json.loads(proc.stdout or "[]"):
+        dst, dev = entry.get("dst", ""), entry.get("dev", "")
+        if dst in ("default", "") or dev.startswith(("docker", "br-")):
+            continue
+        try:
+            routes.append(ipaddress.IPv4Network(dst, strict=False))
+        except ValueError:
+            continue
+    return routes
+
+
+def _container_name(host: str) -> str:
+    return CONTAINER_PREFIX + host
+
+
+def _labels(plan: HostPlan, image: str) -> dict[str, str]:
+    return {
+        LABEL: "1",
+        f"{LABEL}.host": plan.name,
+        f"{LABEL}.groups": ",".join(plan.groups),
+        f"{LABEL}.address": plan.address,
+        f"{LABEL}.image": image,
+    }
+
+
+def _ensure_container(client: Any, plan: HostPlan, image: str, log: Log) -> bool:
+    """Create (or start) one host; returns True when something changed."""
+    from docker.errors import NotFound
+
+    name = _container_name(plan.name)
+    try:
+        container = client.containers.get(name)
+    except NotFound:
+        container = None
+    if container is not None:
+        if container.labels != {**container.labels, **_labels(plan, image)}:
+            log(f"{plan.name}: its image or address changed; recreating it")
+            container.remove(force=True)
+        elif container.status == "running":
+            return False
+        else:
+            log(f"{plan.name}: starting")
+            container.start()
+            return True
+    log(f"{plan.name}: creating ({plan.address}, {', '.join(plan.groups)})")
+    api = client.api
+    host_config = api.create_host_config(
+        cap_add=_CAPABILITIES,
+        security_opt=_SECURITY_OPTS,
+        binds={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
+        tmpfs=_TMPFS,
+        restart_policy={"Name": "unless-stopped"},
+    )
+    networking = api.create_networking_config(
+        {NETWORK_NAME: api.create_endpoint_config(ipv4_address=plan.address)}
+    )
+    created = api.create_container(
+        image,
+        name=name,
+        hostname=plan.name,
+        detach=True,
+        environment={"container": "docker"},
+        stop_signal="SIGRTMIN+3",
+        labels=_labels(plan, image),
+        host_config=host_config,
+        networking_config=networking,
+    )
+    api.start(created["Id"])
+    return True
+
+
+def _exec(client: Any, host: str, command: str) -> tuple[int, str]:
+    container = client.containers.get(_container_name(host))
+    exit_code, output = container.exec_run(["sh", "-c", command])
+    return int(exit_code), output.decode(errors="replace").strip()
+
+
+def _wait_booted(client: Any, host: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        _, state = _exec(client, host, "systemctl is-system-running")
+        if state in ("running", "degraded"):
+            return
+        time.sleep(0.5)
+    raise LabError(
+        f"{host}: systemd did not finish booting in {timeout:.0f} s (state {state!r})",
+        hint=f"docker exec {_container_name(host)} systemctl --failed",
+    )
+
+
+def _authorize(client: Any, host: str, public_key: str) -> None:
+    line = shlex.quote(public_key)
+    rc, output = _exec(
+        client, host,
+        "install -d -m 700 /root/.ssh && "
+        f"(grep -qxF {line} /root/.ssh/authorized_keys 2>/dev/null || "
+        f"printf '%s\\n' {line} >> /root/.ssh/authorized_keys) && "
+        "chmod 600 /root/.ssh/authorized_keys",
+    )
+    if rc != 0:
+        raise LabError(f"{host}: could not install the lab's SSH key: {output}")
+
+
+def _host_key(client: Any, plan: HostPlan, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rc, key = _exec(client, plan.name, "cat /etc/ssh/ssh_host_ed25519_key.pub")
+        if rc == 0 and key.startswith("ssh-ed25519 "):
+            algorithm, blob = key.split()[:2]
+            return f"{plan.address} {algorithm} {blob}"
+        time.sleep(0.5)
+    raise LabError(f"{plan.name}: no SSH host key was generated",
+                   hint=f"docker exec {_container_name(plan.name)} journalctl -u "
+                        "deploykit-ssh-hostkeys")
+
+
+def ssh_port_open(address: str, port: int = 22, timeout: float = 1.0) -> bool:
+    """True when sshd answers with its banner (a bare TCP accept is not enough)."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as conn:
+            conn.settimeout(timeout)
+            return conn.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def _wait_ssh(plan: HostPlan, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ssh_port_open(plan.address):
+            return
+        time.sleep(0.5)
+    raise LabError(f"{plan.name}: sshd does not answer on {plan.address}:22 after {timeout:.0f} s",
+                   hint=f"docker exec {_container_name(plan.name)} systemctl status ssh")
+
+
+# --- the verbs ----------------------------------------------------------------------------------
+
+
+def up(spec: LabSpec, *, root: Path | None = None, log: Log = print) -> LabUpResult:
+    """Create the lab (or keep it: a second `up` changes nothing) and write its inventory."""
+    plans = spec.hosts()
+    net = spec.network()
+    client = docker_client()
+    image = ensure_image(log, client=client)
+    changed = _ensure_network(client, net, log)
+    stale = _remove_unplanned(client, {p.name for p in plans}, log)
+    created = [p.name for p in plans if _ensure_container(client, p, image, log)]
+    changed = changed or bool(created) or bool(stale)
+
+    ssh_dir = _ssh_dir(root)
+    private_key, public_key = ensure_key_pair(ssh_dir)
+    known_hosts: list[str] = []
+    for plan in plans:
+        _wait_booted(client, plan.name)
+        _authorize(client, plan.name, public_key)
+        known_hosts.append(_host_key(client, plan))
+    for plan in plans:
+        _wait_ssh(plan)
+    known_hosts_file = ssh_dir / "known_hosts"
+    changed |= _write_if_changed(known_hosts_file, "\n".join(known_hosts) + "\n", 0o600)
+    inventory = inventory_file(root)
+    changed |= _write_if_changed(
+        inventory, render_inventory(plans, private_key=private_key, known_hosts=known_hosts_file)
+    )
+    log("lab changed" if changed else "lab unchanged: every host was already up")
+    return LabUpResult(hosts=status(root=root, client=client), inventory=inventory, image=image,
+                       created=created, changed=changed)
+
+
+def _remove_unplanned(client: Any, planned: set[str], log: Log) -> list[str]:
+    """Hosts of an earlier, larger lab (e.g. more clones) that the new plan no longer has."""
+    removed = []
+    for container in client.containers.list(all=True, filters={"label": LABEL}):
+        host = container.labels.get(f"{LABEL}.host", "")
+        if host not in planned:
+            log(f"{host}: not in the plan any more; removing it")
+            container.remove(force=True)
+            removed.append(host)
+    return removed
+
+
+def status(*, root: Path | None = None, client: Any = None) -> list[LabHost]:
+    """The lab's hosts as Docker and sshd report them (empty when there is no lab)."""
+    client = client or docker_client()
+    hosts = []
+    for container in client.containers.list(all=True, filters={"label": LABEL}):
+        labels = container.labels
+        address = labels.get(f"{LABEL}.address", "")
+        running = container.status == "running"
+        hosts.append(LabHost(
+            name=labels.get(f"{LABEL}.host", container.name),
+            groups=[g for g in labels.get(f"{LABEL}.groups", "").split(",") if g],
+            address=address,
+            state=container.status,
+            ssh_up=running and ssh_port_open(address),
+        ))
+    return sorted(hosts, key=lambda h: ipaddress.ip_address(h.address or "0.0.0.0"))
+
+
+def down(*, root: Path | None = None, log: Log = print) -> dict[str, list[str]]:
+    """Remove the lab's containers, network and generated files; safe when nothing exists.
+    The base image stays: it is a cache, rebuilt only when its recipe changes."""
+    from docker.errors import NotFound
+
+    client = docker_client()
+    removed: dict[str, list[str]] = {"containers": [], "networks": [], "files": []}
+    for container in client.containers.list(all=True, filters={"label": LABEL}):
+        container.remove(force=True)
+        removed["containers"].append(container.name)
+    try:
+        client.networks.get(NETWORK_NAME).remove()
+        removed["networks"].append(NETWORK_NAME)
+    except NotFound:
+        pass
+    # The fact cache describes hosts that no longer exist.
+    facts = (root or project_root()) / ".cache" / "facts"
+    for path in (inventory_file(root), _ssh_dir(root), facts):
+        if path.is_dir():
+            shutil.rmtree(path)
+            removed["files"].append(str(path))
+        elif path.exists():
+            path.unlink()
+            removed["files"].append(str(path))
+    if any(removed.values()):
+        log(f"removed {len(removed['containers'])} container(s), "
+            f"{len(removed['networks'])} network(s), {len(removed['files'])} generated path(s)")
+    else:
+        log("nothing to remove: there is no lab")
+    return removed
