@@ -1,0 +1,144 @@
+"""The lab's planning and generated files, without an engine."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploykit import lab
+from deploykit.errors import BadInput, LabError
+
+
+def test_full_profile_is_the_default_topology() -> None:
+    plans = {p.name: p for p in lab.LabSpec().hosts()}
+    assert set(plans) == {"lb1", "app1", "app2", "app3", "worker1", "cache1", "db1", "queue1"}
+    assert plans["lb1"].groups == ("lb",)
+    assert plans["db1"].groups == ("docstore",)
+    assert plans["app1"].address == "172.30.99.20"
+
+
+def test_more_clones_never_renumber_the_other_hosts() -> None:
+    three = {p.name: p.address for p in lab.LabSpec(app_clones=3).hosts()}
+    twelve = {p.name: p.address for p in lab.LabSpec(app_clones=12).hosts()}
+    assert {name: twelve[name] for name in three} == three
+    assert twelve["app12"] == "172.30.99.31"
+    assert len(set(twelve.values())) == len(twelve)
+
+
+def test_small_profile_puts_the_services_on_one_host() -> None:
+    plans = lab.LabSpec(profile="small").hosts()
+    assert [p.name for p in plans] == ["lb1", "app1", "backend1"]
+    assert plans[2].groups == ("worker", "cache", "docstore", "queue")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (lab.LabSpec(app_clones=0), "--app-clones 0: give a number from 1 to 100"),
+        (lab.LabSpec(profile="huge"), "--profile 'huge': choose one of full, small"),
+        (
+            lab.LabSpec(subnet="10.0.0.0/28"),
+            "--subnet '10.0.0.0/28': give an IPv4 network of /24 or larger such as "
+            "172.30.99.0/24",
+        ),
+        (
+            lab.LabSpec(subnet="banana"),
+            "--subnet 'banana': 'banana' does not appear to be an IPv4 or IPv6 network; give an "
+            "IPv4 network such as 172.30.99.0/24",
+        ),
+    ],
+)
+def test_bad_lab_options_are_refused(spec: lab.LabSpec, message: str) -> None:
+    with pytest.raises(BadInput) as raised:
+        spec.hosts()
+    assert str(raised.value) == message
+
+
+def test_inventory_defines_each_host_once_and_lists_its_groups(tmp_path: Path) -> None:
+    plans = lab.LabSpec(profile="small").hosts()
+    text = lab.render_inventory(
+        plans, private_key=tmp_path / "id", known_hosts=tmp_path / "known_hosts"
+    )
+    assert text.startswith("# Written by `deploykit lab up`")
+    document = yaml.safe_load(text)["all"]
+    assert document["hosts"]["backend1"] == {
+        "ansible_host": "172.30.99.11",
+        "deploykit_private_address": "172.30.99.11",
+    }
+    for group in ("worker", "cache", "docstore", "queue"):
+        assert list(document["children"][group]["hosts"]) == ["backend1"]
+    assert document["vars"]["ansible_user"] == "root"
+    assert "StrictHostKeyChecking=yes" in document["vars"]["ansible_ssh_common_args"]
+    assert str(tmp_path / "known_hosts") in document["vars"]["ansible_ssh_common_args"]
+
+
+def test_the_written_inventory_is_read_by_ansible(tmp_path: Path) -> None:
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        lab.render_inventory(
+            lab.LabSpec().hosts(), private_key=tmp_path / "id", known_hosts=tmp_path / "kh"
+        )
+    )
+    proc = subprocess.run(
+        [Path(sys.executable).parent / "ansible-inventory", "-i", str(inventory), "--graph"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "@docstore:\n  |  |--db1" in proc.stdout
+    assert "|--app3" in proc.stdout
+
+
+def test_key_pair_is_generated_once_and_private(tmp_path: Path) -> None:
+    private, public = lab.ensure_key_pair(tmp_path / ".ssh")
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / ".ssh").stat().st_mode) == 0o700
+    assert public.startswith("ssh-ed25519 ")
+    assert private.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    again, public_again = lab.ensure_key_pair(tmp_path / ".ssh")
+    assert (again, public_again) == (private, public)
+    # ssh-keygen accepts the key and derives the same public key from it.
+    derived = subprocess.run(
+        ["ssh-keygen", "-y", "-f", str(private)], capture_output=True, text=True, check=True
+    )
+    assert derived.stdout.split()[:2] == public.split()[:2]
+
+
+def test_image_tag_follows_the_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    tag = lab.image_tag()
+    assert tag.startswith("deploykit/debian:12-")
+    monkeypatch.setitem(lab.IMAGE_RECIPE, "packages", [*lab.IMAGE_RECIPE["packages"], "vim"])
+    assert lab.image_tag() != tag
+
+
+def test_no_engine_says_how_to_start_one(tmp_path: Path) -> None:
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploykit", "lab", "status"],
+        capture_output=True, text=True, env=env, check=False,
+    )
+    assert proc.returncode == 1
+    assert "error: no Docker engine answers" in proc.stderr
+    assert "apt-get install -y docker.io" in proc.stderr
+
+
+def test_building_the_image_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(LabError) as raised:
+        lab._check_can_debootstrap()
+    assert str(raised.value).startswith("building the lab's base image needs root")
+
+
+def test_building_the_image_needs_debootstrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(LabError) as raised:
+        lab._check_can_debootstrap()
+    assert str(raised.value) == (
+        "debootstrap is not installed; it builds the lab's base image offline\n"
+        "  hint: apt-get install -y debootstrap"
+    )
