@@ -160,15 +160,21 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def _add_lab_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--app-clones", type=int, default=None, metavar="N",
+        "--app-clones",
+        type=int,
+        default=None,
+        metavar="N",
         help="number of app clones (default: 3 for the full profile, 1 for small)",
     )
     parser.add_argument(
-        "--profile", choices=sorted(lab.PROFILES), default="full",
+        "--profile",
+        choices=sorted(lab.PROFILES),
+        default="full",
         help="full: lb, app1..N, worker1, cache1, db1, queue1; small: everything on two hosts",
     )
     parser.add_argument(
-        "--subnet", default=lab.DEFAULT_SUBNET,
+        "--subnet",
+        default=lab.DEFAULT_SUBNET,
         help=f"the lab network's IPv4 subnet (default {lab.DEFAULT_SUBNET})",
     )
 
@@ -178,7 +184,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-l", "--limit", help="limit to these hosts or groups")
     parser.add_argument("-t", "--tags", help="only tasks with these tags (comma-separated)")
     parser.add_argument(
-        "-e", "--extra-vars", action="append", default=[], metavar="KEY=VALUE",
+        "-e",
+        "--extra-vars",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="extra variable (repeatable)",
     )
     parser.add_argument("--vault-password-file", type=Path, help="file holding the vault password")

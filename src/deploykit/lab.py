@@ -25,9 +25,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docker
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from docker.errors import DockerException, ImageNotFound, NotFound
+from docker.types import IPAMConfig, IPAMPool
 
 from deploykit.errors import BadInput, LabError
 from deploykit.project import lab_inventory_dir, project_root
@@ -50,8 +53,17 @@ IMAGE_RECIPE: dict[str, Any] = {
     "suite": "bookworm",
     "variant": "minbase",
     "packages": [
-        "python3", "python3-venv", "python3-apt", "systemd", "systemd-sysv", "dbus",
-        "openssh-server", "sudo", "iproute2", "procps", "ca-certificates",
+        "python3",
+        "python3-venv",
+        "python3-apt",
+        "systemd",
+        "systemd-sysv",
+        "dbus",
+        "openssh-server",
+        "sudo",
+        "iproute2",
+        "procps",
+        "ca-certificates",
     ],
     "sources": [
         "deb {mirror} bookworm main",
@@ -123,11 +135,14 @@ class LabSpec:
         try:
             net = ipaddress.ip_network(self.subnet)
         except ValueError as error:
-            raise BadInput(f"--subnet {self.subnet!r}: {error}; give an IPv4 network such as "
-                           f"{DEFAULT_SUBNET}") from None
+            raise BadInput(
+                f"--subnet {self.subnet!r}: {error}; give an IPv4 network such as {DEFAULT_SUBNET}"
+            ) from None
         if not isinstance(net, ipaddress.IPv4Network) or net.num_addresses < 256:
-            raise BadInput(f"--subnet {self.subnet!r}: give an IPv4 network of /24 or larger "
-                           f"such as {DEFAULT_SUBNET}")
+            raise BadInput(
+                f"--subnet {self.subnet!r}: give an IPv4 network of /24 or larger "
+                f"such as {DEFAULT_SUBNET}"
+            )
         return net
 
     def hosts(self) -> list[HostPlan]:
@@ -146,8 +161,10 @@ class LabSpec:
         if self.profile == "small":
             # Everything but the balancer and the clones shares one host: roles must not assume
             # they are alone on a host (../shared/ARCHITECTURE.md, Topology).
-            services = [HostPlan("lb1", ("lb",), at(10)),
-                        HostPlan("backend1", ("worker", "cache", "docstore", "queue"), at(11))]
+            services = [
+                HostPlan("lb1", ("lb",), at(10)),
+                HostPlan("backend1", ("worker", "cache", "docstore", "queue"), at(11)),
+            ]
         else:
             services = [
                 HostPlan("lb1", ("lb",), at(10)),
@@ -277,9 +294,6 @@ ENGINE_HINT = (
 
 def docker_client() -> Any:
     """A client for a running engine, or a LabError that says how to start one."""
-    import docker  # imported late: `deploykit check` must not need an engine
-    from docker.errors import DockerException
-
     try:
         client = docker.from_env(timeout=120)
         client.ping()
@@ -294,8 +308,6 @@ def docker_client() -> Any:
 
 def ensure_image(log: Log = print, *, rebuild: bool = False, client: Any = None) -> str:
     """The base image for the current recipe: found, or built offline with debootstrap."""
-    from docker.errors import ImageNotFound
-
     client = client or docker_client()
     tag = image_tag()
     if not rebuild:
@@ -308,7 +320,7 @@ def ensure_image(log: Log = print, *, rebuild: bool = False, client: Any = None)
     _check_can_debootstrap()
     log(f"building the lab's base image {tag} offline with debootstrap (about a minute)")
     started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="deploykit-rootfs-", dir="/var/tmp"))  # noqa: S108
+    workdir = Path(tempfile.mkdtemp(prefix="deploykit-rootfs-", dir="/var/tmp"))
     rootfs = workdir / "rootfs"
     try:
         _debootstrap(rootfs)
@@ -392,12 +404,22 @@ def _import(rootfs: Path, tag: str) -> None:
         ["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE
     )
     importer = subprocess.run(
-        ["docker", "import",
-         "-c", 'CMD ["/lib/systemd/systemd"]',
-         "-c", "ENV container=docker",
-         "-c", f"LABEL {LABEL}.recipe={tag}",
-         "-", tag],
-        stdin=tar.stdout, capture_output=True, text=True, check=False,
+        [
+            "docker",
+            "import",
+            "-c",
+            'CMD ["/lib/systemd/systemd"]',
+            "-c",
+            "ENV container=docker",
+            "-c",
+            f"LABEL {LABEL}.recipe={tag}",
+            "-",
+            tag,
+        ],
+        stdin=tar.stdout,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if tar.stdout is not None:
         tar.stdout.close()
@@ -422,8 +444,7 @@ def _ensure_network(client: Any, net: ipaddress.IPv4Network, log: Log) -> bool:
             other = ipaddress.ip_network(subnet)
             if other.version == 4 and other.overlaps(net):
                 raise LabError(
-                    f"subnet {net} is already taken: Docker network {network.name!r} uses "
-                    f"{subnet}",
+                    f"subnet {net} is already taken: Docker network {network.name!r} uses {subnet}",
                     hint="choose a free one with --subnet (e.g. 172.30.199.0/24)",
                 )
     for route in _host_routes():
@@ -441,13 +462,13 @@ def _ensure_network(client: Any, net: ipaddress.IPv4Network, log: Log) -> bool:
                 hint="run `deploykit lab down` first, or pass the same --subnet",
             )
         return False
-    from docker.types import IPAMConfig, IPAMPool
-
     log(f"creating network {NETWORK_NAME} ({net})")
     client.networks.create(
         NETWORK_NAME,
         driver="bridge",
-        ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=str(net), gateway=str(net.network_address + 1))]),
+        ipam=IPAMConfig(
+            pool_configs=[IPAMPool(subnet=str(net), gateway=str(net.network_address + 1))]
+        ),
         labels={LABEL: "1"},
     )
     return True
@@ -486,8 +507,6 @@ def _labels(plan: HostPlan, image: str) -> dict[str, str]:
 
 def _ensure_container(client: Any, plan: HostPlan, image: str, log: Log) -> bool:
     """Create (or start) one host; returns True when something changed."""
-    from docker.errors import NotFound
-
     name = _container_name(plan.name)
     try:
         container = client.containers.get(name)
@@ -553,7 +572,8 @@ def _wait_booted(client: Any, host: str, timeout: float = 90) -> None:
 def _authorize(client: Any, host: str, public_key: str) -> None:
     line = shlex.quote(public_key)
     rc, output = _exec(
-        client, host,
+        client,
+        host,
         "install -d -m 700 /root/.ssh && "
         f"(grep -qxF {line} /root/.ssh/authorized_keys 2>/dev/null || "
         f"printf '%s\\n' {line} >> /root/.ssh/authorized_keys) && "
@@ -571,9 +591,10 @@ def _host_key(client: Any, plan: HostPlan, timeout: float = 30) -> str:
             algorithm, blob = key.split()[:2]
             return f"{plan.address} {algorithm} {blob}"
         time.sleep(0.5)
-    raise LabError(f"{plan.name}: no SSH host key was generated",
-                   hint=f"docker exec {_container_name(plan.name)} journalctl -u "
-                        "deploykit-ssh-hostkeys")
+    raise LabError(
+        f"{plan.name}: no SSH host key was generated",
+        hint=f"docker exec {_container_name(plan.name)} journalctl -u deploykit-ssh-hostkeys",
+    )
 
 
 def ssh_port_open(address: str, port: int = 22, timeout: float = 1.0) -> bool:
@@ -592,8 +613,10 @@ def _wait_ssh(plan: HostPlan, timeout: float = 30) -> None:
         if ssh_port_open(plan.address):
             return
         time.sleep(0.5)
-    raise LabError(f"{plan.name}: sshd does not answer on {plan.address}:22 after {timeout:.0f} s",
-                   hint=f"docker exec {_container_name(plan.name)} systemctl status ssh")
+    raise LabError(
+        f"{plan.name}: sshd does not answer on {plan.address}:22 after {timeout:.0f} s",
+        hint=f"docker exec {_container_name(plan.name)} systemctl status ssh",
+    )
 
 
 # --- the verbs ----------------------------------------------------------------------------------
@@ -626,8 +649,13 @@ def up(spec: LabSpec, *, root: Path | None = None, log: Log = print) -> LabUpRes
         inventory, render_inventory(plans, private_key=private_key, known_hosts=known_hosts_file)
     )
     log("lab changed" if changed else "lab unchanged: every host was already up")
-    return LabUpResult(hosts=status(root=root, client=client), inventory=inventory, image=image,
-                       created=created, changed=changed)
+    return LabUpResult(
+        hosts=status(root=root, client=client),
+        inventory=inventory,
+        image=image,
+        created=created,
+        changed=changed,
+    )
 
 
 def _remove_unplanned(client: Any, planned: set[str], log: Log) -> list[str]:
@@ -650,21 +678,22 @@ def status(*, root: Path | None = None, client: Any = None) -> list[LabHost]:
         labels = container.labels
         address = labels.get(f"{LABEL}.address", "")
         running = container.status == "running"
-        hosts.append(LabHost(
-            name=labels.get(f"{LABEL}.host", container.name),
-            groups=[g for g in labels.get(f"{LABEL}.groups", "").split(",") if g],
-            address=address,
-            state=container.status,
-            ssh_up=running and ssh_port_open(address),
-        ))
-    return sorted(hosts, key=lambda h: ipaddress.ip_address(h.address or "0.0.0.0"))
+        hosts.append(
+            LabHost(
+                name=labels.get(f"{LABEL}.host", container.name),
+                groups=[g for g in labels.get(f"{LABEL}.groups", "").split(",") if g],
+                address=address,
+                state=container.status,
+                ssh_up=running and ssh_port_open(address),
+            )
+        )
+    # Hosts without an address (a broken container) sort first.
+    return sorted(hosts, key=lambda h: ipaddress.ip_address(h.address or "0.0.0.0"))  # noqa: S104
 
 
 def down(*, root: Path | None = None, log: Log = print) -> dict[str, list[str]]:
     """Remove the lab's containers, network and generated files; safe when nothing exists.
     The base image stays: it is a cache, rebuilt only when its recipe changes."""
-    from docker.errors import NotFound
-
     client = docker_client()
     removed: dict[str, list[str]] = {"containers": [], "networks": [], "files": []}
     for container in client.containers.list(all=True, filters={"label": LABEL}):
@@ -685,8 +714,10 @@ def down(*, root: Path | None = None, log: Log = print) -> dict[str, list[str]]:
             path.unlink()
             removed["files"].append(str(path))
     if any(removed.values()):
-        log(f"removed {len(removed['containers'])} container(s), "
-            f"{len(removed['networks'])} network(s), {len(removed['files'])} generated path(s)")
+        log(
+            f"removed {len(removed['containers'])} container(s), "
+            f"{len(removed['networks'])} network(s), {len(removed['files'])} generated path(s)"
+        )
     else:
         log("nothing to remove: there is no lab")
     return removed

@@ -13,8 +13,9 @@ def _is_project(path: Path) -> bool:
 
 
 def project_root(start: Path | None = None) -> Path:
-    """The project directory: $DEPLOYKIT_PROJECT, else the nearest parent of ``start`` (the current
-    directory) holding site.yml and ansible.cfg, else the checkout this package was installed from."""
+    """The project directory: $DEPLOYKIT_PROJECT, else the nearest parent of ``start`` (the
+    current directory) holding site.yml and ansible.cfg, else the checkout this package was
+    installed from."""
     env = os.environ.get("DEPLOYKIT_PROJECT")
     if env:
         return Path(env).resolve()

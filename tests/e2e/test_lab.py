@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import yaml
+from docker.types import IPAMConfig, IPAMPool
 
 from deploykit import lab
 from deploykit.errors import LabError
@@ -21,7 +22,7 @@ DEPLOYKIT = [sys.executable, "-m", "deploykit"]
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -33,7 +34,14 @@ def test_lab_up_writes_the_default_topology(lab_up: lab.LabUpResult) -> None:
     assert sorted(groups) == ["app", "cache", "docstore", "lb", "queue", "worker"]
     assert sorted(groups["app"]["hosts"]) == ["app1", "app2", "app3"]
     assert {h.name for h in lab_up.hosts} == {
-        "lb1", "app1", "app2", "app3", "worker1", "cache1", "db1", "queue1",
+        "lb1",
+        "app1",
+        "app2",
+        "app3",
+        "worker1",
+        "cache1",
+        "db1",
+        "queue1",
     }
     assert all(h.state == "running" and h.ssh_up for h in lab_up.hosts)
 
@@ -77,8 +85,6 @@ def test_lab_status_lists_every_host(lab_up: lab.LabUpResult) -> None:
 
 
 def test_a_taken_subnet_is_refused_before_anything_changes(lab_up: lab.LabUpResult) -> None:
-    from docker.types import IPAMConfig, IPAMPool
-
     client = lab.docker_client()
     squatter = client.networks.create(
         "deploykit-test-squatter", ipam=IPAMConfig(pool_configs=[IPAMPool(subnet="172.30.98.0/24")])

@@ -44,8 +44,7 @@ def test_small_profile_puts_the_services_on_one_host() -> None:
         (lab.LabSpec(profile="huge"), "--profile 'huge': choose one of full, small"),
         (
             lab.LabSpec(subnet="10.0.0.0/28"),
-            "--subnet '10.0.0.0/28': give an IPv4 network of /24 or larger such as "
-            "172.30.99.0/24",
+            "--subnet '10.0.0.0/28': give an IPv4 network of /24 or larger such as 172.30.99.0/24",
         ),
         (
             lab.LabSpec(subnet="banana"),
@@ -87,7 +86,9 @@ def test_the_written_inventory_is_read_by_ansible(tmp_path: Path) -> None:
     )
     proc = subprocess.run(
         [Path(sys.executable).parent / "ansible-inventory", "-i", str(inventory), "--graph"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "@docstore:\n  |  |--db1" in proc.stdout
     assert "|--app3" in proc.stdout
@@ -119,7 +120,10 @@ def test_no_engine_says_how_to_start_one(tmp_path: Path) -> None:
     env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
     proc = subprocess.run(
         [sys.executable, "-m", "deploykit", "lab", "status"],
-        capture_output=True, text=True, env=env, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     assert proc.returncode == 1
     assert "error: no Docker engine answers" in proc.stderr

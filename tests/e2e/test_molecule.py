@@ -1,0 +1,42 @@
+"""Every molecule scenario (one per role): create, converge, idempotence, testinfra verify, destroy.
+
+Run from pytest so that `make test` has one runner and one closing line; each scenario is a test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploykit.project import project_root
+
+ROOT = project_root()
+SCENARIOS = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
+
+pytestmark = pytest.mark.molecule
+
+
+def test_every_role_has_a_scenario() -> None:
+    roles = sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "tasks").is_dir())
+    assert roles, "no roles found"
+    missing = [role for role in roles if role not in SCENARIOS]
+    assert missing == [], f"roles without a molecule scenario: {missing}"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_molecule_scenario(scenario: str, lab_image: str) -> None:
+    molecule = Path(sys.executable).parent / "molecule"
+    proc = subprocess.run(
+        [str(molecule), "test", "-s", scenario],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-80:])
+        pytest.fail(f"molecule test -s {scenario} exited {proc.returncode}:\n{tail}")
