@@ -98,7 +98,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         out.print_json(json.dumps({"inventory": str(path), "problems": [str(p) for p in problems]}))
     else:
         for problem in problems:
-            out.print(str(problem), markup=False, highlight=False)
+            out.print(str(problem), markup=False, highlight=False, soft_wrap=True)
         if not problems:
             console.print(f"inventory OK: {path}")
     return EXIT_BAD_INPUT if problems else EXIT_OK
@@ -110,7 +110,7 @@ def _run(playbook: str, args: argparse.Namespace, extravars: dict[str, str] | No
     problems = inventory.validate_inventory(path, roles_dir=root / "roles")
     if problems:
         for problem in problems:
-            console.print(str(problem), markup=False, highlight=False)
+            console.print(str(problem), markup=False, highlight=False, soft_wrap=True)
         console.print(f"{len(problems)} problem(s) in {path}: nothing was run")
         return EXIT_BAD_INPUT
     sink: runner.EventSink = (
