@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,10 @@ from deploykit.errors import LabError
 from deploykit.project import project_root
 
 ROOT = project_root(Path(__file__).parent)
+
+# The tests call ansible, ansible-playbook and molecule as a user would: from the virtualenv that
+# runs pytest, whether or not it is activated.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def _require_engine() -> None:

@@ -5,6 +5,7 @@ Run from pytest so that `make test` has one runner and one closing line; each sc
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,9 +29,12 @@ def test_every_role_has_a_scenario() -> None:
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_molecule_scenario(scenario: str, lab_image: str) -> None:
-    molecule = Path(sys.executable).parent / "molecule"
+    venv_bin = Path(sys.executable).parent
+    # molecule looks up ansible-config and ansible-playbook on PATH: put the venv's first.
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.run(
-        [str(molecule), "test", "-s", scenario],
+        [str(venv_bin / "molecule"), "test", "-s", scenario],
+        env=env,
         cwd=ROOT,
         capture_output=True,
         text=True,

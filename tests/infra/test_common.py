@@ -1,0 +1,187 @@
+"""Testinfra checks of the common role, run by the molecule scenario ``common``.
+
+The scenario has three hosts, each in a different inventory group:
+
+* ``fw-target`` (app): runs listeners on 8080 (declared through ``firewall_allow``, admitted from
+  group ``lb``) and 9090 (declared by nobody);
+* ``fw-allowed`` (lb): may reach fw-target:8080;
+* ``fw-other`` (cache): may not.
+
+The per-host checks use testinfra's ``host`` fixture (every host of the scenario). The firewall
+proof connects from one host to another, so it picks the hosts itself by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import testinfra
+import yaml
+
+SCENARIO = "common"
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
+    reason="hosts of the molecule scenario 'common' only",
+)
+
+ROLE_DEFAULTS = yaml.safe_load(
+    (Path(__file__).resolve().parents[2] / "roles/common/defaults/main.yml").read_text()
+)
+
+TARGET, ALLOWED, OTHER = "fw-target", "fw-allowed", "fw-other"
+
+# Runs on the source host: connect to (address, port) and say how it went.
+KNOCK = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()
+    print("open")
+except socket.timeout:
+    print("timeout")
+except ConnectionRefusedError:
+    print("refused")
+except OSError as error:
+    print("error: %s" % error)
+"""
+
+
+def knock(source, address: str, port: int, timeout: float = 3.0) -> str:
+    """Open a TCP connection from ``source`` to address:port: open, timeout, refused or error."""
+    result = source.run("python3 -c %s %s %s %s", KNOCK, address, str(port), str(timeout))
+    assert result.rc == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def lab(request):
+    """The scenario's hosts by name, from molecule's inventory."""
+    inventory = request.config.option.ansible_inventory
+    return {
+        name: testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
+        for name in (TARGET, ALLOWED, OTHER)
+    }
+
+
+@pytest.fixture(scope="module")
+def target_address(lab) -> str:
+    """fw-target's address on the lab network: the one its default route leaves from."""
+    addresses = [a for a in lab[TARGET].interface.default().addresses if "." in a]
+    assert addresses, "fw-target has no IPv4 address on its default interface"
+    return addresses[0]
+
+
+def nft_json(host, *command: str) -> list[dict]:
+    result = host.run("nft -j " + " ".join(["%s"] * len(command)), *command)
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)["nftables"]
+
+
+# --- every host --------------------------------------------------------------------------------
+
+
+def test_base_packages_are_installed(host):
+    for package in [*ROLE_DEFAULTS["common_packages"], "systemd-timesyncd"]:
+        assert host.package(package).is_installed, package
+
+
+def test_timezone_is_utc(host):
+    assert host.file("/etc/localtime").linked_to.endswith("/Etc/UTC")
+
+
+def test_timesyncd_is_configured_and_enabled(host):
+    dropin = host.file("/etc/systemd/timesyncd.conf.d/deploykit.conf")
+    assert dropin.content_string.startswith("#")
+    assert "NTP=0.debian.pool.ntp.org" in dropin.content_string
+    assert host.service("systemd-timesyncd").is_enabled
+    # In a container systemd skips the unit (ConditionVirtualization=!container): enabled only.
+
+
+def test_service_user_is_an_unprivileged_system_account(host):
+    user = host.user("deploykit")
+    assert user.exists
+    assert user.shell == "/usr/sbin/nologin"
+    assert user.group == "deploykit"
+    assert user.uid < 1000
+    assert user.home == "/var/lib/deploykit"
+    assert user.password in ("!", "*", "!*", "!!"), "the service user must have no password"
+    home = host.file("/var/lib/deploykit")
+    assert home.is_directory
+    assert home.user == "deploykit"
+    assert home.mode == 0o750
+
+
+def test_nftables_is_enabled_and_loaded(host):
+    service = host.service("nftables")
+    assert service.is_enabled
+    assert service.is_running
+
+
+def test_input_policy_is_drop(host):
+    chains = [
+        item["chain"]
+        for item in nft_json(host, "list", "chain", "inet", "deploykit", "input")
+        if "chain" in item
+    ]
+    assert chains, "chain inet deploykit input is not loaded"
+    assert chains[0]["hook"] == "input"
+    assert chains[0]["policy"] == "drop"
+
+
+def test_other_tools_rules_survive(host):
+    # The ruleset is not flushed: Docker's embedded DNS (its NAT rules) still answers.
+    assert host.run("getent hosts %s", ALLOWED).rc == 0
+
+
+# --- the declarations on fw-target -------------------------------------------------------------
+
+
+def test_role_declaration_admits_the_lb_hosts_only(lab):
+    content = lab[TARGET].file("/etc/nftables.d/probe.nft").content_string
+    allowed = lab[ALLOWED].interface.default().addresses
+    other = lab[OTHER].interface.default().addresses
+    assert content.startswith("#")
+    assert any(f"ip saddr {{ {a} }} tcp dport {{ 8080 }} accept" in content for a in allowed)
+    assert not any(a in content for a in other)
+
+
+def test_inventory_rules_and_empty_group(lab):
+    target = lab[TARGET]
+    content = target.file("/etc/nftables.d/00-inventory.nft").content_string
+    ruleset = target.run("nft list chain inet deploykit input").stdout
+    # node-exporter: lb and cache, both admitted.
+    assert '"inventory/node-exporter"' in ruleset
+    for name in (ALLOWED, OTHER):
+        address = next(a for a in lab[name].interface.default().addresses if "." in a)
+        assert address in content
+    # jobs: group `worker` has no hosts, so the rule admits nobody (and is not "everyone").
+    assert "admits NOBODY" in content
+    assert "5555" not in ruleset
+
+
+# --- the proof: connections between the hosts ---------------------------------------------------
+
+
+def test_listeners_are_up_on_the_target(lab):
+    target = lab[TARGET]
+    assert knock(target, "127.0.0.1", 8080) == "open"
+    assert knock(target, "127.0.0.1", 9090) == "open"
+
+
+def test_admitted_group_reaches_the_declared_port(lab, target_address):
+    assert knock(lab[ALLOWED], target_address, 8080) == "open"
+
+
+def test_other_group_is_dropped_on_the_declared_port(lab, target_address):
+    assert knock(lab[OTHER], target_address, 8080) == "timeout"
+
+
+def test_undeclared_port_is_dropped_even_for_admitted_group(lab, target_address):
+    assert knock(lab[ALLOWED], target_address, 9090) == "timeout"
+
+
+def test_ssh_is_reachable_from_everywhere(lab, target_address):
+    assert knock(lab[OTHER], target_address, 22) == "open"
