@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +50,26 @@ def lab_up(lab_image: str) -> Iterator[lab.LabUpResult]:
     lab.down(root=ROOT, log=print)
 
 
+@pytest.fixture(scope="session")
+def site_converged(lab_up: lab.LabUpResult) -> dict[str, object]:
+    """site.yml converged once on the shared lab by `deploykit provision --json`; its recap."""
+    return provision()
+
+
+def provision(*extra: str) -> dict[str, object]:
+    """Run `deploykit provision --json`; return the final recap line, checked for shape."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploykit", "provision", "--json", *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False,
+    )  # fmt: skip
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert lines, f"no JSON output; stderr:\n{proc.stderr[-3000:]}"
+    recap: dict[str, object] = lines[-1]
+    assert recap["event"] == "recap"
+    assert proc.returncode == (0 if recap["status"] == "successful" else 1)
+    return recap
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked `lab_teardown` tear the shared lab down: they run after every other test."""
     items.sort(key=lambda item: item.get_closest_marker("lab_teardown") is not None)
@@ -54,3 +77,37 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lab_teardown: removes the shared lab; runs last")
+
+
+class LabShell:
+    """Commands on lab hosts over SSH, with the lab's own key and known_hosts (as Ansible does)."""
+
+    def __init__(self, result: lab.LabUpResult) -> None:
+        self.addresses = {h.name: h.address for h in result.hosts}
+        ssh_dir = result.inventory.parent / ".ssh"
+        self._ssh = [
+            "ssh", "-i", str(ssh_dir / "id_ed25519"),
+            "-o", f"UserKnownHostsFile={ssh_dir / 'known_hosts'}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+        ]  # fmt: skip
+
+    def run(self, host: str, command: str, *, stdin: str | None = None) -> str:
+        """Run COMMAND on HOST as root; return its stdout; fail the test on a non-zero exit."""
+        proc = subprocess.run(
+            [*self._ssh, f"root@{self.addresses[host]}", command],
+            input=stdin, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            pytest.fail(f"{host}: {command!r} exited {proc.returncode}: {proc.stderr.strip()}")
+        return proc.stdout.strip()
+
+    def python(self, host: str, code: str, *args: str, env: dict[str, str] | None = None) -> str:
+        """Run a stdlib python3 probe on HOST with ARGS; return what it printed."""
+        prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
+        quoted = " ".join(shlex.quote(a) for a in args)
+        return self.run(host, f"{prefix} python3 - {quoted}".strip(), stdin=code)
+
+
+@pytest.fixture(scope="session")
+def lab_shell(lab_up: lab.LabUpResult) -> LabShell:
+    return LabShell(lab_up)
