@@ -30,3 +30,7 @@ class BadInput(DeploykitError):
 
 class LabError(DeploykitError):
     """The lab could not be created, inspected or removed."""
+
+
+class BuildError(DeploykitError):
+    """A release artifact could not be built (a tool failed); the application was not touched."""
