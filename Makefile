@@ -7,7 +7,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: up down test lint unit e2e engine venv clean
+SHOP_VENV ?= .venv-shop
+
+.PHONY: up down test lint unit e2e engine venv clean shop-test
 
 venv: $(VENV)/.installed
 
@@ -27,8 +29,8 @@ down: venv
 	$(BIN)/deploykit down
 
 lint: venv
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint
@@ -39,8 +41,19 @@ unit: venv
 e2e: venv engine
 	$(BIN)/pytest tests/e2e
 
-test: venv engine lint
+# The example application's own tests, against real Redis and PostgreSQL on loopback, in a
+# virtualenv of its own (its dependencies are the application's, not deploykit's).
+$(SHOP_VENV)/.installed: examples/shop/pyproject.toml
+	$(PYTHON) -m venv $(SHOP_VENV)
+	$(SHOP_VENV)/bin/pip install --quiet -e 'examples/shop[test]'
+	touch $@
+
+shop-test: $(SHOP_VENV)/.installed
+	examples/shop/scripts/test-services
+	SHOP_REQUIRE_SERVICES=1 $(SHOP_VENV)/bin/pytest examples/shop
+
+test: venv engine lint shop-test
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(SHOP_VENV) .cache .mypy_cache .ruff_cache .pytest_cache
