@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from deploykit import __version__, inventory, lab, runner
+from deploykit import __version__, inventory, lab, release, runner
 from deploykit.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, DeploykitError
 from deploykit.project import project_root
 
@@ -37,7 +37,9 @@ def _parse_extra_vars(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
-    spec = lab.LabSpec(app_clones=args.app_clones, profile=args.profile, subnet=args.subnet)
+    spec = lab.LabSpec(
+        app_clones=args.app_clones, profile=args.profile, subnet=args.subnet, docstore=args.docstore
+    )
     result = lab.up(spec, root=project_root(), log=console.print)
     if args.json:
         out.print_json(json.dumps(result.to_dict()))
@@ -130,6 +132,27 @@ def _run(playbook: str, args: argparse.Namespace, extravars: dict[str, str] | No
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    artifact = release.build(
+        args.app.resolve(), version=args.version, out_dir=args.out.resolve(), log=console.print
+    )
+    if args.json:
+        out.print_json(json.dumps(artifact.to_dict()))
+    else:
+        console.print(f"release {artifact.release_id}: {artifact.path} ({artifact.size} bytes)")
+        console.print(f"manifest checksum {artifact.checksum}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    manifest = release.verify(args.artifact.resolve())
+    if args.json:
+        out.print_json(json.dumps(manifest))
+    else:
+        console.print(f"{args.artifact}: release {manifest['release_id']} verified")
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     return _run(args.playbook, args, _parse_extra_vars(args.extra_vars))
 
@@ -141,7 +164,9 @@ def cmd_provision(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     """From nothing to a converged stack on the lab."""
     root = project_root()
-    spec = lab.LabSpec(app_clones=args.app_clones, profile=args.profile, subnet=args.subnet)
+    spec = lab.LabSpec(
+        app_clones=args.app_clones, profile=args.profile, subnet=args.subnet, docstore=args.docstore
+    )
     result = lab.up(spec, root=root, log=console.print)
     _print_lab_hosts(result.hosts)
     args.inventory = str(result.inventory)
@@ -171,6 +196,13 @@ def _add_lab_options(parser: argparse.ArgumentParser) -> None:
         choices=sorted(lab.PROFILES),
         default="full",
         help="full: lb, app1..N, worker1, cache1, db1, queue1; small: everything on two hosts",
+    )
+    parser.add_argument(
+        "--docstore",
+        choices=lab.DOCSTORE_ENGINES,
+        default=lab.DEFAULT_LAB_DOCSTORE,
+        help="the document database engine (default postgresql: MongoDB's packages are often "
+        "unreachable from a lab)",
     )
     parser.add_argument(
         "--subnet",
@@ -232,6 +264,28 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-i", "--inventory", help="inventory file (default: the lab's)")
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=cmd_check)
+
+    build = commands.add_parser("build", help="build one release artifact of an application")
+    build.add_argument(
+        "--app",
+        type=Path,
+        default=Path("examples/shop"),
+        help="the application's directory (default: examples/shop)",
+    )
+    build.add_argument("--version", help="release version (default: the project's version)")
+    build.add_argument(
+        "--out",
+        type=Path,
+        default=Path(".cache/artifacts"),
+        help="where the artifact is written (default: .cache/artifacts)",
+    )
+    build.add_argument("--json", action="store_true")
+    build.set_defaults(func=cmd_build)
+
+    verify = commands.add_parser("verify", help="check an artifact against its manifest")
+    verify.add_argument("artifact", type=Path)
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(func=cmd_verify)
 
     provision = commands.add_parser("provision", help="converge site.yml on the inventory")
     _add_run_options(provision)

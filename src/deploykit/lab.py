@@ -10,10 +10,12 @@ with a hash of its recipe, and reused until the recipe changes.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 import json
 import os
+import secrets
 import shlex
 import shutil
 import socket
@@ -45,6 +47,23 @@ IMAGE_REPOSITORY = "deploykit/debian"
 # The alias molecule scenarios use; always points at the image of the current recipe.
 IMAGE_ALIAS = f"{IMAGE_REPOSITORY}:12"
 PROFILES = {"full": 3, "small": 1}  # profile -> default number of app clones
+DOCSTORE_ENGINES = ("postgresql", "mongodb")
+# MongoDB's packages cannot be downloaded from these machines, so the lab's document store is
+# PostgreSQL (JSONB documents, the second supported engine) unless asked otherwise.
+DEFAULT_LAB_DOCSTORE = "postgresql"
+
+# Secrets the roles require, generated once per lab and kept in a root-only file next to the
+# inventory (production keeps them in an Ansible Vault; see inventories/production/).
+LAB_SECRETS: dict[str, Callable[[], str]] = {
+    "haproxy_stats_password": lambda: secrets.token_urlsafe(24),
+    "redis_password": lambda: secrets.token_urlsafe(24),
+    "rabbitmq_app_password": lambda: secrets.token_urlsafe(24),
+    "postgresql_app_password": lambda: secrets.token_urlsafe(24),
+    "mongodb_admin_password": lambda: secrets.token_urlsafe(24),
+    "mongodb_app_password": lambda: secrets.token_urlsafe(24),
+    # mongod's key file: base64 characters only, 6 to 1024 of them.
+    "mongodb_replica_set_key": lambda: base64.b64encode(secrets.token_bytes(96)).decode(),
+}
 MAX_APP_CLONES = 100
 
 # --- the base image recipe: anything that changes the image belongs here (it is hashed) --------
@@ -130,6 +149,7 @@ class LabSpec:
     app_clones: int | None = None
     profile: str = "full"
     subnet: str = DEFAULT_SUBNET
+    docstore: str = DEFAULT_LAB_DOCSTORE
 
     def network(self) -> ipaddress.IPv4Network:
         try:
@@ -148,6 +168,10 @@ class LabSpec:
     def hosts(self) -> list[HostPlan]:
         """The hosts, with addresses in fixed blocks so that changing the number of clones never
         renumbers another host: services at .10-.19, app clones from .20 on."""
+        if self.docstore not in DOCSTORE_ENGINES:
+            raise BadInput(
+                f"--docstore {self.docstore!r}: choose one of {', '.join(DOCSTORE_ENGINES)}"
+            )
         if self.profile not in PROFILES:
             raise BadInput(f"--profile {self.profile!r}: choose one of {', '.join(PROFILES)}")
         clones = PROFILES[self.profile] if self.app_clones is None else self.app_clones
@@ -243,7 +267,13 @@ def ensure_key_pair(ssh_dir: Path) -> tuple[Path, str]:
     return private, public.read_text().strip()
 
 
-def render_inventory(plans: Iterable[HostPlan], *, private_key: Path, known_hosts: Path) -> str:
+def render_inventory(
+    plans: Iterable[HostPlan],
+    *,
+    private_key: Path,
+    known_hosts: Path,
+    docstore: str = DEFAULT_LAB_DOCSTORE,
+) -> str:
     """inventories/lab/hosts.yml: every host once under all.hosts (its address), and each group
     listing its members, so a host in several groups (the small profile) is defined once."""
     plans = list(plans)
@@ -258,6 +288,7 @@ def render_inventory(plans: Iterable[HostPlan], *, private_key: Path, known_host
                 "ansible_user": "root",
                 "ansible_ssh_private_key_file": str(private_key),
                 "ansible_ssh_common_args": ssh_args,
+                "deploykit_docstore_engine": docstore,
             },
             "hosts": {
                 p.name: {"ansible_host": p.address, "deploykit_private_address": p.address}
@@ -271,6 +302,28 @@ def render_inventory(plans: Iterable[HostPlan], *, private_key: Path, known_host
         "# rewritten. Real servers: see inventories/production/.\n"
     )
     return header + yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+
+
+def secrets_file(root: Path | None = None) -> Path:
+    return lab_inventory_dir(root) / "group_vars" / "all" / "secrets.yml"
+
+
+def ensure_lab_secrets(root: Path | None = None) -> tuple[Path, bool]:
+    """The lab's secrets, generated once and kept (mode 0600): a value already there is never
+    replaced, so services keep their passwords across `lab up` runs."""
+    path = secrets_file(root)
+    current: dict[str, str] = {}
+    if path.exists():
+        current = yaml.safe_load(path.read_text()) or {}
+    wanted = {name: current.get(name) or make() for name, make in LAB_SECRETS.items()}
+    if wanted == current:
+        return path, False
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    header = (
+        "# The lab's secrets, generated once by `deploykit lab up` and removed by `lab down`.\n"
+        "# Root-only: never commit or print them. Production keeps them in an Ansible Vault.\n"
+    )
+    return path, _write_if_changed(path, header + yaml.safe_dump(wanted, sort_keys=True), 0o600)
 
 
 def _write_if_changed(path: Path, content: str, mode: int = 0o644) -> bool:
@@ -646,8 +699,18 @@ def up(spec: LabSpec, *, root: Path | None = None, log: Log = print) -> LabUpRes
     changed |= _write_if_changed(known_hosts_file, "\n".join(known_hosts) + "\n", 0o600)
     inventory = inventory_file(root)
     changed |= _write_if_changed(
-        inventory, render_inventory(plans, private_key=private_key, known_hosts=known_hosts_file)
+        inventory,
+        render_inventory(
+            plans, private_key=private_key, known_hosts=known_hosts_file, docstore=spec.docstore
+        ),
     )
+    changed |= ensure_lab_secrets(root)[1]
+    if spec.docstore == "postgresql":
+        log(
+            "notice: the lab's document store is PostgreSQL (JSONB documents): MongoDB's packages "
+            "cannot be downloaded from here. Where they can, use `deploykit lab up --docstore "
+            "mongodb`."
+        )
     log("lab changed" if changed else "lab unchanged: every host was already up")
     return LabUpResult(
         hosts=status(root=root, client=client),
@@ -706,7 +769,8 @@ def down(*, root: Path | None = None, log: Log = print) -> dict[str, list[str]]:
         pass
     # The fact cache describes hosts that no longer exist.
     facts = (root or project_root()) / ".cache" / "facts"
-    for path in (inventory_file(root), _ssh_dir(root), facts):
+    generated = (inventory_file(root), _ssh_dir(root), secrets_file(root).parent.parent, facts)
+    for path in generated:
         if path.is_dir():
             shutil.rmtree(path)
             removed["files"].append(str(path))
