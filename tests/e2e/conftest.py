@@ -101,6 +101,14 @@ class LabShell:
             pytest.fail(f"{host}: {command!r} exited {proc.returncode}: {proc.stderr.strip()}")
         return proc.stdout.strip()
 
+    def succeeds(self, host: str, command: str) -> bool:
+        """True when COMMAND exits 0 on HOST (for polling while a host or service comes back)."""
+        proc = subprocess.run(
+            [*self._ssh, f"root@{self.addresses[host]}", command],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        return proc.returncode == 0
+
     def python(self, host: str, code: str, *args: str, env: dict[str, str] | None = None) -> str:
         """Run a stdlib python3 probe on HOST with ARGS; return what it printed."""
         prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())

@@ -71,6 +71,9 @@ response = b"\\x00" + user.encode() + b"\\x00" + password.encode()
 args = struct.pack(">I", 0) + shortstr("PLAIN") + longstr(response) + shortstr("en_US")
 method = struct.pack(">HH", 10, 11) + args  # Connection.StartOk with an empty client table
 conn.sendall(struct.pack(">BHI", 1, 0, len(method)) + method + b"\\xce")
-reply = read_frame()
+try:
+    reply = read_frame()
+except ConnectionResetError:  # the broker drops the connection of a refused login
+    reply = None
 print("accepted" if reply and reply[1][:4] == struct.pack(">HH", 10, 30) else "refused")
 """

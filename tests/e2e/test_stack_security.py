@@ -105,7 +105,7 @@ def test_services_come_back_with_their_data_after_a_host_restart(
         client.containers.get(lab.CONTAINER_PREFIX + host).restart(timeout=30)
     for host, unit in (("cache1", "redis-server"), ("db1", "postgresql@15-main"),
                        ("queue1", "rabbitmq-server"), ("lb1", "haproxy")):  # fmt: skip
-        _wait_for(lambda h=host, u=unit: lab_shell.run(h, f"systemctl is-active {u}") == "active",
+        _wait_for(lambda h=host, u=unit: lab_shell.succeeds(h, f"systemctl is-active --quiet {u}"),
                   f"{unit} on {host}")  # fmt: skip
 
     def session_back() -> bool:
