@@ -56,6 +56,7 @@ DEFAULT_LAB_DOCSTORE = "postgresql"
 # inventory (production keeps them in an Ansible Vault; see inventories/production/).
 LAB_SECRETS: dict[str, Callable[[], str]] = {
     "haproxy_stats_password": lambda: secrets.token_urlsafe(24),
+    "app_secret_key": lambda: secrets.token_urlsafe(32),
     "redis_password": lambda: secrets.token_urlsafe(24),
     "rabbitmq_app_password": lambda: secrets.token_urlsafe(24),
     "postgresql_app_password": lambda: secrets.token_urlsafe(24),
@@ -289,6 +290,8 @@ def render_inventory(
                 "ansible_ssh_private_key_file": str(private_key),
                 "ansible_ssh_common_args": ssh_args,
                 "deploykit_docstore_engine": docstore,
+                # Baked pages: HAProxy routes them to nginx beside it (the static role's port).
+                "haproxy_static_backend_port": 8081,
             },
             "hosts": {
                 p.name: {"ansible_host": p.address, "deploykit_private_address": p.address}

@@ -648,22 +648,6 @@ def test_problem_is_one_line() -> None:
     assert set(inventory.GROUP_PURPOSES) == set(REQUIRED_GROUPS)
 
 
-def test_production_example_is_valid(tmp_path: Path) -> None:
-    """inventories/production/ is documentation that must stay correct. The roles that will take
-    its secrets are faked here with the option names the example uses."""
-    example = REPO / "inventories" / "production"
-    secrets = yaml.safe_load((example / "group_vars" / "all.yml").read_text(encoding="utf-8"))
-    options = {
-        name: {"type": "str", "no_log": True}
-        for name in secrets
-        if not name.startswith(("ansible_", "deploykit_"))
-    }
-    assert options, "the example references its secrets from the vault"
-    assert all(str(v).startswith("{{ vault_") for v in (secrets[n] for n in options))
-    roles = write_roles(tmp_path, {"secrets": {"main": {"options": options}}})
-    assert validate_inventory(example / "hosts.yml", roles) == []
-
-
 # --- the command line -----------------------------------------------------------------------
 
 

@@ -1,0 +1,440 @@
+"""Testinfra checks of the app role (with deploy.yml, the static and worker roles), run by the
+molecule scenario ``app``.
+
+The scenario has three hosts:
+
+* ``app-lb`` (lb): HAProxy (the haproxy role, its static backend on port 8081) and the static
+  role (nginx on 127.0.0.1:8081 with the release's baked pages);
+* ``app-web`` (app): gunicorn serving tests/fixtures/minimal_app, deployed by playbooks/deploy.yml
+  (release A live; release B staged by the app role with app_switch false);
+* ``app-other`` (worker): the worker role ran (the minimal app has no worker: it did nothing); the
+  host the app's port is not admitted from.
+
+Every request is made from another container. Changes of state (a switch, a stopped app) are
+undone by fixtures, whatever the outcome of the test.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import testinfra
+import yaml
+
+SCENARIO = "app"
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
+    reason="hosts of the molecule scenario 'app' only",
+)
+
+ROOT_DIR = Path(__file__).resolve().parents[2]
+SETTINGS = yaml.safe_load((ROOT_DIR / "molecule/app/group_vars/all.yml").read_text())
+SECRET = SETTINGS["app_secret_key"]
+
+LB, WEB, OTHER = "app-lb", "app-web", "app-other"
+APP = "/srv/minimal"
+UNIT = "minimal-web.service"
+PORT = 8000
+HELPER = "/usr/local/libexec/deploykit-release"
+
+# Runs on a client: one request; prints {status, headers, body} or {error}.
+CLIENT = r"""
+import json, sys, urllib.error, urllib.request
+request = urllib.request.Request(sys.argv[1], method=sys.argv[2])
+try:
+    response = urllib.request.urlopen(request, timeout=5)
+    status, headers, body = response.status, response.headers, response.read()
+except urllib.error.HTTPError as error:
+    status, headers, body = error.code, error.headers, error.read()
+except OSError as error:
+    print(json.dumps({"error": str(error)}))
+    sys.exit(0)
+print(json.dumps({"status": status, "headers": {k.lower(): v for k, v in headers.items()},
+                  "body": body.decode(errors="replace")}))
+"""
+
+KNOCK = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()
+    print("open")
+except socket.timeout:
+    print("timeout")
+except ConnectionRefusedError:
+    print("refused")
+except OSError as error:
+    print("error: %s" % error)
+"""
+
+
+@pytest.fixture(scope="module")
+def lab(request):
+    inventory = request.config.option.ansible_inventory
+    return {
+        name: testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
+        for name in (LB, WEB, OTHER)
+    }
+
+
+def address_of(host) -> str:
+    addresses = [a for a in host.interface.default().addresses if "." in a]
+    assert addresses, "no IPv4 address on the default interface"
+    return addresses[0]
+
+
+def request(client, url: str, method: str = "GET") -> dict:
+    result = client.run("python3 -c %s %s %s", CLIENT, url, method)
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def knock(source, address: str, port: int, timeout: float = 3.0) -> str:
+    result = source.run("python3 -c %s %s %s %s", KNOCK, address, str(port), str(timeout))
+    assert result.rc == 0, result.stderr
+    return result.stdout.strip()
+
+
+def main_pid(web) -> int:
+    return int(web.run("systemctl show --property=MainPID --value %s", UNIT).stdout.strip())
+
+
+def environ(web, pid: int) -> dict[str, str]:
+    raw = web.run("cat /proc/%s/environ | base64 -w0", str(pid)).stdout
+    entries = base64.b64decode(raw).split(b"\0")
+    return dict(e.decode().split("=", 1) for e in entries if b"=" in e)
+
+
+def wait_for_health(client, lb_address: str, release: str, deadline: float = 30.0) -> dict:
+    """Poll /healthz through HAProxy until it reports `release` (and 200)."""
+    end = time.monotonic() + deadline
+    while True:
+        answer = request(client, f"http://{lb_address}/healthz")
+        if answer.get("status") == 200 and json.loads(answer["body"]).get("release") == release:
+            return answer
+        if time.monotonic() > end:
+            raise AssertionError(f"/healthz never reported {release}: {answer}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def releases(lab) -> dict[str, str]:
+    web = lab[WEB]
+    live = web.file(f"{APP}/current").linked_to.rsplit("/", 1)[1]
+    names = web.run("ls -1 %s/releases", APP).stdout.split()
+    others = [name for name in names if name != live]
+    assert len(others) == 1, names
+    return {"A": live, "B": others[0]}
+
+
+@pytest.fixture(scope="module")
+def lb_address(lab) -> str:
+    return address_of(lab[LB])
+
+
+def switch(web, release: str) -> None:
+    """What the release role's switch entry point does: a new link, renamed over current."""
+    result = web.run(
+        "ln -sfn releases/%s %s/.current.switching && mv -T %s/.current.switching %s/current",
+        release,
+        APP,
+        APP,
+        APP,
+    )
+    assert result.rc == 0, result.stderr
+
+
+@pytest.fixture
+def release_a_live(lab, lb_address, releases):
+    """Release A live and healthy before and after the test, whatever happened."""
+
+    def restore():
+        web = lab[WEB]
+        if web.file(f"{APP}/current").linked_to.rsplit("/", 1)[1] != releases["A"] or not (
+            web.service(UNIT).is_running
+        ):
+            switch(web, releases["A"])
+            web.run("systemctl restart %s", UNIT)
+        wait_for_health(lab[OTHER], lb_address, releases["A"])
+
+    restore()
+    yield
+    restore()
+
+
+# --- the layout and the settings -------------------------------------------------------------
+
+
+def test_releases(releases):
+    assert releases["A"].startswith("0.1.0-")
+    assert releases["B"].startswith("0.2.0-")
+
+
+def test_layout(lab, releases):
+    web = lab[WEB]
+    assert web.run("readlink %s/current", APP).stdout.strip() == f"releases/{releases['A']}"
+    for release in releases.values():
+        assert web.file(f"{APP}/releases/{release}/venv/bin/gunicorn").is_file
+    shared = web.file(f"{APP}/shared")
+    assert (shared.user, shared.group, shared.mode) == ("deploykit", "deploykit", 0o750)
+
+
+def test_env_file_holds_only_the_contract_settings(lab):
+    env = lab[WEB].file(f"{APP}/shared/env")
+    assert (env.user, env.group, env.mode) == ("deploykit", "deploykit", 0o600)
+    lines = [line for line in env.content_string.splitlines() if line and not line.startswith("#")]
+    # The minimal app's contract lists SECRET_KEY only: no REDIS_URL (set in the inventory), and
+    # no DEPLOYKIT_RELEASE_ID (the unit sets it from the release it runs).
+    assert [line.split("=", 1)[0] for line in lines] == ["SECRET_KEY"]
+    # A shell reads it as systemd does.
+    value = lab[WEB].run("sh -c 'set -a; . %s/shared/env; printf %%s \"$SECRET_KEY\"'", APP)
+    assert value.stdout == SECRET
+
+
+def test_process_environment(lab, releases, release_a_live):
+    web = lab[WEB]
+    env = environ(web, main_pid(web))
+    assert env["SECRET_KEY"] == SECRET
+    assert env["DEPLOYKIT_RELEASE_ID"] == releases["A"]
+    assert "REDIS_URL" not in env
+
+
+def test_offline_virtualenv(lab, releases):
+    web = lab[WEB]
+    venv = f"{APP}/releases/{releases['A']}/venv"
+    assert "installed offline" in web.file(f"{venv}/.deploykit-complete").content_string
+    assert web.run("%s/bin/python -m pip config list", venv).stdout.strip() == ""
+    frozen = web.run("%s/bin/python -m pip freeze", venv).stdout.split()
+    # Exactly the wheels of the release's wheelhouse are installed.
+    wheels = web.run("ls -1 %s/releases/%s/wheelhouse", APP, releases["A"]).stdout.split()
+    assert {w.split("-")[0].lower().replace("_", "-") for w in wheels} == {
+        line.split("==")[0].lower().replace("_", "-") for line in frozen
+    }
+
+
+# --- gunicorn under systemd -------------------------------------------------------------------
+
+
+def test_gunicorn_runs_as_the_service_account(lab, release_a_live):
+    web = lab[WEB]
+    service = web.service(UNIT)
+    assert service.is_running
+    assert service.is_enabled
+    pid = main_pid(web)
+    processes = web.run(
+        "ps -o user:32=,args= --ppid %s -p %s", str(pid), str(pid)
+    ).stdout.splitlines()
+    assert len(processes) == 3, processes  # the master and its 2 workers
+    for line in processes:
+        user, args = line.split(None, 1)
+        assert user == "deploykit", line
+        assert "gunicorn --bind 172.30.107.11:8000 --workers 2 --graceful-timeout 30" in args, line
+        assert args.endswith(" minimal.web:app"), line  # @wsgi@, from the release's manifest
+
+
+def test_unit_settings_and_hardening(lab):
+    web = lab[WEB]
+    wanted = {
+        "User": "deploykit",
+        "Group": "deploykit",
+        "Type": "notify",
+        "Restart": "on-failure",
+        "KillMode": "mixed",
+        "KillSignal": "15",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectControlGroups": "yes",
+        "RestrictSUIDSGID": "yes",
+        "LockPersonality": "yes",
+        "RestrictRealtime": "yes",
+        "ProtectProc": "invisible",
+        "CapabilityBoundingSet": "",
+        "UMask": "0027",
+    }
+    shown = web.run("systemctl show %s --property=%s", UNIT, ",".join(wanted)).stdout
+    properties = dict(line.split("=", 1) for line in shown.splitlines())
+    assert properties == wanted
+    unit = web.run("systemctl cat %s", UNIT).stdout
+    assert "ExecReload=/bin/kill -s HUP $MAINPID" in unit
+    assert f"EnvironmentFile={APP}/shared/env" in unit
+    assert f"ExecStart={HELPER} exec {APP} gunicorn " in unit
+    assert f"ReadOnlyPaths={APP}" in unit
+
+
+def test_hardening_is_in_effect(lab, release_a_live):
+    web = lab[WEB]
+    pid = str(main_pid(web))
+    status = web.file(f"/proc/{pid}/status").content_string
+    fields = dict(line.split(":", 1) for line in status.splitlines())
+    assert fields["NoNewPrivs"].strip() == "1"
+    assert fields["CapEff"].strip() == "0000000000000000"
+    assert fields["CapBnd"].strip() == "0000000000000000"
+    mounts = web.run("cat /proc/%s/mountinfo", pid).stdout.splitlines()
+
+    def options(mount_point: str) -> list[str]:
+        found = [line.split()[5].split(",") for line in mounts if line.split()[4] == mount_point]
+        assert found, f"{mount_point} is not a mount point of the service"
+        return found[-1]
+
+    assert "ro" in options("/")  # ProtectSystem=strict (and ReadOnlyPaths=/srv/minimal)
+    assert "rw" in options("/tmp")  # PrivateTmp: its own, writable /tmp
+    # Nothing under / is mounted writable for it but its private /tmp, /dev/shm and the runtime
+    # directory: not the release, not the service account's home. (/run and /run/lock are tmpfs
+    # mounts of the lab's container engine, root's own: ProtectSystem leaves them as they are.)
+    writable = sorted(line.split()[4] for line in mounts if "rw" in line.split()[5].split(","))
+    for mount_point in writable:
+        assert mount_point in (
+            "/tmp",
+            "/var/tmp",
+            "/run",
+            "/run/lock",
+            "/run/minimal-web",
+        ) or mount_point.startswith(
+            ("/dev", "/proc", "/sys", "/run/systemd", "/run/credentials")
+        ), (mount_point, writable)
+    home = web.run("getent passwd deploykit").stdout.split(":")[5]
+    assert not [m for m in writable if m.startswith((APP, home, "/srv", "/var/lib"))], writable
+
+
+def test_gunicorn_listens_on_the_private_address_only(lab):
+    web = lab[WEB]
+    listening = [line.split()[3] for line in web.run("ss -Hltn").stdout.splitlines()]
+    assert f"{address_of(web)}:{PORT}" in listening
+    assert f"0.0.0.0:{PORT}" not in listening and f"[::]:{PORT}" not in listening
+
+
+def test_app_port_admitted_from_the_balancer_only(lab, release_a_live):
+    target = address_of(lab[WEB])
+    assert knock(lab[LB], target, PORT) == "open"
+    assert knock(lab[OTHER], target, PORT) == "timeout"
+
+
+# --- through the balancer -----------------------------------------------------------------
+
+
+def test_health_through_haproxy_reports_the_release(lab, lb_address, releases, release_a_live):
+    answer = request(lab[OTHER], f"http://{lb_address}/healthz")
+    assert answer["status"] == 200, answer
+    assert answer["headers"]["x-served-by"] == WEB
+    assert json.loads(answer["body"]) == {"release": releases["A"], "checks": {"settings": "ok"}}
+
+
+def test_a_switch_and_a_restart_report_the_new_release(lab, lb_address, releases, release_a_live):
+    """The unit reads the release id from `current` when it starts: switch, restart, and /healthz
+    reports B; switch back, restart, and it reports A. A reload (HUP) keeps the running release."""
+    web = lab[WEB]
+    switch(web, releases["B"])
+    # Not restarted yet: still A.
+    assert (
+        json.loads(request(lab[OTHER], f"http://{lb_address}/healthz")["body"])["release"]
+        == (releases["A"])
+    )
+    running = json.loads(web.run("%s running %s", HELPER, UNIT).stdout)
+    assert running["release"] == releases["A"]
+    # A reload starts new workers in the same master: still A.
+    assert web.run("systemctl reload %s", UNIT).rc == 0
+    time.sleep(2)
+    assert (
+        json.loads(request(lab[OTHER], f"http://{lb_address}/healthz")["body"])["release"]
+        == (releases["A"])
+    )
+    assert web.run("systemctl restart %s", UNIT).rc == 0
+    wait_for_health(lab[OTHER], lb_address, releases["B"])
+    assert environ(web, main_pid(web))["DEPLOYKIT_RELEASE_ID"] == releases["B"]
+    switch(web, releases["A"])
+    assert web.run("systemctl restart %s", UNIT).rc == 0
+    wait_for_health(lab[OTHER], lb_address, releases["A"])
+
+
+def test_baked_page_served_with_every_app_clone_stopped(lab, lb_address, releases, release_a_live):
+    client, web = lab[OTHER], lab[WEB]
+    baked = web.file(f"{APP}/releases/{releases['A']}/baked/index.html").content_string
+    for path in ("/", "/index.html"):
+        answer = request(client, f"http://{lb_address}{path}")
+        assert answer["status"] == 200, answer
+        assert answer["headers"]["x-served-by"] == "static"
+        assert answer["body"] == baked
+    assert web.run("systemctl stop %s", UNIT).rc == 0
+    deadline = time.monotonic() + 10
+    while request(client, f"http://{lb_address}/healthz").get("status") != 503:
+        assert time.monotonic() < deadline, "HAProxy still answers /healthz with the app stopped"
+        time.sleep(0.5)
+    for path in ("/", "/index.html"):
+        answer = request(client, f"http://{lb_address}{path}")
+        assert answer["status"] == 200, answer
+        assert answer["body"] == baked
+        head = request(client, f"http://{lb_address}{path}", method="HEAD")
+        assert head["status"] == 200 and head["headers"]["x-served-by"] == "static"
+    # Not a baked page, or not a GET/HEAD: the app's, which is down.
+    assert request(client, f"http://{lb_address}/other")["status"] == 503
+    assert request(client, f"http://{lb_address}/", method="POST")["status"] == 503
+
+
+def test_static_pages_published_on_the_balancer(lab, releases):
+    lb = lab[LB]
+    assert lb.run("readlink %s/static/current", APP).stdout.strip() == f"releases/{releases['A']}"
+    # The balancer's current is an app clone's thing: this one is not.
+    assert not lb.file(f"{APP}/current").exists
+    assert not lb.file(f"{APP}/releases/{releases['A']}/venv").exists  # no app code runs there
+    paths = [
+        line
+        for line in lb.file("/etc/haproxy/baked-paths.lst").content_string.splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert paths == ["/", "/index.html"]
+    listening = [line.split()[3] for line in lb.run("ss -Hltn").stdout.splitlines()]
+    assert "127.0.0.1:8081" in listening
+    assert not [a for a in listening if a.endswith(":8081") and a != "127.0.0.1:8081"]
+    assert not lb.file("/etc/nginx/sites-enabled/default").exists
+    assert lb.service("nginx").is_running and lb.service("nginx").is_enabled
+
+
+# --- the worker role, and deploy.yml ------------------------------------------------------------
+
+
+def test_worker_role_does_nothing_without_a_worker(lab):
+    other = lab[OTHER]
+    assert not other.file(APP).exists
+    assert not other.file("/etc/systemd/system/minimal-worker.service").exists
+
+
+def run_deploy_playbook(*extra: str) -> subprocess.CompletedProcess:
+    playbook = Path(sys.executable).parent / "ansible-playbook"
+    return subprocess.run(
+        [str(playbook), "-i", "localhost,", str(ROOT_DIR / "playbooks/deploy.yml"), *extra],
+        cwd=ROOT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def words(proc: subprocess.CompletedProcess) -> str:
+    """The playbook's output with whitespace collapsed (the callback wraps long messages)."""
+    return " ".join((proc.stdout + proc.stderr).split())
+
+
+def test_deploy_playbook_requires_an_artifact():
+    missing = run_deploy_playbook()
+    assert missing.returncode != 0
+    assert "-e deploy_artifact=/path/to/<name>-<release id>.tar.gz" in words(missing), words(
+        missing
+    )
+    wrong = run_deploy_playbook("-e", "deploy_artifact=/nonexistent/minimal.tar.gz")
+    assert wrong.returncode != 0
+    assert "/nonexistent/minimal.tar.gz is not a file on the controller" in words(wrong), words(
+        wrong
+    )

@@ -1,0 +1,180 @@
+"""Testinfra checks of the static role (and the haproxy role's static backend), run by the molecule
+scenario ``static``.
+
+One balancer, ``static-lb``: HAProxy with ``haproxy_static_backend_port: 8081`` and the static role
+publishing the fixture application in molecule/static/bakery (pages in sub-directories, a name with
+a space). The inventory's only app clone, ``static-app-gone``, does not exist: HAProxy's app backend
+is down for the whole scenario, and every baked page must be served anyway. Requests go to the
+balancer's own address, port 80 (the public frontend).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import testinfra
+
+SCENARIO = "static"
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
+    reason="hosts of the molecule scenario 'static' only",
+)
+
+LB = "static-lb"
+APP = "/srv/bakery"
+PATHS_FILE = "/etc/haproxy/baked-paths.lst"
+# URL path -> the baked file that answers it.
+PAGES = {
+    "/": "index.html",
+    "/index.html": "index.html",
+    "/catalogue/": "catalogue/index.html",
+    "/catalogue/index.html": "catalogue/index.html",
+    "/assets/site.css": "assets/site.css",
+    "/about%20us.html": "about us.html",
+}
+
+CLIENT = r"""
+import json, sys, urllib.error, urllib.request
+request = urllib.request.Request(sys.argv[1], method=sys.argv[2])
+try:
+    response = urllib.request.urlopen(request, timeout=5)
+    status, headers, body = response.status, response.headers, response.read()
+except urllib.error.HTTPError as error:
+    status, headers, body = error.code, error.headers, error.read()
+except OSError as error:
+    print(json.dumps({"error": str(error)}))
+    sys.exit(0)
+print(json.dumps({"status": status, "headers": {k.lower(): v for k, v in headers.items()},
+                  "body": body.decode(errors="replace")}))
+"""
+
+
+@pytest.fixture(scope="module")
+def lb(request):
+    inventory = request.config.option.ansible_inventory
+    return testinfra.get_host(f"ansible://{LB}", ansible_inventory=inventory)
+
+
+@pytest.fixture(scope="module")
+def address(lb) -> str:
+    return next(a for a in lb.interface.default().addresses if "." in a)
+
+
+@pytest.fixture(scope="module")
+def release(lb) -> str:
+    return lb.run("readlink %s/static/current", APP).stdout.strip().rsplit("/", 1)[1]
+
+
+def fetch(lb, url: str, method: str = "GET") -> dict:
+    result = lb.run("python3 -c %s %s %s", CLIENT, url, method)
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def wait_for(lb, url: str, status: int, deadline: float = 15.0) -> dict:
+    end = time.monotonic() + deadline
+    while True:
+        answer = fetch(lb, url)
+        if answer.get("status") == status or time.monotonic() > end:
+            return answer
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def nginx_up(lb, address):
+    def restore():
+        lb.run("systemctl start nginx.service")
+        assert wait_for(lb, f"http://{address}/", 200)["headers"]["x-served-by"] == "static"
+
+    restore()
+    yield
+    restore()
+
+
+def test_layout(lb, release):
+    assert lb.run("readlink %s/static/current", APP).stdout.strip() == f"releases/{release}"
+    published = f"{APP}/static/releases/{release}"
+    for page in set(PAGES.values()):
+        copy = lb.file(f"{published}/{page}")
+        original = lb.file(f"{APP}/releases/{release}/baked/{page}")
+        assert copy.is_file and copy.user == "root" and copy.mode == 0o644
+        assert copy.sha256sum == original.sha256sum
+    # The balancer runs no application code: no virtualenv, no current release of the app.
+    assert not lb.file(f"{APP}/releases/{release}/venv").exists
+    assert not lb.file(f"{APP}/current").exists
+    assert (
+        lb.run("%s verify %s/releases/%s", "/usr/local/libexec/deploykit-release", APP, release).rc
+        == 0
+    )
+
+
+def test_paths_list(lb):
+    listed = [
+        line
+        for line in lb.file(PATHS_FILE).content_string.splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert listed == sorted(PAGES)
+
+
+def test_haproxy_routes_baked_pages_to_nginx(lb):
+    config = lb.file("/etc/haproxy/haproxy.cfg").content_string
+    for line in [
+        f"acl baked_page path -f {PATHS_FILE}",
+        "use_backend static if { method GET HEAD } baked_page { nbsrv(static) gt 0 }",
+        "backend static",
+        "server static 127.0.0.1:8081 check inter 2s fall 2 rise 2",
+    ]:
+        assert line in config, line
+
+
+def test_nginx_serves_on_loopback_only(lb):
+    assert lb.service("nginx").is_running
+    assert lb.service("nginx").is_enabled
+    listening = [line.split()[3] for line in lb.run("ss -Hltn").stdout.splitlines()]
+    assert "127.0.0.1:8081" in listening
+    assert [a for a in listening if a.endswith(":8081")] == ["127.0.0.1:8081"]
+    # HAProxy keeps port 80 (nginx's default site, which would take it, is gone).
+    assert "0.0.0.0:80" in listening
+    assert not lb.file("/etc/nginx/sites-enabled/default").exists
+    assert lb.run("nginx -t").rc == 0
+    assert f"root {APP}/static/current;" in lb.file("/etc/nginx/nginx.conf").content_string
+
+
+def test_every_baked_page_is_served_with_no_app_clone(lb, address, release, nginx_up):
+    # The app backend's only server does not exist.
+    assert fetch(lb, f"http://{address}/healthz")["status"] == 503
+    for path, page in PAGES.items():
+        expected = lb.file(f"{APP}/releases/{release}/baked/{page}").content_string
+        answer = fetch(lb, f"http://{address}{path}")
+        assert answer["status"] == 200, (path, answer)
+        assert answer["headers"]["x-served-by"] == "static", path
+        assert answer["body"] == expected, path
+        head = fetch(lb, f"http://{address}{path}", method="HEAD")
+        assert head["status"] == 200, (path, head)
+    assert "text/css" in fetch(lb, f"http://{address}/assets/site.css")["headers"]["content-type"]
+
+
+def test_other_requests_go_to_the_app(lb, address, nginx_up):
+    # Not listed, not GET/HEAD, or a hidden file: the app's (down: 503), never nginx's.
+    for path, method in [
+        ("/catalogue", "GET"),
+        ("/", "POST"),
+        ("/.deploykit-release.json", "GET"),
+        ("/index.html?x=1", "DELETE"),
+    ]:
+        answer = fetch(lb, f"http://{address}{path}", method=method)
+        assert answer["status"] == 503, (path, method, answer)
+        assert answer["headers"].get("x-served-by") != "static"
+
+
+def test_nginx_down_sends_baked_pages_to_the_app(lb, address, nginx_up):
+    assert lb.run("systemctl stop nginx.service").rc == 0
+    answer = wait_for(lb, f"http://{address}/", 503)
+    assert answer["status"] == 503, answer  # the app backend (down here), not a broken static one
+    assert lb.run("systemctl start nginx.service").rc == 0
+    assert wait_for(lb, f"http://{address}/", 200)["status"] == 200

@@ -1,0 +1,181 @@
+"""Testinfra checks of the worker role, run by the molecule scenario ``worker``.
+
+One node, ``worker-node`` (group worker), with Debian's RabbitMQ on loopback (prepare.yml). The
+worker role deployed two applications there: molecule/worker/jobs (a Celery worker whose task
+sleeps, then logs that it finished) and tests/fixtures/minimal_app (no worker: nothing at all).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import testinfra
+
+SCENARIO = "worker"
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
+    reason="hosts of the molecule scenario 'worker' only",
+)
+
+NODE = "worker-node"
+APP = "/srv/jobs"
+UNIT = "jobs-worker.service"
+BROKER = "amqp://guest:guest@127.0.0.1:5672//"
+HELPER = "/usr/local/libexec/deploykit-release"
+
+
+@pytest.fixture(scope="module")
+def node(request):
+    inventory = request.config.option.ansible_inventory
+    return testinfra.get_host(f"ansible://{NODE}", ansible_inventory=inventory)
+
+
+@pytest.fixture
+def worker_running(node):
+    def restore():
+        node.run("systemctl start %s", UNIT)
+        assert node.service("jobs-worker").is_running
+
+    restore()
+    yield
+    restore()
+
+
+def main_pid(node) -> int:
+    return int(node.run("systemctl show --property=MainPID --value %s", UNIT).stdout.strip())
+
+
+def ping(node):
+    """What the role does after a start: celery inspect ping, as the service account."""
+    return node.run(
+        "systemd-run --quiet --wait --pipe --collect --uid=deploykit --gid=deploykit"
+        " --property=EnvironmentFile=%s/shared/env %s exec %s celery -A @worker@ inspect ping"
+        " --destination=jobs@%s --timeout=5",
+        APP,
+        HELPER,
+        APP,
+        node.run("hostname").stdout.strip(),
+    )
+
+
+def test_worker_runs_as_the_service_account(node, worker_running):
+    service = node.service("jobs-worker")
+    assert service.is_enabled
+    pid = main_pid(node)
+    processes = node.run("ps -o user:32=,args= --ppid %s -p %s", str(pid), str(pid))
+    lines = processes.stdout.splitlines()
+    assert len(lines) == 2, lines  # the main process and its one pool process (concurrency 1)
+    for line in lines:
+        user, args = line.split(None, 1)
+        assert user == "deploykit"
+        assert "celery -A jobs.tasks:celery_app worker --loglevel INFO --concurrency 1" in args
+    environ = node.run("tr '\\0' '\\n' < /proc/%s/environ", str(pid)).stdout.splitlines()
+    live = node.run("readlink %s/current", APP).stdout.strip().rsplit("/", 1)[1]
+    assert f"DEPLOYKIT_RELEASE_ID={live}" in environ
+    assert f"BROKER_URL={BROKER}" in environ
+
+
+def test_unit_stops_with_a_warm_shutdown_and_is_hardened(node):
+    wanted = {
+        "User": "deploykit",
+        "KillMode": "mixed",
+        "KillSignal": "15",
+        "TimeoutStopUSec": "1min",
+        "Restart": "on-failure",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectControlGroups": "yes",
+        "RestrictSUIDSGID": "yes",
+        "LockPersonality": "yes",
+        "CapabilityBoundingSet": "",
+    }
+    shown = node.run("systemctl show %s --property=%s", UNIT, ",".join(wanted)).stdout
+    assert dict(line.split("=", 1) for line in shown.splitlines()) == wanted
+    unit = node.run("systemctl cat %s", UNIT).stdout
+    assert f"EnvironmentFile={APP}/shared/env" in unit
+    assert f"ExecStart={HELPER} exec {APP} celery -A @worker@ worker" in unit
+
+
+def test_env_file_holds_the_contract_settings(node):
+    env = node.file(f"{APP}/shared/env")
+    assert (env.user, env.group, env.mode) == ("deploykit", "deploykit", 0o600)
+    lines = [line for line in env.content_string.splitlines() if line and not line.startswith("#")]
+    assert lines == [f'BROKER_URL="{BROKER}"', 'SECRET_KEY="molecule-worker-secret"']
+
+
+def test_worker_answers_a_ping_through_the_broker(node, worker_running):
+    result = ping(node)
+    assert result.rc == 0, result.stdout + result.stderr
+    assert "pong" in result.stdout
+
+
+def test_no_port_is_opened(node, worker_running):
+    # Every TCP listener is sshd's, RabbitMQ's (5672, 25672, epmd 4369) or Docker's DNS: none is
+    # the worker's (ss cannot name processes here: root in the container lacks CAP_SYS_PTRACE).
+    listening = {line.split()[3] for line in node.run("ss -Hltn").stdout.splitlines()}
+    others = {
+        address
+        for address in listening
+        if address.rsplit(":", 1)[1] not in {"22", "5672", "25672", "4369"}
+        and not address.startswith("127.0.0.11:")
+    }
+    assert others == set(), listening
+    assert not node.file("/etc/nftables.d/worker.nft").exists
+
+
+def test_a_stop_lets_the_running_job_finish(node, worker_running):
+    """Celery's warm shutdown: SIGTERM to the main process only; the job it runs finishes first."""
+    tag = f"warm-{time.time_ns()}"
+    sent = node.run(
+        "BROKER_URL=%s %s/current/venv/bin/python -B -c %s",
+        BROKER,
+        APP,
+        f"from jobs.tasks import slow; slow.delay(6, {tag!r})",
+    )
+    assert sent.rc == 0, sent.stderr
+    deadline = time.monotonic() + 20
+    while f"slow task {tag} started" not in node.run("journalctl -u %s -o cat", UNIT).stdout:
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.3)
+    started = time.monotonic()
+    stop = node.run("systemctl stop %s", UNIT)
+    took = time.monotonic() - started
+    assert stop.rc == 0, stop.stderr
+    log = node.run("journalctl -u %s -o cat", UNIT).stdout
+    assert f"slow task {tag} finished after 6 s" in log, log[-2000:]
+    assert took > 3, f"the stop took {took:.1f} s: it did not wait for the job"
+    result = node.run("systemctl show --property=Result --value %s", UNIT).stdout.strip()
+    assert result == "success"  # not killed at the timeout
+
+
+def test_restart_decision_reads_the_running_process(node, worker_running):
+    live = node.run("readlink %s/current", APP).stdout.strip().rsplit("/", 1)[1]
+    running = json.loads(
+        node.run(
+            "%s running %s --file %s/shared/env --file /etc/systemd/system/%s",
+            HELPER,
+            UNIT,
+            APP,
+            UNIT,
+        ).stdout
+    )
+    assert running["release"] == live
+    assert running["changed_since"] == []
+    node.run("touch %s/shared/env", APP)
+    changed = json.loads(node.run("%s running %s --file %s/shared/env", HELPER, UNIT, APP).stdout)
+    assert changed["changed_since"] == [f"{APP}/shared/env"]
+    node.run("systemctl restart %s", UNIT)
+
+
+def test_application_without_a_worker_gets_nothing(node):
+    assert not node.file("/srv/minimal").exists
+    assert not node.file("/etc/systemd/system/minimal-worker.service").exists
