@@ -32,12 +32,14 @@ import sys
 import tarfile
 import tempfile
 import tomllib
+import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from packaging.requirements import Requirement
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
@@ -54,6 +56,22 @@ TARGET_GLIBC = (2, 36)  # Debian 12 (bookworm)
 # The platform in the wheel-tag language: any manylinux wheel up to glibc 2.36 on x86_64 runs there.
 TARGET_PLATFORM = f"manylinux_{TARGET_GLIBC[0]}_{TARGET_GLIBC[1]}_{TARGET_ARCH}"
 TARGET_DESCRIPTION = "Debian 12, CPython 3.11, x86_64"
+# The nodes' interpreter, as environment markers see it (Debian 12 ships CPython 3.11.2). pip
+# evaluates markers with the controller's interpreter, so a dependency that only the nodes' exact
+# version needs (redis needs async-timeout where python_full_version < "3.11.3") would be missing
+# from a wheelhouse built on a newer 3.11: the build adds it (see _complete_for_nodes).
+TARGET_MARKER_ENVIRONMENT = {
+    "implementation_name": "cpython",
+    "implementation_version": "3.11.2",
+    "os_name": "posix",
+    "platform_machine": TARGET_ARCH,
+    "platform_python_implementation": "CPython",
+    "platform_system": "Linux",
+    "python_full_version": "3.11.2",
+    "python_version": "3.11",
+    "sys_platform": "linux",
+    "extra": "",
+}
 
 # Wheel platform tags the nodes accept, newest first (PEP 600 names and their legacy aliases).
 _LEGACY_MANYLINUX = {
@@ -586,6 +604,59 @@ def _pip_wheel(builder: _Builder, source: Path, wheelhouse: Path, pyproject: Pat
         )
 
 
+def missing_for_nodes(wheelhouse: Path) -> list[str]:
+    """Requirements of the wheels in WHEELHOUSE that the nodes' interpreter needs and no wheel
+    there provides (by name), judged with the nodes' environment markers."""
+    present = {parse_wheel_filename(w.name)[0] for w in wheelhouse.glob("*.whl")}
+    missing: dict[str, str] = {}
+    for wheel in sorted(wheelhouse.glob("*.whl")):
+        with zipfile.ZipFile(wheel) as archive:
+            metadata = next(
+                (n for n in archive.namelist() if n.endswith(".dist-info/METADATA")), None
+            )
+            if metadata is None:
+                continue
+            text = archive.read(metadata).decode("utf-8", errors="replace")
+        for line in text.splitlines():
+            if not line.startswith("Requires-Dist:"):
+                continue
+            requirement = Requirement(line.partition(":")[2].strip())
+            if requirement.marker is not None and not requirement.marker.evaluate(
+                TARGET_MARKER_ENVIRONMENT
+            ):
+                continue
+            name = canonicalize_name(requirement.name)
+            if name not in present:
+                requirement.marker = None
+                missing.setdefault(name, str(requirement))
+    return sorted(missing.values())
+
+
+def _complete_for_nodes(builder: _Builder, wheelhouse: Path, log: Log) -> None:
+    """Add the wheels only the nodes' interpreter needs (see TARGET_MARKER_ENVIRONMENT)."""
+    for _ in range(10):  # each pass adds what the previous pass's wheels require
+        missing = missing_for_nodes(wheelhouse)
+        if not missing:
+            return
+        log(
+            f"wheels the nodes' Python {TARGET_MARKER_ENVIRONMENT['python_full_version']} "
+            f"also needs: {', '.join(missing)}"
+        )
+        proc = _run(
+            [builder.python, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(wheelhouse),
+             "--progress-bar", "off", *missing],
+            env=_build_env(),
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise BuildError(
+                f"pip wheel failed (exit {proc.returncode}) for {', '.join(missing)}:\n    "
+                f"{_tail(proc.stdout + proc.stderr)}"
+            )
+    raise BuildError(
+        f"the wheelhouse is still incomplete for the nodes: {missing_for_nodes(wheelhouse)}"
+    )
+
+
 def _check_wheelhouse(
     wheelhouse: Path,
     builder: _Builder,
@@ -897,6 +968,7 @@ def build(
         log(f"wheels: pip wheel {project} and its dependencies ({TARGET_DESCRIPTION})")
         wheelhouse = stage / "wheelhouse"
         _pip_wheel(builder, build_tree, wheelhouse, pyproject)
+        _complete_for_nodes(builder, wheelhouse, log)
         requirement = _check_wheelhouse(wheelhouse, builder, contract, pyproject, project)
         wheels = sorted(wheelhouse.iterdir())
         log(

@@ -9,6 +9,7 @@ import shutil
 import sys
 import tarfile
 import textwrap
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -554,3 +555,28 @@ def test_a_failing_bake_stops_the_build(tmp_path: Path) -> None:
     assert message.startswith("bake minimal.bake:bake failed (exit 1) in the offline virtualenv")
     assert "RuntimeError: no catalogue" in message
     assert not (tmp_path / "out").exists()
+
+
+def _fake_wheel(directory: Path, name: str, requires: list[str]) -> None:
+    dist = f"{name}-1.0"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n"
+    metadata += "".join(f"Requires-Dist: {line}\n" for line in requires)
+    with zipfile.ZipFile(directory / f"{name}-1.0-py3-none-any.whl", "w") as archive:
+        archive.writestr(f"{dist}.dist-info/METADATA", metadata)
+
+
+def test_the_wheelhouse_is_judged_with_the_nodes_markers(tmp_path: Path) -> None:
+    # pip resolves with the controller's Python; Debian 12's 3.11.2 needs what a 3.11.7 skips.
+    _fake_wheel(
+        tmp_path,
+        "redisish",
+        [
+            'async-timeout>=4.0.3; python_full_version < "3.11.3"',
+            'tomli; python_version < "3.11"',
+            'pywin; sys_platform == "win32"',
+            'extra-only; extra == "speed"',
+            "present",
+        ],
+    )
+    _fake_wheel(tmp_path, "present", [])
+    assert release.missing_for_nodes(tmp_path) == ["async-timeout>=4.0.3"]
