@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from deploykit import __version__, inventory, lab, release, runner
+from deploykit import __version__, inventory, lab, release, runner, smoke
 from deploykit.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, DeploykitError
 from deploykit.project import project_root
 
@@ -162,18 +163,42 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """From nothing to a converged stack on the lab."""
+    """From nothing to the whole stack serving the example application, smoke-tested."""
     root = project_root()
     spec = lab.LabSpec(
         app_clones=args.app_clones, profile=args.profile, subnet=args.subnet, docstore=args.docstore
     )
+    started = time.monotonic()
     result = lab.up(spec, root=root, log=console.print)
     _print_lab_hosts(result.hosts)
     args.inventory = str(result.inventory)
+    console.rule("site.yml: the infrastructure")
     rc = _run("site.yml", args)
-    if rc == EXIT_OK:
-        console.print(f"[green]the lab is up and converged[/green]: inventory {result.inventory}")
-    return rc
+    if rc != EXIT_OK:
+        return rc
+    console.rule(f"build: {args.app}")
+    artifact = release.build(
+        (root / args.app).resolve(), out_dir=root / ".cache" / "artifacts", log=console.print
+    )
+    console.rule(f"deploy: release {artifact.release_id}")
+    rc = _run("playbooks/deploy.yml", args, {"deploy_artifact": str(artifact.path)})
+    if rc != EXIT_OK:
+        return rc
+    balancer = next(h for h in result.hosts if "lb" in h.groups)
+    url = f"http://{balancer.address}"
+    contract = artifact.manifest["contract"]
+    for check in smoke.smoke_test(
+        url, release_id=artifact.release_id, health_path=contract["health_path"]
+    ):
+        console.print(f"[green]ok[/green] {check.what}: {check.detail}", highlight=False)
+    console.print(
+        f"\n[bold green]up[/bold green] in {time.monotonic() - started:.0f} s: {url}\n"
+        f"  try: curl {url}/   (a baked page: no app clone involved)\n"
+        f"       curl {url}{contract['health_path']}   (the release id, the clone that answered)\n"
+        f"  remove it all: deploykit down",
+        highlight=False,
+    )
+    return EXIT_OK
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -235,8 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"deploykit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = commands.add_parser("up", help="create the lab and converge site.yml on it")
+    up = commands.add_parser(
+        "up", help="create the lab, converge site.yml, build and deploy the app, smoke-test it"
+    )
     _add_lab_options(up)
+    up.add_argument(
+        "--app",
+        type=Path,
+        default=Path("examples/shop"),
+        help="the application to deploy (default: examples/shop)",
+    )
     _add_run_options(up)
     up.set_defaults(func=cmd_up)
 

@@ -120,7 +120,7 @@ _EXCLUDED_SUFFIXES = (".pyc", ".pyo")
 
 # --- the application contract ---------------------------------------------------------------
 
-CONTRACT_KEYS = ("name", "wsgi", "health_path", "worker", "bake", "settings")
+CONTRACT_KEYS = ("name", "wsgi", "health_path", "worker", "bake", "migrate", "settings")
 _REQUIRED_KEYS = ("name", "wsgi", "health_path")
 _EXAMPLES = {
     "name": 'name = "shop"',
@@ -128,6 +128,7 @@ _EXAMPLES = {
     "health_path": 'health_path = "/healthz"',
     "worker": 'worker = "shop.jobs:celery_app"',
     "bake": 'bake = "shop.bake:bake"',
+    "migrate": 'migrate = "shop.migrate:main"',
     "settings": 'settings = ["SECRET_KEY", "REDIS_URL"]',
 }
 _NAME_RE = re.compile(r"[a-z][a-z0-9-]*\Z")
@@ -150,6 +151,8 @@ class AppContract:
     bake: str | None
     settings: tuple[str, ...]
     root: Path
+    # migrate(): run once per deploy, with the new release's code, before any node switches to it.
+    migrate: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The contract as the manifest records it (without the controller's path)."""
@@ -159,6 +162,7 @@ class AppContract:
             "health_path": self.health_path,
             "worker": self.worker,
             "bake": self.bake,
+            "migrate": self.migrate,
             "settings": list(self.settings),
         }
 
@@ -265,6 +269,7 @@ def load_contract(app_dir: Path) -> AppContract:
         )
     worker = _entry_point(where, table, "worker", "the Celery application")
     bake = _entry_point(where, table, "bake", "the callable bake(out_dir)")
+    migrate = _entry_point(where, table, "migrate", "the callable migrate()")
     settings = _settings(where, table.get("settings"))
     assert wsgi is not None  # required above
     return AppContract(
@@ -275,6 +280,7 @@ def load_contract(app_dir: Path) -> AppContract:
         bake=bake,
         settings=settings,
         root=root,
+        migrate=migrate,
     )
 
 
@@ -772,6 +778,8 @@ def _check_and_bake(
         entry_points.append(("worker", contract.worker))
     if contract.bake:
         entry_points.append(("bake", contract.bake))
+    if contract.migrate:
+        entry_points.append(("migrate", contract.migrate))
     args = {
         "entry_points": entry_points,
         "bake": contract.bake if baked is not None else None,

@@ -44,9 +44,11 @@ def lab_image() -> str:
 @pytest.fixture(scope="session")
 def lab_up(lab_image: str) -> Iterator[lab.LabUpResult]:
     """The default lab (full profile), created once per run; `lab down` runs at the end even
-    when a test fails, so no run leaves containers behind."""
+    when a test fails, so no run leaves containers behind (DEPLOYKIT_KEEP_LAB=1 keeps it)."""
     result = lab.up(lab.LabSpec(), root=ROOT, log=print)
     yield result
+    if os.environ.get("DEPLOYKIT_KEEP_LAB"):  # a developer's re-runs: keep the lab for the next
+        return
     lab.down(root=ROOT, log=print)
 
 

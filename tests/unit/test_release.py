@@ -92,17 +92,17 @@ CONTRACT_ERRORS = [
     ("[tool.deploykit\n", "{pyproject}: not valid TOML: Expected ']' at the end of a table "),
     (
         "[tool]\ndeploykit = 3\n",
-        W + ": must be a table of keys (name, wsgi, health_path, worker, bake, settings)",
+        W + ": must be a table of keys (name, wsgi, health_path, worker, bake, migrate, settings)",
     ),
     (
         VALID + 'wsig = "shop.web:app"\n',
         W + ": unknown key 'wsig' (did you mean 'wsgi'?): the keys are name, wsgi, "
-        "health_path, worker, bake, settings",
+        "health_path, worker, bake, migrate, settings",
     ),
     (
         VALID + "replicas = 3\n",
         W + ": unknown key 'replicas': the keys are name, wsgi, health_path, worker, bake, "
-        "settings",
+        "migrate, settings",
     ),
     (_replace('wsgi = "shop.web:app"', None), W + ': wsgi is required, e.g. wsgi = "shop.web:app"'),
     (
