@@ -11,9 +11,10 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from deploykit import __version__, inventory, lab, release, runner, smoke
-from deploykit.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, DeploykitError
+from deploykit import __version__, inventory, lab, release, rollout, runner, smoke
+from deploykit.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, DeploykitError
 from deploykit.project import project_root
 
 console = Console(stderr=True)
@@ -205,6 +206,197 @@ def cmd_down(args: argparse.Namespace) -> int:
     return cmd_lab_down(args)
 
 
+# --- rollouts ---------------------------------------------------------------------------------
+
+
+def _rollouts(args: argparse.Namespace) -> rollout.Rollouts:
+    root = project_root()
+
+    def on_step(event: object) -> None:
+        if args.json:
+            out.print_json(json.dumps(event))
+        elif isinstance(event, dict):
+            console.print(f"  {event.get('host')}: {event.get('step')}", highlight=False)
+
+    def log(line: str) -> None:
+        if args.json:
+            out.print_json(json.dumps({"event": "log", "message": Text.from_markup(line).plain}))
+        else:
+            console.print(line, highlight=False)
+
+    return rollout.Rollouts(
+        root,
+        _inventory_path(args.inventory, root),
+        log=log,
+        on_step=on_step,
+        vault_password_file=args.vault_password_file,
+        drain_timeout=args.drain_timeout,
+        ready_timeout=args.ready_timeout,
+    )
+
+
+def _print_rollout(args: argparse.Namespace, result: rollout.RolloutResult) -> int:
+    if args.json:
+        out.print_json(json.dumps(result.to_dict()))
+    else:
+        table = Table(title=f"{result.action} {result.app} {result.release}", title_justify="left")
+        for column in ("node", "role", "before", "now", "outcome", "step", "message"):
+            table.add_column(column, overflow="fold")
+        styles = {"failed": "red", "rolled_back": "yellow", "switched": "green"}
+        for node in sorted(result.nodes.values(), key=lambda n: (n.role, n.host)):
+            now = node.target if node.outcome in ("switched", "unchanged") else node.before
+            table.add_row(
+                node.host,
+                node.role,
+                node.before or "-",
+                now or "-",
+                Text(node.outcome, style=styles.get(node.outcome, "")),
+                node.step or "",
+                (node.message or "")[:400],
+            )
+        console.print(table)
+        words = {
+            "succeeded": "[green]done[/green]",
+            "unchanged": "[green]nothing to do[/green]",
+            "rolled_back": "[yellow]failed and rolled back[/yellow]",
+            "failed": "[red]failed[/red]",
+        }
+        console.print(
+            f"{result.action} {words.get(result.outcome, result.outcome)} in {result.seconds:.1f} s"
+            + (f": {result.failure}" if result.failure else ""),
+            highlight=False,
+        )
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _refused(args: argparse.Namespace, action: str, error: rollout.RolloutFailed) -> int:
+    if error.result is not None:
+        return _print_rollout(args, error.result)
+    if args.json:
+        out.print_json(json.dumps({"event": action, "outcome": "refused", "message": str(error)}))
+    else:
+        console.print(f"[red]{action} refused:[/red] {error}", highlight=False)
+    return EXIT_FAILED
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    if args.artifact is not None and args.app is not None:
+        raise BadInput("give --app (build it now) or --artifact (a built release), not both")
+    artifact = args.artifact
+    if artifact is None:
+        root = project_root()
+        built = release.build(
+            (args.app or Path("examples/shop")).resolve(),
+            out_dir=root / ".cache" / "artifacts",
+            log=(lambda line: None) if args.json else console.print,
+        )
+        artifact = built.path
+    elif not artifact.is_file():
+        raise BadInput(f"--artifact {artifact}: no such file (make one with deploykit build)")
+    rollouts = _rollouts(args)
+    try:
+        result = rollouts.deploy(
+            artifact.resolve(), batch=args.batch, canary=not args.no_canary, wait=args.wait
+        )
+    except rollout.RolloutFailed as error:
+        return _refused(args, "deploy", error)
+    return _print_rollout(args, result)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    rollouts = _rollouts(args)
+    try:
+        result = rollouts.rollback(
+            to=args.to, app_name=args.app_name, wait=args.wait, batch=args.batch
+        )
+    except rollout.RolloutFailed as error:
+        return _refused(args, "rollback", error)
+    return _print_rollout(args, result)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    report = _rollouts(args).status(app_name=args.app_name)
+    if args.json:
+        out.print_json(json.dumps(report.to_dict()))
+        return EXIT_OK
+    table = Table(title=f"{report.app}: live {report.live or 'DRIFT'}", title_justify="left")
+    for column in (
+        "node",
+        "role",
+        "release (running)",
+        "current",
+        "checksum",
+        "service",
+        "haproxy",
+    ):
+        table.add_column(column, overflow="fold")
+    live = report.live
+    for node in report.nodes:
+        differs = node.role in ("app", "worker") and (live is None or node.release != live)
+        table.add_row(
+            node.host,
+            node.role,
+            Text(node.release or "-", style="red" if differs else ""),
+            node.current or "-",
+            (node.checksum or "-")[:12],
+            node.service or "-",
+            node.haproxy or "",
+        )
+        if node.problem:
+            table.add_row("", "", Text(node.problem, style="red"), "", "", "", "")
+    out.print(table)
+    for reason in report.drift:
+        out.print(f"[red]DRIFT[/red] {reason}", highlight=False)
+    return EXIT_OK
+
+
+def cmd_releases(args: argparse.Namespace) -> int:
+    rollouts = _rollouts(args)
+    records = rollouts.ledger("history", "show", f"--limit={args.limit}").get("records") or []
+    if args.json:
+        out.print_json(json.dumps({"records": records}))
+        return EXIT_OK
+    table = Table(title="deploy history (oldest first)", title_justify="left")
+    for column in ("when", "who", "action", "from", "to", "outcome", "s", "failure"):
+        table.add_column(column, overflow="fold")
+    for record in records:
+        table.add_row(
+            str(record.get("recorded", "")),
+            str(record.get("who", "")),
+            str(record.get("action", "")),
+            str(record.get("from") or "-"),
+            str(record.get("to") or "-"),
+            str(record.get("outcome", "")),
+            str(record.get("seconds", "")),
+            str(record.get("failure") or "")[:200],
+        )
+    out.print(table)
+    return EXIT_OK
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    rollouts = _rollouts(args)
+    answer = rollouts.ledger("lock", args.lock_action)
+    if args.json:
+        out.print_json(json.dumps(answer))
+        return EXIT_OK
+    holder = answer.get("holder") or {}
+    if args.lock_action == "status":
+        if answer.get("held"):
+            out.print(
+                f"held by {holder.get('who')} ({holder.get('command')} {holder.get('release')}) "
+                f"since {holder.get('since')}",
+                highlight=False,
+            )
+        else:
+            out.print("free")
+    elif answer.get("released"):
+        out.print(f"released (it was held by {holder.get('who')} since {holder.get('since')})")
+    else:
+        out.print("the lock was free")
+    return EXIT_OK
+
+
 # --- parser ---------------------------------------------------------------------------------
 
 
@@ -250,6 +442,48 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--vault-password-file", type=Path, help="file holding the vault password")
     parser.add_argument("--json", action="store_true", help="print events and recap as JSON lines")
+
+
+def _add_inventory_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", "--inventory", help="inventory file (default: the lab's)")
+    parser.add_argument("--vault-password-file", type=Path, help="file holding the vault password")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(drain_timeout=30.0, ready_timeout=60.0)
+
+
+def _add_rollout_options(parser: argparse.ArgumentParser) -> None:
+    _add_inventory_options(parser)
+    parser.add_argument(
+        "--batch",
+        default=rollout.DEFAULT_BATCH,
+        metavar="N|P%",
+        help="clones switched at a time after the canary: a number or a percentage of the clones "
+        f"(default {rollout.DEFAULT_BATCH.replace('%', '%%')})",
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        nargs="?",
+        const=3600.0,
+        default=0.0,
+        metavar="SECONDS",
+        help="queue behind a rollout that holds the lock (default: refuse at once; "
+        "--wait alone waits up to an hour)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a clone's requests may take to finish before it leaves (default 30)",
+    )
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long HAProxy's check may take to see a switched clone UP (default 60)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,6 +562,39 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("playbook", help="path relative to the project, e.g. playbooks/common.yml")
     _add_run_options(run)
     run.set_defaults(func=cmd_run)
+
+    deploy = commands.add_parser(
+        "deploy", help="roll a release onto every clone: canary, batches, drain, health gates"
+    )
+    source = deploy.add_mutually_exclusive_group()
+    source.add_argument("--app", type=Path, help="build this application now and deploy it")
+    source.add_argument("--artifact", type=Path, help="deploy this artifact (deploykit build)")
+    _add_rollout_options(deploy)
+    deploy.add_argument("--no-canary", action="store_true", help="no single-clone canary first")
+    deploy.set_defaults(func=cmd_deploy)
+
+    rollback = commands.add_parser(
+        "rollback", help="the same rolling switch back to a kept release (default: the previous)"
+    )
+    rollback.add_argument("--to", metavar="RELEASE", help="the release to return to")
+    rollback.add_argument("--app-name", help="the application (default: from the history)")
+    _add_rollout_options(rollback)
+    rollback.set_defaults(func=cmd_rollback)
+
+    status = commands.add_parser("status", help="what runs where, as the nodes report it; DRIFT")
+    status.add_argument("--app-name", help="the application (default: from the history)")
+    _add_inventory_options(status)
+    status.set_defaults(func=cmd_status)
+
+    releases = commands.add_parser("releases", help="the deploy history kept on the balancer")
+    releases.add_argument("--limit", type=int, default=20, help="the last N records (default 20)")
+    _add_inventory_options(releases)
+    releases.set_defaults(func=cmd_releases)
+
+    lock = commands.add_parser("lock", help="the deploy lock on the balancer")
+    lock.add_argument("lock_action", choices=["status", "release"], metavar="status|release")
+    _add_inventory_options(lock)
+    lock.set_defaults(func=cmd_lock)
     return parser
 
 

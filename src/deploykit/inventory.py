@@ -1157,3 +1157,38 @@ def _yaml_mark(error: BaseException) -> Any:
             return current.problem_mark
         current = current.__cause__ or current.__context__
     return None
+
+
+# --- reading an inventory's layout -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a rollout needs to know of an inventory before it runs: each group's hosts, in the order
+    Ansible runs them, and the application name(s) the inventory declares (deploykit_app_name)."""
+
+    groups: Mapping[str, list[str]]
+    app_names: frozenset[str]
+
+
+def read_layout(path: Path) -> Layout:
+    """The groups and the declared application names of the inventory at ``path`` (validate it
+    first: this reads without reporting problems). Nothing is decrypted or templated."""
+    with _captured_ansible_warnings():
+        loader = _CheckLoader()
+        loader.lenient = True
+        manager, _ = _parse_inventory(path, loader)
+        if manager is None:
+            raise BadInput(f"inventory '{path}' could not be read: run deploykit check -i {path}")
+        groups = {
+            name: [host.name for host in manager.get_hosts(pattern=name)]
+            for name in manager.groups
+            if name not in _IMPLICIT_GROUPS
+        }
+        variables = VariableManager(loader=loader, inventory=manager)
+        names = set()
+        for host in manager.get_hosts():
+            value = variables.get_vars(host=host, include_hostvars=False).get("deploykit_app_name")
+            if isinstance(value, str) and value and "{{" not in value:
+                names.add(value)
+    return Layout(groups=groups, app_names=frozenset(names))

@@ -17,7 +17,7 @@ import shlex
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -133,6 +133,9 @@ class RunResult:
     #: ansible-playbook's own error when it failed outside any task (bad syntax, missing vault
     #: password file, unknown module): the lines it printed, trimmed.
     error: str | None = None
+    #: What the playbook reported with ``ansible.builtin.set_stats`` (aggregated over hosts): the
+    #: channel through which playbooks hand data to deploykit (the rollout's survey, the lock).
+    data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -230,6 +233,7 @@ class EventCollector:
         self.live: dict[str, HostRecap] = {}
         self.current_task: dict[str, str] = {}
         self.stats: dict[str, HostRecap] | None = None
+        self.data: dict[str, Any] = {}
         self.failures: list[TaskFailure] = []
         self.play = ""
         self.task = ""
@@ -304,6 +308,9 @@ class EventCollector:
                 values[attr] = int(counts.get(host, 0)) if isinstance(counts, Mapping) else 0
             recap[host] = HostRecap(**values)
         self.stats = recap
+        custom = data.get("artifact_data")
+        if isinstance(custom, Mapping):
+            self.data = dict(custom)
 
     def _feed_stdout(self, stdout: str) -> None:
         # ansible-playbook's own errors are loose stdout lines: "[ERROR]: ..." (ansible-core 2.19)
@@ -352,6 +359,7 @@ class EventCollector:
             failures=self._reconciled_failures(),
             artifacts_dir=artifacts_dir,
             error="\n".join(self._error_lines) if self._error_lines and not ok else None,
+            data=dict(self.data),
         )
 
 

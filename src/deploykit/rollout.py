@@ -1,0 +1,866 @@
+"""Rolling deploys: deploy, rollback, status, the deploy history and the deploy lock.
+
+The controller drives; Ansible does the work on the hosts (``playbooks/rollout/``):
+
+1. ``begin.yml`` takes the deploy lock on the first balancer and surveys every node (what each runs);
+2. ``stage.yml`` (a deploy of a release not yet everywhere) stages the release on every node in
+   parallel and runs its migration once, before any clone switches;
+3. ``roll.yml`` switches the app clones batch by batch (a canary first): drain in HAProxy, switch,
+   restart, health path reports the new release, ready, HAProxy's check sees it UP; then the
+   workers; then the baked pages;
+4. on any failure, ``roll.yml`` again, returning every host the rollout touched (not only the failing
+   batch) to the release it ran before;
+5. ``finish.yml`` appends the record to the history and releases the lock, whatever happened.
+
+Data comes back from the hosts through ``set_stats`` (:attr:`deploykit.runner.RunResult.data`).
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deploykit import inventory, runner
+from deploykit.errors import BadInput, DeploykitError
+from deploykit.release import verify
+
+__all__ = [
+    "DEFAULT_BATCH",
+    "NodeOutcome",
+    "NodeStatus",
+    "RolloutFailed",
+    "RolloutResult",
+    "Rollouts",
+    "StatusReport",
+    "parse_batch",
+    "plan_batches",
+    "previous_release",
+]
+
+#: A quarter of the clones at a time (at least one, never all of them at once): the rest serve.
+DEFAULT_BATCH = "25%"
+
+_BATCH = re.compile(r"^(?:(?P<count>[1-9]\d*)|(?P<percent>[1-9]\d?|100)%)$")
+
+Log = Callable[[str], None]
+Step = Callable[[Mapping[str, Any]], None]
+
+
+class RolloutFailed(DeploykitError):
+    """A rollout stopped: nothing changed (the lock is held, staging failed), or what it switched
+    was returned to the previous release. Exit code 1."""
+
+    exit_code = 1
+
+    def __init__(
+        self, message: str, *, result: RolloutResult | None = None, hint: str | None = None
+    ):
+        super().__init__(message, hint=hint)
+        self.result = result
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+def parse_batch(text: str) -> tuple[int | None, int | None]:
+    """``"2"`` → (2, None); ``"25%"`` → (None, 25). Anything else is BadInput."""
+    match = _BATCH.match(text.strip())
+    if match is None:
+        raise BadInput(
+            f"--batch {text!r}: expected a number of clones (e.g. 2) or a percentage (1%-100%, e.g. 25%)"
+        )
+    if match["count"]:
+        return int(match["count"]), None
+    return None, int(match["percent"])
+
+
+def plan_batches(hosts: Sequence[str], batch: str, *, canary: bool = True) -> list[list[str]]:
+    """Split ``hosts`` (in inventory order) into the batches a rollout switches, in order: a canary
+    of one clone first (unless ``canary`` is false), then batches of ``batch`` clones (a count or a
+    percentage of all clones, rounded up, at least 1). With more than one clone, a batch never takes
+    every clone at once: one keeps serving while the others switch."""
+    count, percent = parse_batch(batch)
+    hosts = list(hosts)
+    if not hosts:
+        return []
+    size = count if count is not None else math.ceil(len(hosts) * (percent or 0) / 100)
+    size = max(1, size)
+    if len(hosts) > 1:
+        size = min(size, len(hosts) - 1)
+    batches: list[list[str]] = []
+    rest = hosts
+    if canary and len(hosts) > 1:
+        batches.append(rest[:1])
+        rest = rest[1:]
+    batches.extend(rest[i : i + size] for i in range(0, len(rest), size))
+    return batches
+
+
+# --- what runs where ----------------------------------------------------------------------------
+
+
+@dataclass
+class NodeStatus:
+    """One role of one host, as the host itself reports it."""
+
+    host: str
+    role: str  # app, worker, lb
+    groups: list[str]
+    #: The release the running service reports (its process; for the app, its health path too).
+    release: str | None = None
+    #: The release ``current`` points to.
+    current: str | None = None
+    checksum: str | None = None
+    service: str | None = None
+    #: HAProxy's view of this clone (app only), e.g. UP, DRAIN, MAINT, DOWN; one per balancer.
+    haproxy: str | None = None
+    releases: list[str] = field(default_factory=list)
+    problem: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "role": self.role,
+            "groups": self.groups,
+            "release": self.release,
+            "current": self.current,
+            "checksum": self.checksum,
+            "service": self.service,
+            "haproxy": self.haproxy,
+            "releases": self.releases,
+            "problem": self.problem,
+        }
+
+
+@dataclass
+class StatusReport:
+    app: str
+    nodes: list[NodeStatus]
+
+    def of(self, role: str) -> list[NodeStatus]:
+        return [node for node in self.nodes if node.role == role]
+
+    @property
+    def drift(self) -> list[str]:
+        """Why the fleet is not one release everywhere (empty when it is)."""
+        reasons: list[str] = []
+        runners = [n for n in self.nodes if n.role in ("app", "worker")]
+        releases = {n.release for n in runners}
+        if len(releases) > 1:
+            by_release: dict[str, list[str]] = {}
+            for node in runners:
+                by_release.setdefault(str(node.release), []).append(f"{node.host} ({node.role})")
+            reasons.append(
+                "clones differ: "
+                + "; ".join(
+                    f"{release} on {', '.join(h)}" for release, h in sorted(by_release.items())
+                )
+            )
+        checksums = {n.checksum for n in runners if n.checksum}
+        if len(checksums) > 1:
+            reasons.append("manifest checksums differ between nodes")
+        for node in runners:
+            if (
+                node.release is not None
+                and node.current is not None
+                and node.release != node.current
+            ):
+                reasons.append(
+                    f"{node.host} ({node.role}) runs {node.release} but current points to {node.current}"
+                )
+        return reasons
+
+    @property
+    def live(self) -> str | None:
+        """The release every app clone and worker runs, or None when they differ."""
+        releases = {n.release for n in self.nodes if n.role in ("app", "worker")}
+        return releases.pop() if len(releases) == 1 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "app": self.app,
+            "live": self.live,
+            "drift": bool(self.drift),
+            "drift_reasons": self.drift,
+            "nodes": [node.to_dict() for node in self.nodes],
+        }
+
+
+def _haproxy_views(data: Mapping[str, Any]) -> dict[str, list[str]]:
+    views: dict[str, list[str]] = {}
+    for host, report in sorted(data.items()):
+        lb = report.get("lb") if isinstance(report, Mapping) else None
+        if not isinstance(lb, Mapping):
+            continue
+        for server in lb.get("servers") or []:
+            views.setdefault(str(server.get("server")), []).append(f"{server.get('status')}")
+        del host
+    return views
+
+
+def status_from_survey(app: str, nodes: Mapping[str, Any]) -> StatusReport:
+    """Turn the survey's per-host reports (tasks/survey.yml) into a :class:`StatusReport`."""
+    views = _haproxy_views(nodes)
+    result: list[NodeStatus] = []
+    for host, report in sorted(nodes.items()):
+        if not isinstance(report, Mapping):
+            continue
+        groups = [str(g) for g in report.get("groups") or []]
+        for role, unit in (("app", f"{app}-web.service"), ("worker", f"{app}-worker.service")):
+            if role not in groups:
+                continue
+            survey = report.get(role)
+            node = NodeStatus(host=host, role=role, groups=groups)
+            if not isinstance(survey, Mapping):
+                node.problem = str(report.get(f"{role}_error") or "no answer")[:300]
+            else:
+                state = (survey.get("units") or {}).get(unit) or {}
+                node.current = survey.get("current")
+                node.checksum = survey.get("checksum")
+                node.releases = [str(r) for r in survey.get("releases") or []]
+                node.service = state.get("active")
+                node.release = state.get("release") if state.get("pid") else None
+                health = survey.get("health")
+                if role == "app" and isinstance(health, Mapping):
+                    if health.get("status") == 200 and health.get("release"):
+                        if node.release and health["release"] != node.release:
+                            node.problem = (
+                                f"its process runs {node.release}, its health path reports "
+                                f"{health['release']}"
+                            )
+                        node.release = str(health["release"])
+                    elif node.service == "active":
+                        node.problem = f"health path: {health.get('status') or health.get('error') or 'no answer'}"
+                if role == "app" and host in views:
+                    node.haproxy = "/".join(views[host])
+            result.append(node)
+        if "lb" in groups:
+            lb = report.get("lb")
+            node = NodeStatus(host=host, role="lb", groups=groups, current=report.get("static"))
+            node.release = node.current
+            if not isinstance(lb, Mapping):
+                node.problem = str(report.get("lb_error") or "no answer from HAProxy")[:300]
+            else:
+                servers = lb.get("servers") or []
+                up = sum(1 for s in servers if s.get("status") == "UP")
+                node.service = f"{up}/{len(servers)} app servers UP"
+            result.append(node)
+    return StatusReport(app=app, nodes=result)
+
+
+def previous_release(
+    live: str, history: Sequence[Mapping[str, Any]], kept: Sequence[str]
+) -> str | None:
+    """The release before ``live``: the ``from`` of the newest successful rollout that made ``live``
+    live (the history on the balancer), else the release installed just before it among those the
+    nodes keep (their install stamps, oldest first), else None."""
+    for record in reversed(history):
+        if record.get("outcome") == "succeeded" and record.get("to") == live and record.get("from"):
+            if record["from"] != live:
+                return str(record["from"])
+    if live in kept:
+        index = list(kept).index(live)
+        if index > 0:
+            return kept[index - 1]
+    return None
+
+
+# --- results --------------------------------------------------------------------------------------
+
+
+@dataclass
+class NodeOutcome:
+    host: str
+    role: str
+    before: str | None
+    target: str | None
+    #: switched, unchanged, untouched, rolled_back, failed (left out of service or on the wrong release)
+    outcome: str = "untouched"
+    step: str | None = None
+    message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "before": self.before,
+            "target": self.target,
+            "outcome": self.outcome,
+            "step": self.step,
+            "message": self.message,
+        }
+
+
+@dataclass
+class RolloutResult:
+    action: str  # deploy, rollback
+    app: str
+    release: str
+    previous: str | None
+    outcome: str = "failed"  # succeeded, unchanged, rolled_back, failed
+    seconds: float = 0.0
+    batches: list[list[str]] = field(default_factory=list)
+    nodes: dict[str, NodeOutcome] = field(default_factory=dict)
+    failure: str | None = None
+    holder: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("succeeded", "unchanged")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event": self.action,
+            "outcome": self.outcome,
+            "app": self.app,
+            "release": self.release,
+            "previous": self.previous,
+            "seconds": round(self.seconds, 1),
+            "batches": self.batches,
+            "failure": self.failure,
+            "nodes": {key: node.to_dict() for key, node in sorted(self.nodes.items())},
+        }
+
+    def record(self) -> dict[str, Any]:
+        """The history's record: who, when (the ledger adds it), from and to, each node's outcome."""
+        return {
+            "action": self.action,
+            "app": self.app,
+            "from": self.previous,
+            "to": self.release,
+            "outcome": self.outcome,
+            "who": self.holder.get("who"),
+            "started": self.holder.get("started"),
+            "seconds": round(self.seconds, 1),
+            "failure": self.failure,
+            "nodes": {
+                key: {"outcome": n.outcome, "step": n.step} for key, n in sorted(self.nodes.items())
+            },
+        }
+
+
+# --- the driver ---------------------------------------------------------------------------------
+
+
+def _who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def _step_of(task: str) -> str:
+    """The rollout step a task belongs to (its name starts with it in playbooks/rollout/tasks)."""
+    head, sep, _ = task.partition(":")
+    if sep and head.strip().isalpha() and head.strip().islower():
+        return head.strip()
+    return task
+
+
+# The steps of playbooks/rollout/tasks/switch_*.yml (their task names start with "<step>:").
+_STEPS = frozenset({"prepare", "drain", "switch", "ready", "pages", "done"})
+_LIVE_STEPS = frozenset({"drain", "switch", "ready"})
+_CHANGING_STEPS = frozenset({"drain", "switch", "ready", "pages"})
+
+
+class _Tracker:
+    """Follows a roll.yml run's events: which hosts it touched and the step each one is at."""
+
+    def __init__(self, on_step: Step | None) -> None:
+        self.touched: set[str] = set()
+        self.step: dict[str, str] = {}
+        self.done: set[str] = set()
+        self._on_step = on_step
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = str(event.get("event", ""))
+        data = event.get("event_data") or {}
+        host = str(data.get("host") or "")
+        step = _step_of(str(data.get("task") or ""))
+        if host and kind in ("runner_on_failed", "runner_on_unreachable"):
+            # Inside a step (the app role's tasks of "switch"): whatever failed may have changed it.
+            self.touched.add(host)
+        if not host or step not in _STEPS:
+            return
+        if kind == "runner_on_start" and step in _LIVE_STEPS and self.step.get(host) != step:
+            self.step[host] = step
+            if self._on_step is not None:
+                self._on_step({"event": "step", "host": host, "step": step})
+        # Touched: a step that changes something ran on the host (ok or not); a skipped or merely
+        # started task touched nothing.
+        if kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable"):
+            if step in _CHANGING_STEPS:
+                self.touched.add(host)
+            if step == "done" and kind == "runner_on_ok":
+                self.done.add(host)
+                if self._on_step is not None:
+                    self._on_step({"event": "step", "host": host, "step": "done"})
+
+    def close(self, result: runner.RunResult) -> None:
+        del result
+
+
+class Rollouts:
+    """Rollouts against one inventory, from the project at ``root``."""
+
+    def __init__(
+        self,
+        root: Path,
+        inventory_path: Path,
+        *,
+        log: Log,
+        on_step: Step | None = None,
+        vault_password_file: Path | None = None,
+        drain_timeout: float = 30,
+        ready_timeout: float = 60,
+    ) -> None:
+        self.root = root
+        self.inventory = inventory_path
+        self.log = log
+        self.on_step = on_step
+        self.vault_password_file = vault_password_file
+        self.drain_timeout = drain_timeout
+        self.ready_timeout = ready_timeout
+
+    # -- helpers
+
+    def _check_inventory(self) -> inventory.Layout:
+        problems = inventory.validate_inventory(self.inventory, roles_dir=self.root / "roles")
+        if problems:
+            raise BadInput(
+                f"{len(problems)} problem(s) in {self.inventory}: nothing was run\n"
+                + "\n".join(str(p) for p in problems)
+            )
+        layout = inventory.read_layout(self.inventory)
+        for group in ("lb", "app"):
+            if not layout.groups.get(group):
+                raise BadInput(
+                    f"the inventory {self.inventory} has no host in the group {group!r}: a rollout "
+                    "needs a balancer and at least one app clone"
+                )
+        return layout
+
+    def _run(
+        self, playbook: str, extravars: Mapping[str, Any], *, limit: str | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> runner.RunResult:  # fmt: skip
+        return runner.run_playbook(
+            f"playbooks/rollout/{playbook}",
+            root=self.root,
+            inventory=self.inventory,
+            extravars=dict(extravars),
+            limit=limit,
+            vault_password_file=self.vault_password_file,
+            on_event=on_event,
+        )
+
+    @staticmethod
+    def _failure(result: runner.RunResult) -> tuple[str | None, str | None, str]:
+        """(host, step, message) of a failed run."""
+        if result.failures:
+            failure = result.failures[0]
+            what = "unreachable" if failure.unreachable else failure.message
+            return failure.host, _step_of(failure.task), f"{failure.task}: {what}"
+        return (
+            None,
+            None,
+            result.error or f"ansible-playbook ended {result.status} (rc {result.rc})",
+        )
+
+    def _app_name(self, layout: inventory.Layout, given: str | None) -> str:
+        """The application: --app-name, else the inventory's deploykit_app_name, else the one the
+        deploy history on the balancer names last."""
+        if given:
+            return given
+        if len(layout.app_names) == 1:
+            return next(iter(layout.app_names))
+        if len(layout.app_names) > 1:
+            raise BadInput(
+                f"the inventory names several applications ({', '.join(sorted(layout.app_names))}) "
+                "in deploykit_app_name: pass --app-name"
+            )
+        records = self.ledger("history", "show", "--limit=50").get("records") or []
+        for record in reversed(records):
+            if isinstance(record, dict) and record.get("app"):
+                return str(record["app"])
+        raise BadInput(
+            "which application? the deploy history on the balancer is empty: deploy one first "
+            "(deploykit deploy), set deploykit_app_name in the inventory (group all), or pass --app-name"
+        )
+
+    # -- the lock and the survey
+
+    def _begin(
+        self, app: str, holder: Mapping[str, Any], *, wait: float, health_path: str
+    ) -> tuple[StatusReport, list[dict[str, Any]]]:
+        result = self._run(
+            "begin.yml",
+            {
+                "rollout_app": app,
+                "rollout_holder": dict(holder),
+                "rollout_wait": int(wait),
+                "rollout_health_path": health_path,
+            },
+        )
+        lock = result.data.get("lock")
+        if isinstance(lock, Mapping) and not lock.get("acquired"):
+            held = lock.get("holder") or {}
+            raise RolloutFailed(
+                f"the deploy lock is held by {held.get('who', '?')} ({held.get('command', '?')} "
+                f"{held.get('release', '')}) since {held.get('since', '?')} "
+                f"({_age(lock.get('age'))} ago); nothing was changed",
+                hint="wait for it (deploykit deploy --wait), or, if that rollout is dead, "
+                "release the lock: deploykit lock release",
+            )
+        if not result.ok:
+            host, step, message = self._failure(result)
+            if isinstance(lock, Mapping) and lock.get("acquired"):
+                self._finish_record_only(holder, app, "begin", message)
+            raise RolloutFailed(
+                f"could not survey the nodes ({host}: {message}); nothing was changed"
+            )
+        status = status_from_survey(app, result.data.get("nodes") or {})
+        history = [r for r in result.data.get("history") or [] if isinstance(r, dict)]
+        return status, history
+
+    def _finish(self, result: RolloutResult) -> None:
+        finished = self._run(
+            "finish.yml",
+            {"rollout_record": result.record(), "rollout_token": result.holder.get("token", "")},
+        )
+        if not finished.ok:
+            _, _, message = self._failure(finished)
+            self.log(
+                f"[red]could not record the rollout or release the deploy lock[/red]: {message}; "
+                "check with deploykit lock status"
+            )
+
+    def _finish_record_only(
+        self, holder: Mapping[str, Any], app: str, action: str, message: str
+    ) -> None:
+        record = RolloutResult(
+            action=action, app=app, release="", previous=None, holder=dict(holder)
+        )
+        record.failure = message
+        self._finish(record)
+
+    def _holder(self, command: str, release: str) -> dict[str, Any]:
+        return {
+            "who": _who(),
+            "command": command,
+            "release": release,
+            "token": uuid.uuid4().hex,
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+    # -- the switch
+
+    def _roll(
+        self,
+        result: RolloutResult,
+        targets: Mapping[str, str],
+        batches: list[list[str]],
+        *,
+        static: str,
+        artifact: Path | None,
+    ) -> tuple[runner.RunResult, _Tracker]:
+        tracker = _Tracker(self.on_step)
+        hosts = sorted(targets)
+        extravars: dict[str, Any] = {
+            "rollout_app": result.app,
+            "rollout_targets": dict(targets),
+            "rollout_batches": [len(b) for b in batches] or [1],
+            "rollout_drain_timeout": self.drain_timeout,
+            "rollout_ready_timeout": self.ready_timeout,
+            "rollout_static": static,
+            "rollout_artifact": str(artifact) if artifact else "",
+        }
+        # The app play's batches follow the inventory order of the hosts in the run: the targets.
+        run = self._run("roll.yml", extravars, limit=",".join(hosts), on_event=tracker)
+        return run, tracker
+
+    def _switch(
+        self,
+        result: RolloutResult,
+        status: StatusReport,
+        layout: inventory.Layout,
+        *,
+        batch: str,
+        canary: bool,
+        artifact: Path | None,
+    ) -> None:
+        """Switch every node to result.release; on failure, return what was touched. Fills
+        result.nodes and result.outcome."""
+        target = result.release
+        before: dict[str, str | None] = {}
+        app_targets: dict[str, str] = {}
+        other_targets: dict[str, str] = {}
+        for node in status.nodes:
+            key = f"{node.host}/{node.role}"
+            outcome = NodeOutcome(
+                host=node.host, role=node.role, before=node.release, target=target
+            )
+            result.nodes[key] = outcome
+            before[key] = node.release
+            in_place = node.release == target and node.current == target
+            if node.role == "app":
+                in_place = in_place and (node.haproxy or "UP").split("/") == ["UP"] * len(
+                    (node.haproxy or "UP").split("/")
+                )
+            if in_place:
+                outcome.outcome = "unchanged"
+                continue
+            if node.role == "app":
+                app_targets[node.host] = target
+            else:
+                other_targets[node.host] = target
+        if not app_targets and not other_targets:
+            result.outcome = "unchanged"
+            return
+        order = [h for h in layout.groups.get("app", []) if h in app_targets]
+        result.batches = plan_batches(order, batch, canary=canary)
+        self.log(
+            "batches: " + " → ".join("(" + ", ".join(b) + ")" for b in result.batches)
+            if result.batches
+            else "no app clone to switch"
+        )
+        static = (
+            ("artifact" if artifact else "kept")
+            if any(n.role == "lb" for n in status.nodes if n.host in other_targets)
+            else "none"
+        )
+        run, tracker = self._roll(
+            result,
+            {**app_targets, **other_targets},
+            result.batches,
+            static=static,
+            artifact=artifact,
+        )
+        if run.ok:
+            for key, outcome in result.nodes.items():
+                if outcome.host in tracker.done and outcome.outcome != "unchanged":
+                    outcome.outcome = "switched"
+            result.outcome = "succeeded"
+            return
+        host, step, message = self._failure(run)
+        step = tracker.step.get(host or "", step)
+        result.failure = f"{host or '?'}: step {step or '?'}: {message}"
+        self.log(f"[red]failed[/red] {result.failure}")
+        for outcome in result.nodes.values():
+            if outcome.host == host:
+                outcome.outcome, outcome.step, outcome.message = "failed", step, message
+        # Every host the run touched goes back, the failing one included, not only its batch.
+        back: dict[str, str] = {}
+        unknown: list[str] = []
+        for key, outcome in result.nodes.items():
+            if outcome.host not in tracker.touched or outcome.outcome == "unchanged":
+                continue
+            previous = before[key]
+            if previous is None:
+                unknown.append(outcome.host)
+                continue
+            back[outcome.host] = previous
+        self.log(
+            "returning to the previous release: " + (", ".join(sorted(back)) or "nothing to return")
+        )
+        if unknown:
+            self.log(
+                f"[yellow]no previous release on {', '.join(sorted(set(unknown)))}[/yellow]: "
+                "left out of service"
+            )
+        if not back:
+            result.outcome = "failed" if unknown else "rolled_back"
+            return
+        back_batches = plan_batches(
+            [h for h in layout.groups.get("app", []) if h in back], batch, canary=False
+        )
+        back_static = (
+            "kept"
+            if any(n.role == "lb" and n.host in back for n in result.nodes.values())
+            else "none"
+        )
+        undo, undo_tracker = self._roll(
+            result, back, back_batches, static=back_static, artifact=None
+        )
+        for outcome in result.nodes.values():
+            if outcome.host not in back:
+                continue
+            if outcome.host in undo_tracker.done:
+                if outcome.outcome != "failed":
+                    outcome.outcome = "rolled_back"
+                else:
+                    outcome.message = f"{outcome.message} (returned to {back[outcome.host]})"
+                    outcome.outcome = "rolled_back"
+                outcome.step = outcome.step or step
+            else:
+                outcome.outcome = "failed"
+        if undo.ok:
+            result.outcome = "rolled_back"
+        else:
+            _, _, undo_message = self._failure(undo)
+            result.outcome = "failed"
+            result.failure += f"; the return to the previous release failed too: {undo_message}"
+
+    # -- the commands
+
+    def deploy(
+        self,
+        artifact: Path,
+        *,
+        batch: str = DEFAULT_BATCH,
+        canary: bool = True,
+        wait: float = 0,
+    ) -> RolloutResult:
+        parse_batch(batch)
+        layout = self._check_inventory()
+        manifest = verify(artifact)
+        app = str(manifest["name"])
+        release = str(manifest["release_id"])
+        health_path = str(manifest["contract"]["health_path"])
+        holder = self._holder("deploy", release)
+        started = time.monotonic()
+        status, _ = self._begin(app, holder, wait=wait, health_path=health_path)
+        result = RolloutResult(
+            action="deploy", app=app, release=release, previous=status.live, holder=holder
+        )
+        try:
+            if all(
+                n.release == release and n.current == release
+                for n in status.nodes
+                if n.role in ("app", "worker", "lb")
+            ):
+                for node in status.nodes:
+                    result.nodes[f"{node.host}/{node.role}"] = NodeOutcome(
+                        host=node.host, role=node.role, before=release, target=release,
+                        outcome="unchanged",
+                    )  # fmt: skip
+                result.outcome = "unchanged"
+                self.log(f"release {release} is live on every node: nothing to do")
+                return result
+            self.log(f"staging {release} on every node (nothing live changes)")
+            live = sorted({n.current for n in status.of("app") if n.current})
+            staged = self._run(
+                "stage.yml",
+                {
+                    "rollout_app": app,
+                    "rollout_artifact": str(artifact.resolve()),
+                    "rollout_live_releases": live,
+                },
+            )
+            if not staged.ok:
+                host, step, message = self._failure(staged)
+                result.failure = f"{host or '?'}: staging: {message}"
+                result.outcome = "failed"
+                for node in status.nodes:
+                    result.nodes[f"{node.host}/{node.role}"] = NodeOutcome(
+                        host=node.host, role=node.role, before=node.release, target=release,
+                        outcome="failed" if node.host == host else "untouched",
+                        step="stage" if node.host == host else None,
+                        message=message if node.host == host else None,
+                    )  # fmt: skip
+                return result
+            self._switch(result, status, layout, batch=batch, canary=canary, artifact=artifact)
+            return result
+        finally:
+            result.seconds = time.monotonic() - started
+            self._finish(result)
+
+    def rollback(self, *, to: str | None = None, app_name: str | None = None, wait: float = 0,
+                 batch: str = DEFAULT_BATCH) -> RolloutResult:  # fmt: skip
+        parse_batch(batch)
+        layout = self._check_inventory()
+        app = self._app_name(layout, app_name)
+        holder = self._holder("rollback", to or "")
+        started = time.monotonic()
+        status, history = self._begin(app, holder, wait=wait, health_path="/healthz")
+        live = status.live
+        result = RolloutResult(
+            action="rollback", app=app, release=to or "", previous=live, holder=holder
+        )
+        try:
+            if to is None:
+                if live is None:
+                    raise RolloutFailed(
+                        "the clones do not all run one release (deploykit status shows which): "
+                        "say which release to return to with --to",
+                    )
+                kept = next((n.releases for n in status.of("app") if n.releases), [])
+                to = previous_release(live, history, kept)
+                if to is None:
+                    raise RolloutFailed(
+                        f"no release before {live} is known (history) or kept on the clones: "
+                        "name one with --to (deploykit releases lists them)"
+                    )
+            result.release = to
+            missing = [
+                n.host for n in status.nodes if n.role in ("app", "worker") and to not in n.releases
+            ]
+            if missing:
+                raise RolloutFailed(
+                    f"release {to} is not kept on {', '.join(missing)}: nothing was changed",
+                    hint="deploy its artifact instead (deploykit deploy --artifact ...)",
+                )
+            self.log(f"rolling back {app} from {live or 'mixed releases'} to {to}")
+            self._switch(result, status, layout, batch=batch, canary=False, artifact=None)
+            return result
+        except RolloutFailed as error:
+            result.failure = str(error)
+            result.outcome = "failed"
+            raise
+        finally:
+            result.seconds = time.monotonic() - started
+            self._finish(result)
+
+    def status(self, *, app_name: str | None = None) -> StatusReport:
+        layout = self._check_inventory()
+        app = self._app_name(layout, app_name)
+        result = self._run("status.yml", {"rollout_app": app})
+        if not result.ok and not result.data.get("nodes"):
+            _, _, message = self._failure(result)
+            raise DeploykitError(f"could not survey the nodes: {message}")
+        report = status_from_survey(app, result.data.get("nodes") or {})
+        for failure in result.failures:
+            report.nodes.append(
+                NodeStatus(host=failure.host, role="?", groups=[], problem=failure.message[:300])
+            )
+        return report
+
+    def ledger(self, *argv: str) -> dict[str, Any]:
+        self._check_inventory()
+        result = self._run("ledger.yml", {"rollout_ledger_argv": list(argv)})
+        answer = result.data.get("ledger")
+        if not result.ok or not isinstance(answer, dict):
+            _, _, message = self._failure(result)
+            raise DeploykitError(f"could not read the deploy ledger: {message}")
+        return answer
+
+
+def _age(seconds: Any) -> str:
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        return "?"
+    if value < 120:
+        return f"{value:.0f} s"
+    if value < 7200:
+        return f"{value / 60:.0f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def node_lines(nodes: Iterable[NodeOutcome]) -> list[str]:
+    return [
+        f"{n.host:<10} {n.role:<7} {n.before or '-'} → {n.target or '-'}: {n.outcome}"
+        + (f" at {n.step}" if n.step else "")
+        + (f": {n.message}" if n.message else "")
+        for n in nodes
+    ]
