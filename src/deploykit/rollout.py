@@ -635,7 +635,7 @@ class Rollouts:
             else "no app clone to switch"
         )
         static = (
-            ("artifact" if artifact else "kept")
+            "kept"
             if any(n.role == "lb" for n in status.nodes if n.host in other_targets)
             else "none"
         )

@@ -4,7 +4,8 @@ The scenario has three hosts:
 
 * ``haproxy-lb`` (lb): HAProxy, TLS from a self-signed certificate (given as PEM content);
 * ``haproxy-app1`` (app): a tiny HTTP app on 8000 (``/`` answers the host's name, ``/healthz``
-  200, or 503 while ``/run/molecule-app.unhealthy`` exists), see prepare.yml;
+  200, or 503 while ``/run/molecule-app.unhealthy`` exists, ``/slow?seconds=N`` the host's name
+  after N seconds), see prepare.yml;
 * ``haproxy-app2`` (app, monitoring): the same app; ``monitoring`` is the group admitted to the
   stats port.
 
@@ -15,6 +16,9 @@ command with a deadline, and always undone by a fixture, whatever the outcome of
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 import json
 import os
 import time
@@ -536,3 +540,286 @@ def test_states_survive_a_restart_but_not_a_crash(lab, both_clones_up):
     recovered = watch(lb, APP1, "DRAIN,UP", deadline=20, not_pid=before)
     assert recovered["ok"] and recovered["status"] == "UP", recovered
     assert lb.service("haproxy").is_running
+
+
+# --- the runtime-API helper (deploys drive HAProxy through it) -----------------------------------
+
+HELPER = "/usr/local/libexec/deploykit-haproxy"
+HELPER_SOURCE = ROOT / "roles/haproxy/files/deploykit-haproxy"
+SERVER_FIELDS = {
+    "backend",
+    "server",
+    "address",
+    "status",
+    "admin",
+    "operational",
+    "sessions",
+    "check",
+    "check_detail",
+    "weight",
+}
+SLOW_UNIT = "molecule-haproxy-slow"
+SLOW_OUTPUT = "/run/molecule-haproxy-slow.json"
+
+# Runs on the balancer: the helper with the given arguments, timed there (not across the SSH round
+# trip). With a first argument BACKEND/SERVER instead of "-", only once the helper sees a session
+# on that server (polled every 50 ms, 10 s at most). Prints JSON {rc, stdout, stderr, elapsed,
+# busy (the sessions seen, or null)}.
+TIMED = r"""
+import json, subprocess, sys, time
+busy_on, helper, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+busy = None
+if busy_on != "-":
+    backend, server = busy_on.split("/")
+    deadline = time.monotonic() + 10
+    while True:
+        seen = subprocess.run([helper, "state", backend, server], capture_output=True, text=True)
+        busy = json.loads(seen.stdout)["sessions"] if seen.returncode == 0 else None
+        if busy or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+started = time.monotonic()
+done = subprocess.run([helper, *args], capture_output=True, text=True)
+print(json.dumps({"rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr,
+                  "elapsed": time.monotonic() - started, "busy": busy}))
+"""
+
+# Runs on a client: <count> requests to a URL at the same time; prints a JSON list of
+# {status, served_by} or {error}.
+CONCURRENT_CLIENT = r"""
+import json, ssl, sys, threading, urllib.error, urllib.request
+url, count = sys.argv[1], int(sys.argv[2])
+context = ssl._create_unverified_context()
+results = []
+
+def fetch():
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=30) as answer:
+            results.append({"status": answer.status, "served_by": answer.headers["X-Served-By"]})
+    except urllib.error.HTTPError as error:
+        results.append({"status": error.code, "served_by": error.headers["X-Served-By"]})
+    except OSError as error:
+        results.append({"error": str(error)})
+
+threads = [threading.Thread(target=fetch) for _ in range(count)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(json.dumps(results))
+"""
+
+
+def helper(lb, *args: str, busy_on: str = "-") -> dict:
+    """Run the helper on the balancer: {rc, stdout, stderr, elapsed, busy, json (on success)}."""
+    result = lb.run("python3 -c %s %s %s" + " %s" * len(args), TIMED, busy_on, HELPER, *args)
+    assert result.rc == 0, result.stderr
+    run = json.loads(result.stdout)
+    run["json"] = json.loads(run["stdout"]) if run["rc"] == 0 else None
+    return run
+
+
+def failed_in_one_line(run: dict, status: int) -> str:
+    """The helper's contract for a failure: nothing on stdout, one line on stderr."""
+    assert run["rc"] == status, run
+    assert run["stdout"] == "", run
+    lines = run["stderr"].splitlines()
+    assert len(lines) == 1, run
+    return lines[0]
+
+
+def stat_field(lb, server: str, field: str) -> str:
+    """One column of app/<server>'s row in `show stat`."""
+    rows = csv.DictReader(io.StringIO(runtime_api(lb, "show stat").removeprefix("# ")))
+    return next(row[field] for row in rows if (row["pxname"], row["svname"]) == ("app", server))
+
+
+def start_in_background(client, unit: str, output: str, script: str, *args: str) -> None:
+    client.run("rm -f %s; systemctl reset-failed %s", output, unit)
+    started = client.run(
+        "systemd-run --unit %s --collect --property StandardOutput=file:%s python3 -c %s"
+        + " %s" * len(args),
+        unit,
+        output,
+        script,
+        *args,
+    )
+    assert started.rc == 0, started.stderr
+
+
+def background_output(client, unit: str, output: str) -> list[dict]:
+    finished = client.run(
+        "timeout 60 sh -c 'while systemctl is-active -q %s; do sleep 0.2; done'; cat %s",
+        unit,
+        output,
+    )
+    return json.loads(finished.stdout)
+
+
+def test_helper_is_installed_root_owned_0755(lab):
+    installed = lab[LB].file(HELPER)
+    assert installed.is_file
+    assert installed.user == "root"
+    assert installed.group == "root"
+    assert installed.mode == 0o755
+    assert installed.sha256sum == hashlib.sha256(HELPER_SOURCE.read_bytes()).hexdigest()
+    assert installed.content_string.startswith("#!/usr/bin/python3\n")
+
+
+def test_runtime_api_is_not_on_the_network(lab):
+    """Every socket HAProxy's CLI listens on is a unix socket (or the master's socketpair):
+    no TCP listener serves the runtime API."""
+    lb = lab[LB]
+    sockets = [
+        line.split()[0]
+        for line in runtime_api(lb, "show cli sockets").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert f"unix@{SOCKET}" in sockets, sockets
+    assert all(s.startswith(("unix@", "sockpair@")) for s in sockets), sockets
+    config = lb.file("/etc/haproxy/haproxy.cfg").content_string
+    lines = [line.split() for line in config.splitlines()]
+    binds = [fields[2] for fields in lines if fields[:2] == ["stats", "socket"]]
+    assert binds == [SOCKET], binds
+
+
+def test_helper_lists_both_servers_up(lab, both_clones_up):
+    lb = lab[LB]
+    run = helper(lb, "servers")
+    assert run["rc"] == 0, run
+    servers = run["json"]["servers"]
+    # Only servers: no FRONTEND or BACKEND rows, nothing of the stats frontend.
+    assert {(s["backend"], s["server"]) for s in servers} == {("app", APP1), ("app", APP2)}
+    for server in servers:
+        assert set(server) == SERVER_FIELDS, server
+        port = ROLE_DEFAULTS["haproxy_backend_port"]
+        assert server["address"] == f"{address_of(lab[server['server']])}:{port}"
+        assert server["status"] == "UP"
+        assert server["admin"] == "ready"
+        assert server["operational"] == "up"
+        assert server["sessions"] == 0
+        assert server["check"] == "L7OK"
+        assert "(code 200)" in server["check_detail"], server
+        assert server["weight"] == 1
+    assert helper(lb, "servers", "--backend", "app")["json"]["servers"] == servers
+    one = helper(lb, "--socket", SOCKET, "state", "app", APP1)
+    assert one["rc"] == 0, one
+    assert one["json"] == next(s for s in servers if s["server"] == APP1)
+
+
+def test_helper_drain_maint_then_ready(lab, lb_address, both_clones_up):
+    lb = lab[LB]
+    run = helper(lb, "drain", "app", APP1, "--maint", "--timeout", "10")
+    assert run["rc"] == 0, run
+    drained = run["json"]
+    assert drained["server"] == APP1
+    assert drained["status"] == "MAINT"
+    assert drained["sessions_left"] == 0
+    assert 0 <= drained["waited"] < 1.0, drained
+    state = helper(lb, "state", "app", APP1)["json"]
+    assert (state["admin"], state["operational"], state["check"]) == ("maint", "down", None), state
+    assert served_by(requests(lab[APP2], f"https://{lb_address}/", count=8)) == {APP2}
+
+    run = helper(lb, "ready", "app", APP1, "--timeout", "10")
+    assert run["rc"] == 0, run
+    ready = run["json"]
+    assert ready["server"] == APP1
+    assert ready["status"] == "UP"
+    # Out of maint it waits for a check (inter 500 ms), and no longer than a few of them.
+    assert 0 < ready["waited"] < 3.0, ready
+    state = helper(lb, "state", "app", APP1)["json"]
+    assert (state["status"], state["admin"], state["check"]) == ("UP", "ready", "L7OK"), state
+    assert served_by(requests(lab[APP2], f"https://{lb_address}/", count=10)) == CLONES
+
+
+def test_helper_drain_waits_for_requests_in_flight(lab, lb_address, both_clones_up):
+    """Four 3-second requests at once (round robin: two on each clone); the drain of
+    haproxy-app1 starts while its two are in flight, and returns when they have ended."""
+    lb, client = lab[LB], lab[APP2]
+    url = f"https://{lb_address}/slow?seconds=3"
+    start_in_background(client, SLOW_UNIT, SLOW_OUTPUT, CONCURRENT_CLIENT, url, "4")
+    run = helper(lb, "drain", "app", APP1, "--timeout", "10", busy_on=f"app/{APP1}")
+    assert run["busy"], f"no request in flight on {APP1}: {run}"
+    assert run["rc"] == 0, run
+    drained = run["json"]
+    assert drained["sessions_left"] == 0, drained
+    assert drained["status"] == "DRAIN"
+    assert 1.5 < drained["waited"] < 3.5, drained
+    responses = background_output(client, SLOW_UNIT, SLOW_OUTPUT)
+    assert [r.get("status") for r in responses] == [200] * 4, responses
+    assert {r["served_by"] for r in responses} == CLONES
+
+
+def test_helper_drain_is_bounded_by_its_timeout(lab, lb_address, both_clones_up):
+    """The timeout cuts the wait, not the requests: exit 0, sessions_left says what is left."""
+    lb, client = lab[LB], lab[APP2]
+    url = f"https://{lb_address}/slow?seconds=4"
+    start_in_background(client, SLOW_UNIT, SLOW_OUTPUT, CONCURRENT_CLIENT, url, "4")
+    run = helper(lb, "drain", "app", APP1, "--timeout", "0.5", busy_on=f"app/{APP1}")
+    assert run["busy"], f"no request in flight on {APP1}: {run}"
+    assert run["rc"] == 0, run
+    drained = run["json"]
+    assert drained["sessions_left"] >= 1, drained
+    assert drained["status"] == "DRAIN"
+    assert 0.5 <= drained["waited"] < 1.0, drained
+    responses = background_output(client, SLOW_UNIT, SLOW_OUTPUT)
+    assert [r.get("status") for r in responses] == [200] * 4, responses
+
+
+def test_helper_ready_fails_naming_a_server_whose_app_is_stopped(lab, lb_address, both_clones_up):
+    """Out of maint, with its app stopped: exit 1 after the timeout, naming the server, its
+    status and its last check; and not one request sent to it meanwhile (ready leaves maint
+    through drain until a check has concluded: HAProxy itself would send requests at once)."""
+    lb, app2 = lab[LB], lab[APP2]
+    assert helper(lb, "drain", "app", APP2, "--maint", "--timeout", "5")["rc"] == 0
+    try:
+        assert app2.run("systemctl stop molecule-app.service").rc == 0
+        redispatched = stat_field(lb, APP2, "wredis")
+        # Requests through the balancer, 50 ms apart, for longer than `ready` tries.
+        start_in_background(
+            lab[APP1], CLIENT_UNIT, CLIENT_OUTPUT, CLIENT, f"https://{lb_address}/", "100", "0.05"
+        )
+        run = helper(lb, "ready", "app", APP2, "--timeout", "3")
+        message = failed_in_one_line(run, 1)
+        assert f"app/{APP2}" in message, message
+        assert "last status DOWN" in message, message
+        assert "L4CON" in message and "Connection refused" in message, message
+        assert 3.0 <= run["elapsed"] < 4.5, run
+        # Left ready, and DOWN: HAProxy's checks bring it back once its app answers.
+        state = helper(lb, "state", "app", APP2)["json"]
+        assert (state["admin"], state["status"], state["check"]) == ("ready", "DOWN", "L4CON")
+        responses = background_output(lab[APP1], CLIENT_UNIT, CLIENT_OUTPUT)
+        assert len(responses) == 100
+        assert served_by(responses) == {APP1}
+        assert stat_field(lb, APP2, "wredis") == redispatched, "requests were sent to haproxy-app2"
+    finally:
+        app2.run("systemctl start molecule-app.service")
+    back = watch(lb, APP2, "UP", deadline=10)
+    assert back["ok"], f"{APP2} did not come back UP by its checks: {back}"
+
+
+def test_helper_unknown_server_or_backend_exits_1(lab, both_clones_up):
+    lb = lab[LB]
+    for args in (
+        ["state", "app", "nope"],
+        ["maint", "app", "nope"],
+        ["drain", "app", "nope", "--timeout", "1", "--maint"],
+        ["ready", "app", "nope", "--timeout", "1"],
+    ):
+        message = failed_in_one_line(helper(lb, *args), 1)
+        assert "app/nope: no such server" in message, message
+        assert APP1 in message and APP2 in message, message  # what exists instead
+    message = failed_in_one_line(helper(lb, "state", "nope", APP1), 1)
+    assert f"nope/{APP1}: no such backend" in message, message
+    failed_in_one_line(helper(lb, "servers", "--backend", "nope"), 1)
+    message = failed_in_one_line(helper(lb, "--socket", "/run/haproxy/none.sock", "servers"), 1)
+    assert "/run/haproxy/none.sock" in message, message
+    # Usage errors: exit 2, one line too.
+    failed_in_one_line(helper(lb, "drain", "app"), 2)
+    failed_in_one_line(helper(lb, "ready", "app", APP1, "--timeout", "soon"), 2)
+    # Nothing changed.
+    servers = helper(lb, "servers")["json"]["servers"]
+    assert {(s["server"], s["admin"], s["status"]) for s in servers} == {
+        (APP1, "ready", "UP"),
+        (APP2, "ready", "UP"),
+    }
