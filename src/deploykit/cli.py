@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from deploykit import __version__, inventory, lab, release, rollout, runner, smoke
+from deploykit import __version__, inventory, lab, release, remote, rollout, runner, smoke
 from deploykit.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, DeploykitError
 from deploykit.project import project_root
 
@@ -182,7 +183,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         (root / args.app).resolve(), out_dir=root / ".cache" / "artifacts", log=console.print
     )
     console.rule(f"deploy: release {artifact.release_id}")
-    rc = _run("playbooks/deploy.yml", args, {"deploy_artifact": str(artifact.path)})
+    args.vault_password_file = getattr(args, "vault_password_file", None)
+    args.drain_timeout, args.ready_timeout = 30.0, 60.0
+    try:
+        deployed = _rollouts(args).deploy(artifact.path)
+    except rollout.RolloutFailed as error:
+        return _refused(args, "deploy", error)
+    rc = _print_rollout(args, deployed)
     if rc != EXIT_OK:
         return rc
     balancer = next(h for h in result.hosts if "lb" in h.groups)
@@ -209,18 +216,24 @@ def cmd_down(args: argparse.Namespace) -> int:
 # --- rollouts ---------------------------------------------------------------------------------
 
 
+def _json_line(obj: object) -> None:
+    """One JSON object on one line of stdout (JSON lines: a script reads the last line)."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
 def _rollouts(args: argparse.Namespace) -> rollout.Rollouts:
     root = project_root()
 
     def on_step(event: object) -> None:
         if args.json:
-            out.print_json(json.dumps(event))
+            _json_line(event)
         elif isinstance(event, dict):
             console.print(f"  {event.get('host')}: {event.get('step')}", highlight=False)
 
     def log(line: str) -> None:
         if args.json:
-            out.print_json(json.dumps({"event": "log", "message": Text.from_markup(line).plain}))
+            _json_line({"event": "log", "message": Text.from_markup(line).plain})
         else:
             console.print(line, highlight=False)
 
@@ -237,7 +250,7 @@ def _rollouts(args: argparse.Namespace) -> rollout.Rollouts:
 
 def _print_rollout(args: argparse.Namespace, result: rollout.RolloutResult) -> int:
     if args.json:
-        out.print_json(json.dumps(result.to_dict()))
+        _json_line(result.to_dict())
     else:
         table = Table(title=f"{result.action} {result.app} {result.release}", title_justify="left")
         for column in ("node", "role", "before", "now", "outcome", "step", "message"):
@@ -273,13 +286,14 @@ def _refused(args: argparse.Namespace, action: str, error: rollout.RolloutFailed
     if error.result is not None:
         return _print_rollout(args, error.result)
     if args.json:
-        out.print_json(json.dumps({"event": action, "outcome": "refused", "message": str(error)}))
+        _json_line({"event": action, "outcome": "refused", "message": str(error)})
     else:
         console.print(f"[red]{action} refused:[/red] {error}", highlight=False)
     return EXIT_FAILED
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    rollout.parse_batch(args.batch)
     if args.artifact is not None and args.app is not None:
         raise BadInput("give --app (build it now) or --artifact (a built release), not both")
     artifact = args.artifact
@@ -304,6 +318,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    rollout.parse_batch(args.batch)
     rollouts = _rollouts(args)
     try:
         result = rollouts.rollback(
@@ -317,7 +332,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     report = _rollouts(args).status(app_name=args.app_name)
     if args.json:
-        out.print_json(json.dumps(report.to_dict()))
+        _json_line(report.to_dict())
         return EXIT_OK
     table = Table(title=f"{report.app}: live {report.live or 'DRIFT'}", title_justify="left")
     for column in (
@@ -354,7 +369,7 @@ def cmd_releases(args: argparse.Namespace) -> int:
     rollouts = _rollouts(args)
     records = rollouts.ledger("history", "show", f"--limit={args.limit}").get("records") or []
     if args.json:
-        out.print_json(json.dumps({"records": records}))
+        _json_line({"records": records})
         return EXIT_OK
     table = Table(title="deploy history (oldest first)", title_justify="left")
     for column in ("when", "who", "action", "from", "to", "outcome", "s", "failure"):
@@ -378,7 +393,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     rollouts = _rollouts(args)
     answer = rollouts.ledger("lock", args.lock_action)
     if args.json:
-        out.print_json(json.dumps(answer))
+        _json_line(answer)
         return EXIT_OK
     holder = answer.get("holder") or {}
     if args.lock_action == "status":
@@ -486,6 +501,41 @@ def _add_rollout_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_rollout_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    deploy = commands.add_parser(
+        "deploy", help="roll a release onto every clone: canary, batches, drain, health gates"
+    )
+    source = deploy.add_mutually_exclusive_group()
+    source.add_argument("--app", type=Path, help="build this application now and deploy it")
+    source.add_argument("--artifact", type=Path, help="deploy this artifact (deploykit build)")
+    _add_rollout_options(deploy)
+    deploy.add_argument("--no-canary", action="store_true", help="no single-clone canary first")
+    deploy.set_defaults(func=cmd_deploy)
+
+    rollback = commands.add_parser(
+        "rollback", help="the same rolling switch back to a kept release (default: the previous)"
+    )
+    rollback.add_argument("--to", metavar="RELEASE", help="the release to return to")
+    rollback.add_argument("--app-name", help="the application (default: from the history)")
+    _add_rollout_options(rollback)
+    rollback.set_defaults(func=cmd_rollback)
+
+    status = commands.add_parser("status", help="what runs where, as the nodes report it; DRIFT")
+    status.add_argument("--app-name", help="the application (default: from the history)")
+    _add_inventory_options(status)
+    status.set_defaults(func=cmd_status)
+
+    releases = commands.add_parser("releases", help="the deploy history kept on the balancer")
+    releases.add_argument("--limit", type=int, default=20, help="the last N records (default 20)")
+    _add_inventory_options(releases)
+    releases.set_defaults(func=cmd_releases)
+
+    lock = commands.add_parser("lock", help="the deploy lock on the balancer")
+    lock.add_argument("lock_action", choices=["status", "release"], metavar="status|release")
+    _add_inventory_options(lock)
+    lock.set_defaults(func=cmd_lock)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deploykit",
@@ -563,38 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(run)
     run.set_defaults(func=cmd_run)
 
-    deploy = commands.add_parser(
-        "deploy", help="roll a release onto every clone: canary, batches, drain, health gates"
-    )
-    source = deploy.add_mutually_exclusive_group()
-    source.add_argument("--app", type=Path, help="build this application now and deploy it")
-    source.add_argument("--artifact", type=Path, help="deploy this artifact (deploykit build)")
-    _add_rollout_options(deploy)
-    deploy.add_argument("--no-canary", action="store_true", help="no single-clone canary first")
-    deploy.set_defaults(func=cmd_deploy)
-
-    rollback = commands.add_parser(
-        "rollback", help="the same rolling switch back to a kept release (default: the previous)"
-    )
-    rollback.add_argument("--to", metavar="RELEASE", help="the release to return to")
-    rollback.add_argument("--app-name", help="the application (default: from the history)")
-    _add_rollout_options(rollback)
-    rollback.set_defaults(func=cmd_rollback)
-
-    status = commands.add_parser("status", help="what runs where, as the nodes report it; DRIFT")
-    status.add_argument("--app-name", help="the application (default: from the history)")
-    _add_inventory_options(status)
-    status.set_defaults(func=cmd_status)
-
-    releases = commands.add_parser("releases", help="the deploy history kept on the balancer")
-    releases.add_argument("--limit", type=int, default=20, help="the last N records (default 20)")
-    _add_inventory_options(releases)
-    releases.set_defaults(func=cmd_releases)
-
-    lock = commands.add_parser("lock", help="the deploy lock on the balancer")
-    lock.add_argument("lock_action", choices=["status", "release"], metavar="status|release")
-    _add_inventory_options(lock)
-    lock.set_defaults(func=cmd_lock)
+    _add_rollout_commands(commands)
+    remote.add_exec_command(commands)
     return parser
 
 
@@ -603,7 +623,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc: int = args.func(args)
     except DeploykitError as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False)
+        # The message is text, not markup: "[tool.deploykit]" must print as it is.
+        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         return error.exit_code
     except KeyboardInterrupt:
         console.print("interrupted")

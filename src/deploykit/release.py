@@ -138,6 +138,9 @@ _ENTRY_POINT_RE = re.compile(rf"{_DOTTED}:{_DOTTED}\Z")
 _HEALTH_PATH_RE = re.compile(r"/[^\s?#]*\Z")
 _SETTING_RE = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 _VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}\Z")
+# A release id names a directory on the nodes (releases/<id>/): <version>-<12 hex>. The same rule
+# as the release role's read_manifest.py, so that verify accepts exactly what a deploy can stage.
+_RELEASE_ID_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,127}\Z")
 
 
 @dataclass(frozen=True)
@@ -1032,6 +1035,21 @@ def _unsafe(name: str) -> bool:
     return path.is_absolute() or ".." in path.parts or name in ("", ".")
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _not_a_tar_gz(artifact: Path) -> str | None:
+    """Why the file cannot be a release at all (empty, or not gzip), before reading it as one:
+    "truncated or corrupt" would send the user to copy again a file that was never an artifact."""
+    with artifact.open("rb") as handle:
+        start = handle.read(len(_GZIP_MAGIC))
+    if not start:
+        return "an empty file, not a release"
+    if start != _GZIP_MAGIC:
+        return "not a gzip-compressed tar archive (.tar.gz), so not a release"
+    return None
+
+
 def _read_members(artifact: Path) -> tuple[list[str], dict[str, str], bytes | None]:
     """One pass over the archive: file names in archive order, their sha256, manifest.json."""
     order: list[str] = []
@@ -1040,11 +1058,23 @@ def _read_members(artifact: Path) -> tuple[list[str], dict[str, str], bytes | No
     where = "at its start"
     try:
         with tarfile.open(artifact, "r:gz") as tar:
-            for member in tar:
+            for index, member in enumerate(tar):
                 name = member.name
                 where = f"in {name}"
                 if _unsafe(name):
-                    raise BadInput(f"{artifact}: {name!r}: an unsafe path in the archive")
+                    raise BadInput(
+                        f"{artifact}: {name!r}: a path outside the release (absolute, or with "
+                        "'..'); every path in a release is relative and stays inside it",
+                        hint="rebuild the artifact with deploykit build; never edit one",
+                    )
+                if index == 0 and not (name == MANIFEST_NAME and member.isfile()):
+                    # The release role reads the manifest as the first member before anything is
+                    # uploaded; an archive verify accepted would be refused only mid-deploy.
+                    raise BadInput(
+                        f"{artifact}: its first member is {name!r}, not {MANIFEST_NAME}: "
+                        "deploykit build writes the manifest first",
+                        hint="rebuild the artifact with deploykit build; never repack one",
+                    )
                 if member.isdir():
                     where = f"after {name}"
                     continue
@@ -1103,6 +1133,7 @@ def _checked_manifest(artifact: Path, raw: bytes | None) -> tuple[dict[str, Any]
             f"{artifact}: {MANIFEST_NAME}: its checksum does not match its files list "
             "(the manifest was edited after the build)"
         )
+    _check_manifest_fields(artifact, manifest)
     built_for = (manifest.get("python"), manifest.get("platform"))
     if built_for != (TARGET_PYTHON, TARGET_PLATFORM):
         raise BadInput(
@@ -1113,12 +1144,53 @@ def _checked_manifest(artifact: Path, raw: bytes | None) -> tuple[dict[str, Any]
     return manifest, files
 
 
+def _check_manifest_fields(artifact: Path, manifest: Mapping[str, Any]) -> None:
+    """The fields a deploy reads from the manifest, in the form deploykit build writes them: the
+    checksum covers only the files list, so these are checked one by one."""
+    where = f"{artifact}: {MANIFEST_NAME}"
+    rebuild = "rebuild the artifact with deploykit build; never edit one"
+    for key in ("name", "release_id", "requirement", "contract"):
+        if key not in manifest:
+            raise BadInput(
+                f"{where}: no {key!r}: not a manifest deploykit build wrote", hint=rebuild
+            )
+    name, release_id = manifest["name"], manifest["release_id"]
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise BadInput(
+            f"{where}: name {name!r} is not an application name (lowercase letters, digits and "
+            "'-', starting with a letter)",
+            hint=rebuild,
+        )
+    if not isinstance(release_id, str) or not _RELEASE_ID_RE.match(release_id):
+        raise BadInput(
+            f"{where}: release_id {release_id!r} is not a release id (letters, digits, '.', '+', "
+            "'_' and '-', starting with a letter or digit): it names the release directory on "
+            "the nodes",
+            hint=rebuild,
+        )
+    contract = manifest["contract"]
+    health_path = contract.get("health_path") if isinstance(contract, Mapping) else None
+    if not isinstance(health_path, str) or not _HEALTH_PATH_RE.match(health_path):
+        raise BadInput(
+            f"{where}: contract.health_path {health_path!r} is not a URL path starting with /: "
+            "the rollout asks every clone for it",
+            hint=rebuild,
+        )
+
+
 def verify(artifact: Path) -> dict[str, Any]:
-    """Reopen an artifact and check it against its manifest: every file's sha256, the files
-    list's checksum, and the platform (manifest and every wheel). Returns the manifest; raises
-    BadInput naming the first bad file."""
+    """Reopen an artifact and check it against its manifest: a .tar.gz with manifest.json first
+    and every path inside the release, every file's sha256, the files list's checksum, the fields a
+    deploy reads (name, release_id, contract), and the platform (manifest and every wheel).
+    Returns the manifest; raises BadInput naming the first bad file."""
     if not artifact.is_file():
         raise BadInput(f"{artifact}: no such file: give the path of a built release (.tar.gz)")
+    not_a_release = _not_a_tar_gz(artifact)
+    if not_a_release is not None:
+        raise BadInput(
+            f"{artifact}: {not_a_release}: give the .tar.gz that deploykit build wrote",
+            hint="copy it again, or rebuild it with deploykit build",
+        )
     order, hashes, raw = _read_members(artifact)
     manifest, files = _checked_manifest(artifact, raw)
     for name in order:

@@ -2,14 +2,15 @@
 
 The controller drives; Ansible does the work on the hosts (``playbooks/rollout/``):
 
-1. ``begin.yml`` takes the deploy lock on the first balancer and surveys every node (what each runs);
+1. ``begin.yml`` takes the deploy lock on the first balancer and surveys every node (what each
+   runs);
 2. ``stage.yml`` (a deploy of a release not yet everywhere) stages the release on every node in
    parallel and runs its migration once, before any clone switches;
 3. ``roll.yml`` switches the app clones batch by batch (a canary first): drain in HAProxy, switch,
    restart, health path reports the new release, ready, HAProxy's check sees it UP; then the
    workers; then the baked pages;
-4. on any failure, ``roll.yml`` again, returning every host the rollout touched (not only the failing
-   batch) to the release it ran before;
+4. on any failure, ``roll.yml`` again, returning every host the rollout touched (not only the
+   failing batch) to the release it ran before;
 5. ``finish.yml`` appends the record to the history and releases the lock, whatever happened.
 
 Data comes back from the hosts through ``set_stats`` (:attr:`deploykit.runner.RunResult.data`).
@@ -28,6 +29,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rich.markup import escape
 
 from deploykit import inventory, runner
 from deploykit.errors import BadInput, DeploykitError
@@ -63,7 +66,7 @@ class RolloutFailed(DeploykitError):
 
     def __init__(
         self, message: str, *, result: RolloutResult | None = None, hint: str | None = None
-    ):
+    ) -> None:
         super().__init__(message, hint=hint)
         self.result = result
 
@@ -76,7 +79,8 @@ def parse_batch(text: str) -> tuple[int | None, int | None]:
     match = _BATCH.match(text.strip())
     if match is None:
         raise BadInput(
-            f"--batch {text!r}: expected a number of clones (e.g. 2) or a percentage (1%-100%, e.g. 25%)"
+            f"--batch {text!r}: expected a number of clones (e.g. 2) or a percentage "
+            "(1%-100%, e.g. 25%)"
         )
     if match["count"]:
         return int(match["count"]), None
@@ -175,7 +179,8 @@ class StatusReport:
                 and node.release != node.current
             ):
                 reasons.append(
-                    f"{node.host} ({node.role}) runs {node.release} but current points to {node.current}"
+                    f"{node.host} ({node.role}) runs {node.release} "
+                    f"but current points to {node.current}"
                 )
         return reasons
 
@@ -197,63 +202,77 @@ class StatusReport:
 
 def _haproxy_views(data: Mapping[str, Any]) -> dict[str, list[str]]:
     views: dict[str, list[str]] = {}
-    for host, report in sorted(data.items()):
+    for _, report in sorted(data.items()):
         lb = report.get("lb") if isinstance(report, Mapping) else None
         if not isinstance(lb, Mapping):
             continue
         for server in lb.get("servers") or []:
             views.setdefault(str(server.get("server")), []).append(f"{server.get('status')}")
-        del host
     return views
+
+
+def _runner_node(
+    host: str, role: str, unit: str, report: Mapping[str, Any], views: Mapping[str, list[str]]
+) -> NodeStatus:
+    """An app clone's or a worker's status from its survey (tasks/survey.yml)."""
+    groups = [str(g) for g in report.get("groups") or []]
+    node = NodeStatus(host=host, role=role, groups=groups)
+    survey = report.get(role)
+    if not isinstance(survey, Mapping):
+        node.problem = str(report.get(f"{role}_error") or "no answer")[:300]
+        return node
+    state = (survey.get("units") or {}).get(unit) or {}
+    node.current = survey.get("current")
+    node.checksum = survey.get("checksum")
+    node.releases = [str(r) for r in survey.get("releases") or []]
+    node.service = state.get("active")
+    node.release = state.get("release") if state.get("pid") else None
+    if role != "app":
+        return node
+    node.haproxy = "/".join(views[host]) if host in views else None
+    health = survey.get("health")
+    if not isinstance(health, Mapping):
+        return node
+    reported = health.get("release")
+    if health.get("status") == 200 and reported:
+        if node.release and reported != node.release:
+            node.problem = f"its process runs {node.release}, its health path reports {reported}"
+        # What the service itself says it runs is the live release.
+        node.release = str(reported)
+    elif node.service == "active":
+        answer = health.get("status") or health.get("error") or "no answer"
+        node.problem = f"health path: {answer}"
+    return node
+
+
+def _balancer_node(host: str, report: Mapping[str, Any]) -> NodeStatus:
+    groups = [str(g) for g in report.get("groups") or []]
+    node = NodeStatus(host=host, role="lb", groups=groups, current=report.get("static"))
+    node.release = node.current
+    lb = report.get("lb")
+    if not isinstance(lb, Mapping):
+        node.problem = str(report.get("lb_error") or "no answer from HAProxy")[:300]
+    else:
+        servers = lb.get("servers") or []
+        up = sum(1 for server in servers if server.get("status") == "UP")
+        node.service = f"{up}/{len(servers)} app servers UP"
+    return node
 
 
 def status_from_survey(app: str, nodes: Mapping[str, Any]) -> StatusReport:
     """Turn the survey's per-host reports (tasks/survey.yml) into a :class:`StatusReport`."""
     views = _haproxy_views(nodes)
     result: list[NodeStatus] = []
+    units = (("app", f"{app}-web.service"), ("worker", f"{app}-worker.service"))
     for host, report in sorted(nodes.items()):
         if not isinstance(report, Mapping):
             continue
-        groups = [str(g) for g in report.get("groups") or []]
-        for role, unit in (("app", f"{app}-web.service"), ("worker", f"{app}-worker.service")):
-            if role not in groups:
-                continue
-            survey = report.get(role)
-            node = NodeStatus(host=host, role=role, groups=groups)
-            if not isinstance(survey, Mapping):
-                node.problem = str(report.get(f"{role}_error") or "no answer")[:300]
-            else:
-                state = (survey.get("units") or {}).get(unit) or {}
-                node.current = survey.get("current")
-                node.checksum = survey.get("checksum")
-                node.releases = [str(r) for r in survey.get("releases") or []]
-                node.service = state.get("active")
-                node.release = state.get("release") if state.get("pid") else None
-                health = survey.get("health")
-                if role == "app" and isinstance(health, Mapping):
-                    if health.get("status") == 200 and health.get("release"):
-                        if node.release and health["release"] != node.release:
-                            node.problem = (
-                                f"its process runs {node.release}, its health path reports "
-                                f"{health['release']}"
-                            )
-                        node.release = str(health["release"])
-                    elif node.service == "active":
-                        node.problem = f"health path: {health.get('status') or health.get('error') or 'no answer'}"
-                if role == "app" and host in views:
-                    node.haproxy = "/".join(views[host])
-            result.append(node)
+        groups = report.get("groups") or []
+        result.extend(
+            _runner_node(host, role, unit, report, views) for role, unit in units if role in groups
+        )
         if "lb" in groups:
-            lb = report.get("lb")
-            node = NodeStatus(host=host, role="lb", groups=groups, current=report.get("static"))
-            node.release = node.current
-            if not isinstance(lb, Mapping):
-                node.problem = str(report.get("lb_error") or "no answer from HAProxy")[:300]
-            else:
-                servers = lb.get("servers") or []
-                up = sum(1 for s in servers if s.get("status") == "UP")
-                node.service = f"{up}/{len(servers)} app servers UP"
-            result.append(node)
+            result.append(_balancer_node(host, report))
     return StatusReport(app=app, nodes=result)
 
 
@@ -264,9 +283,9 @@ def previous_release(
     live (the history on the balancer), else the release installed just before it among those the
     nodes keep (their install stamps, oldest first), else None."""
     for record in reversed(history):
-        if record.get("outcome") == "succeeded" and record.get("to") == live and record.get("from"):
-            if record["from"] != live:
-                return str(record["from"])
+        made_live = record.get("outcome") == "succeeded" and record.get("to") == live
+        if made_live and record.get("from") and record["from"] != live:
+            return str(record["from"])
     if live in kept:
         index = list(kept).index(live)
         if index > 0:
@@ -283,7 +302,8 @@ class NodeOutcome:
     role: str
     before: str | None
     target: str | None
-    #: switched, unchanged, untouched, rolled_back, failed (left out of service or on the wrong release)
+    #: switched, unchanged, untouched, rolled_back, or failed (left out of service or on the wrong
+    #: release)
     outcome: str = "untouched"
     step: str | None = None
     message: str | None = None
@@ -330,7 +350,8 @@ class RolloutResult:
         }
 
     def record(self) -> dict[str, Any]:
-        """The history's record: who, when (the ledger adds it), from and to, each node's outcome."""
+        """The history's record: who, when (the ledger adds it), from and to, each node's
+        outcome."""
         return {
             "action": self.action,
             "app": self.app,
@@ -350,6 +371,36 @@ class RolloutResult:
 # --- the driver ---------------------------------------------------------------------------------
 
 
+def _in_service(node: NodeStatus) -> bool:
+    """Every balancer sees the clone UP (a node that is not a clone: always)."""
+    if node.role != "app":
+        return True
+    views = (node.haproxy or "").split("/")
+    return all(view == "UP" for view in views)
+
+
+def _targets(result: RolloutResult, status: StatusReport) -> dict[str, str]:
+    """{host: release} for every node not already running result.release in service; records
+    every node's outcome (unchanged for those left alone) in result.nodes."""
+    targets: dict[str, str] = {}
+    for node in status.nodes:
+        outcome = NodeOutcome(
+            host=node.host, role=node.role, before=node.release, target=result.release
+        )
+        result.nodes[f"{node.host}/{node.role}"] = outcome
+        if node.release == node.current == result.release and _in_service(node):
+            outcome.outcome = "unchanged"
+        else:
+            targets[node.host] = result.release
+    return targets
+
+
+def _pages(result: RolloutResult, targets: Mapping[str, str]) -> str:
+    """'kept' when a balancer's pages switch in this run, else 'none'."""
+    balancers = {n.host for n in result.nodes.values() if n.role == "lb"}
+    return "kept" if balancers & set(targets) else "none"
+
+
 def _who() -> str:
     try:
         user = getpass.getuser()
@@ -359,11 +410,11 @@ def _who() -> str:
 
 
 def _step_of(task: str) -> str:
-    """The rollout step a task belongs to (its name starts with it in playbooks/rollout/tasks)."""
+    """The rollout step a task belongs to: its name starts with it in playbooks/rollout/tasks
+    ("Drain: take the clone out of HAProxy ..." is the step drain); any other task is its own."""
     head, sep, _ = task.partition(":")
-    if sep and head.strip().isalpha() and head.strip().islower():
-        return head.strip()
-    return task
+    word = head.strip().lower()
+    return word if sep and word in _STEPS else task
 
 
 # The steps of playbooks/rollout/tasks/switch_*.yml (their task names start with "<step>:").
@@ -494,7 +545,8 @@ class Rollouts:
                 return str(record["app"])
         raise BadInput(
             "which application? the deploy history on the balancer is empty: deploy one first "
-            "(deploykit deploy), set deploykit_app_name in the inventory (group all), or pass --app-name"
+            "(deploykit deploy), set deploykit_app_name in the inventory (group all), or pass "
+            "--app-name"
         )
 
     # -- the lock and the survey
@@ -514,6 +566,17 @@ class Rollouts:
         lock = result.data.get("lock")
         if isinstance(lock, Mapping) and not lock.get("acquired"):
             held = lock.get("holder") or {}
+            refused = RolloutResult(
+                action=str(holder.get("command")), app=app, release=str(holder.get("release", "")),
+                previous=None, outcome="refused", holder=dict(holder),
+                failure=f"the deploy lock is held by {held.get('who', '?')} "
+                f"since {held.get('since', '?')}",
+            )  # fmt: skip
+            # Every attempt goes into the history, a refused one too (the lock stays its holder's).
+            self._run(
+                "finish.yml",
+                {"rollout_record": refused.record(), "rollout_token": "", "rollout_unlock": False},
+            )
             raise RolloutFailed(
                 f"the deploy lock is held by {held.get('who', '?')} ({held.get('command', '?')} "
                 f"{held.get('release', '')}) since {held.get('since', '?')} "
@@ -522,9 +585,14 @@ class Rollouts:
                 "release the lock: deploykit lock release",
             )
         if not result.ok:
-            host, step, message = self._failure(result)
+            host, _, message = self._failure(result)
             if isinstance(lock, Mapping) and lock.get("acquired"):
-                self._finish_record_only(holder, app, "begin", message)
+                failed = RolloutResult(
+                    action=str(holder.get("command")), app=app,
+                    release=str(holder.get("release", "")), previous=None, holder=dict(holder),
+                    failure=f"{host}: {message}",
+                )  # fmt: skip
+                self._finish(failed)
             raise RolloutFailed(
                 f"could not survey the nodes ({host}: {message}); nothing was changed"
             )
@@ -543,15 +611,6 @@ class Rollouts:
                 f"[red]could not record the rollout or release the deploy lock[/red]: {message}; "
                 "check with deploykit lock status"
             )
-
-    def _finish_record_only(
-        self, holder: Mapping[str, Any], app: str, action: str, message: str
-    ) -> None:
-        record = RolloutResult(
-            action=action, app=app, release="", previous=None, holder=dict(holder)
-        )
-        record.failure = message
-        self._finish(record)
 
     def _holder(self, command: str, release: str) -> dict[str, Any]:
         return {
@@ -572,7 +631,6 @@ class Rollouts:
         batches: list[list[str]],
         *,
         static: str,
-        artifact: Path | None,
     ) -> tuple[runner.RunResult, _Tracker]:
         tracker = _Tracker(self.on_step)
         hosts = sorted(targets)
@@ -583,7 +641,6 @@ class Rollouts:
             "rollout_drain_timeout": self.drain_timeout,
             "rollout_ready_timeout": self.ready_timeout,
             "rollout_static": static,
-            "rollout_artifact": str(artifact) if artifact else "",
         }
         # The app play's batches follow the inventory order of the hosts in the run: the targets.
         run = self._run("roll.yml", extravars, limit=",".join(hosts), on_event=tracker)
@@ -597,57 +654,23 @@ class Rollouts:
         *,
         batch: str,
         canary: bool,
-        artifact: Path | None,
     ) -> None:
         """Switch every node to result.release; on failure, return what was touched. Fills
         result.nodes and result.outcome."""
-        target = result.release
-        before: dict[str, str | None] = {}
-        app_targets: dict[str, str] = {}
-        other_targets: dict[str, str] = {}
-        for node in status.nodes:
-            key = f"{node.host}/{node.role}"
-            outcome = NodeOutcome(
-                host=node.host, role=node.role, before=node.release, target=target
-            )
-            result.nodes[key] = outcome
-            before[key] = node.release
-            in_place = node.release == target and node.current == target
-            if node.role == "app":
-                in_place = in_place and (node.haproxy or "UP").split("/") == ["UP"] * len(
-                    (node.haproxy or "UP").split("/")
-                )
-            if in_place:
-                outcome.outcome = "unchanged"
-                continue
-            if node.role == "app":
-                app_targets[node.host] = target
-            else:
-                other_targets[node.host] = target
-        if not app_targets and not other_targets:
+        targets = _targets(result, status)
+        if not targets:
             result.outcome = "unchanged"
             return
-        order = [h for h in layout.groups.get("app", []) if h in app_targets]
+        order = [h for h in layout.groups.get("app", []) if h in targets]
         result.batches = plan_batches(order, batch, canary=canary)
         self.log(
             "batches: " + " → ".join("(" + ", ".join(b) + ")" for b in result.batches)
             if result.batches
             else "no app clone to switch"
         )
-        static = (
-            "kept"
-            if any(n.role == "lb" for n in status.nodes if n.host in other_targets)
-            else "none"
-        )
-        run, tracker = self._roll(
-            result,
-            {**app_targets, **other_targets},
-            result.batches,
-            static=static,
-            artifact=artifact,
-        )
+        run, tracker = self._roll(result, targets, result.batches, static=_pages(result, targets))
         if run.ok:
-            for key, outcome in result.nodes.items():
+            for outcome in result.nodes.values():
                 if outcome.host in tracker.done and outcome.outcome != "unchanged":
                     outcome.outcome = "switched"
             result.outcome = "succeeded"
@@ -655,61 +678,52 @@ class Rollouts:
         host, step, message = self._failure(run)
         step = tracker.step.get(host or "", step)
         result.failure = f"{host or '?'}: step {step or '?'}: {message}"
-        self.log(f"[red]failed[/red] {result.failure}")
+        self.log(f"[red]failed[/red] {escape(result.failure)}")
         for outcome in result.nodes.values():
             if outcome.host == host:
                 outcome.outcome, outcome.step, outcome.message = "failed", step, message
-        # Every host the run touched goes back, the failing one included, not only its batch.
+        self._return_touched(result, tracker.touched, layout, batch=batch)
+
+    def _return_touched(
+        self, result: RolloutResult, touched: set[str], layout: inventory.Layout, *, batch: str
+    ) -> None:
+        """Every host the failed run touched goes back to the release it ran before, the failing
+        one included, not only its batch."""
         back: dict[str, str] = {}
-        unknown: list[str] = []
-        for key, outcome in result.nodes.items():
-            if outcome.host not in tracker.touched or outcome.outcome == "unchanged":
+        unknown: set[str] = set()
+        for outcome in result.nodes.values():
+            if outcome.host not in touched or outcome.outcome == "unchanged":
                 continue
-            previous = before[key]
-            if previous is None:
-                unknown.append(outcome.host)
-                continue
-            back[outcome.host] = previous
-        self.log(
-            "returning to the previous release: " + (", ".join(sorted(back)) or "nothing to return")
-        )
+            if outcome.before is None:
+                unknown.add(outcome.host)
+            else:
+                back[outcome.host] = outcome.before
+        self.log("returning to the previous release: " + (", ".join(sorted(back)) or "nothing"))
         if unknown:
             self.log(
-                f"[yellow]no previous release on {', '.join(sorted(set(unknown)))}[/yellow]: "
+                f"[yellow]no previous release on {', '.join(sorted(unknown))}[/yellow]: "
                 "left out of service"
             )
         if not back:
             result.outcome = "failed" if unknown else "rolled_back"
             return
-        back_batches = plan_batches(
+        batches = plan_batches(
             [h for h in layout.groups.get("app", []) if h in back], batch, canary=False
         )
-        back_static = (
-            "kept"
-            if any(n.role == "lb" and n.host in back for n in result.nodes.values())
-            else "none"
-        )
-        undo, undo_tracker = self._roll(
-            result, back, back_batches, static=back_static, artifact=None
-        )
-        for outcome in result.nodes.values():
-            if outcome.host not in back:
-                continue
-            if outcome.host in undo_tracker.done:
-                if outcome.outcome != "failed":
-                    outcome.outcome = "rolled_back"
-                else:
-                    outcome.message = f"{outcome.message} (returned to {back[outcome.host]})"
-                    outcome.outcome = "rolled_back"
-                outcome.step = outcome.step or step
-            else:
-                outcome.outcome = "failed"
+        undo, tracker = self._roll(result, back, batches, static=_pages(result, back))
+        for outcome in (o for o in result.nodes.values() if o.host in back):
+            returned = outcome.host in tracker.done
+            if returned and outcome.outcome == "failed":
+                outcome.message = f"{outcome.message} (returned to {back[outcome.host]})"
+            outcome.outcome = "rolled_back" if returned else "failed"
         if undo.ok:
             result.outcome = "rolled_back"
         else:
             _, _, undo_message = self._failure(undo)
             result.outcome = "failed"
-            result.failure += f"; the return to the previous release failed too: {undo_message}"
+            result.failure = (
+                f"{result.failure}; the return to the previous release failed too: {undo_message}"
+            )
 
     # -- the commands
 
@@ -758,7 +772,7 @@ class Rollouts:
                 },
             )
             if not staged.ok:
-                host, step, message = self._failure(staged)
+                host, _, message = self._failure(staged)
                 result.failure = f"{host or '?'}: staging: {message}"
                 result.outcome = "failed"
                 for node in status.nodes:
@@ -769,7 +783,7 @@ class Rollouts:
                         message=message if node.host == host else None,
                     )  # fmt: skip
                 return result
-            self._switch(result, status, layout, batch=batch, canary=canary, artifact=artifact)
+            self._switch(result, status, layout, batch=batch, canary=canary)
             return result
         finally:
             result.seconds = time.monotonic() - started
@@ -811,7 +825,7 @@ class Rollouts:
                     hint="deploy its artifact instead (deploykit deploy --artifact ...)",
                 )
             self.log(f"rolling back {app} from {live or 'mixed releases'} to {to}")
-            self._switch(result, status, layout, batch=batch, canary=False, artifact=None)
+            self._switch(result, status, layout, batch=batch, canary=False)
             return result
         except RolloutFailed as error:
             result.failure = str(error)

@@ -72,6 +72,21 @@ def provision(*extra: str) -> dict[str, object]:
     return recap
 
 
+@pytest.fixture(scope="session")
+def shop(lab_up: lab.LabUpResult) -> str:
+    """The whole stack with examples/shop deployed by `deploykit up` (once per run); the balancer's
+    URL."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploykit", "up"],
+        cwd=ROOT, capture_output=True, text=True, timeout=2400, check=False,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-5000:]
+    assert "ok health" in output and "ok home page" in output
+    balancer = next(h for h in lab_up.hosts if "lb" in h.groups)
+    return f"http://{balancer.address}"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked `lab_teardown` tear the shared lab down: they run after every other test."""
     items.sort(key=lambda item: item.get_closest_marker("lab_teardown") is not None)

@@ -6,35 +6,17 @@ from __future__ import annotations
 
 import http.cookiejar
 import json
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from typing import Any
 
 import pytest
-from conftest import ROOT, LabShell
-
-from deploykit import lab
+from conftest import LabShell
 
 pytestmark = pytest.mark.e2e
 
 APP_HOSTS = ("app1", "app2", "app3")
-
-
-@pytest.fixture(scope="module")
-def shop(lab_up: lab.LabUpResult) -> str:
-    """The whole stack with examples/shop deployed by `deploykit up`; the balancer's URL."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "deploykit", "up"],
-        cwd=ROOT, capture_output=True, text=True, timeout=2400, check=False,
-    )  # fmt: skip
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-5000:]
-    assert "ok health" in output and "ok home page" in output
-    balancer = next(h for h in lab_up.hosts if "lb" in h.groups)
-    return f"http://{balancer.address}"
 
 
 class Browser:

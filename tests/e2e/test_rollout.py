@@ -1,0 +1,254 @@
+"""Rolling deploys on the lab, through the command line a user runs: a bad release is returned on
+every clone it touched (batches already switched included) without a failed request, a concurrent
+deploy is refused naming its holder (and --wait queues behind it), `status` sees a clone switched by
+hand, and the history keeps every attempt. The tests run in order, each from the state the previous
+one left."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, LabShell
+
+from deploykit import lab
+from deploykit.loadgen import LoadGenerator, SessionLogin
+
+pytestmark = pytest.mark.e2e
+
+APP = "shop"
+CLONES = ("app1", "app2", "app3")
+# The health endpoint's status line in examples/shop/src/shop/web.py.
+HEALTH_LINE = "200 if healthy else 503,"
+# A release that is healthy everywhere but on app3: the canary and the second batch pass, the third
+# batch fails, and everything already switched must come back.
+BAD_ON_APP3 = '200 if healthy and host != "app3" else 503,  # e2e: broken on app3 only'
+
+
+@dataclass
+class Run:
+    rc: int
+    lines: list[dict[str, Any]]
+    stderr: str
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        assert self.lines, f"no JSON output; stderr:\n{self.stderr[-3000:]}"
+        return self.lines[-1]
+
+
+def deploykit(*args: str, timeout: float = 900) -> Run:
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploykit", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return Run(proc.returncode, lines, proc.stderr)
+
+
+def build(app: Path, version: str, out: Path) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploykit", "build", "--app", str(app), "--version", version,
+         "--out", str(out), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    artifact: dict[str, Any] = json.loads(proc.stdout)
+    return artifact
+
+
+def status() -> dict[str, Any]:
+    run = deploykit("status", "--json", timeout=300)
+    assert run.rc == 0, run.stderr[-3000:]
+    return run.summary
+
+
+def releases_on_clones(report: dict[str, Any]) -> dict[str, str | None]:
+    return {n["host"]: n["release"] for n in report["nodes"] if n["role"] == "app"}
+
+
+@pytest.fixture(scope="module")
+def artifacts(shop: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Three releases of the shop: A and B (the same code, two versions) and BAD_ON_APP3."""
+    out = tmp_path_factory.mktemp("artifacts")
+    source = ROOT / "examples" / "shop"
+    bad = tmp_path_factory.mktemp("bad") / "shop"
+    shutil.copytree(
+        source, bad, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", ".*_cache")
+    )
+    web = bad / "src" / "shop" / "web.py"
+    text = web.read_text(encoding="utf-8")
+    assert text.count(HEALTH_LINE) == 1, "update HEALTH_LINE: the shop's health endpoint changed"
+    web.write_text(text.replace(HEALTH_LINE, BAD_ON_APP3), encoding="utf-8")
+    stamp = time.strftime("%H%M%S")
+    return {
+        "a": build(source, f"2.0.0-e2e{stamp}a", out),
+        "b": build(source, f"2.0.0-e2e{stamp}b", out),
+        "bad": build(bad, f"2.0.0-e2e{stamp}bad", out),
+    }
+
+
+@pytest.fixture
+def load(shop: str) -> Iterator[LoadGenerator]:
+    """Users on the site while a test deploys: every failed request is counted."""
+    paths: list[str | tuple[str, float]] = [("/", 3), ("/products", 3), ("/me", 3), ("/healthz", 1)]
+    generator = LoadGenerator(shop, paths=paths, concurrency=6, rate=60, session=SessionLogin())
+    generator.start()
+    generator.phase("deploy")
+    try:
+        yield generator
+    finally:
+        generator.stop()
+
+
+def test_a_deploy_reports_each_node_in_json(artifacts: dict[str, dict[str, Any]]) -> None:
+    a = artifacts["a"]
+    run = deploykit("deploy", "--artifact", a["path"], "--batch", "1", "--json")
+    summary = run.summary
+    assert run.rc == 0, (summary, run.stderr[-3000:])
+    assert summary["event"] == "deploy"
+    assert summary["outcome"] == "succeeded"
+    assert summary["release"] == a["release_id"]
+    assert summary["batches"] == [["app1"], ["app2"], ["app3"]]
+    steps = {(line["host"], line["step"]) for line in run.lines if line.get("event") == "step"}
+    for clone in CLONES:
+        assert summary["nodes"][f"{clone}/app"]["outcome"] == "switched"
+        assert {(clone, "drain"), (clone, "switch"), (clone, "ready")} <= steps
+    assert summary["nodes"]["worker1/worker"]["outcome"] == "switched"
+    report = status()
+    assert report["live"] == a["release_id"]
+    assert report["drift"] is False
+    assert {n["haproxy"] for n in report["nodes"] if n["role"] == "app"} == {"UP"}
+
+
+def test_a_release_failing_on_the_last_batch_is_rolled_back_everywhere(
+    artifacts: dict[str, dict[str, Any]], load: LoadGenerator
+) -> None:
+    a, bad = artifacts["a"], artifacts["bad"]
+    run = deploykit("deploy", "--artifact", bad["path"], "--batch", "1", "--json")
+    load.stop()
+    summary = run.summary
+    assert run.rc == 1, (summary, run.stderr[-3000:])
+    assert summary["outcome"] == "rolled_back"
+    nodes = summary["nodes"]
+    # app1 (the canary) and app2 had switched and served the bad release: they came back too.
+    assert nodes["app1/app"]["outcome"] == "rolled_back"
+    assert nodes["app2/app"]["outcome"] == "rolled_back"
+    assert nodes["app3/app"]["step"] == "switch"
+    # The message names the node, the step and the cause, with the service's last log lines.
+    assert "app3" in summary["failure"] and "step switch" in summary["failure"]
+    assert "503" in nodes["app3/app"]["message"] and "Its log:" in nodes["app3/app"]["message"]
+    # The workers switch after every clone: they never left the release they ran.
+    assert nodes["worker1/worker"]["outcome"] == "untouched"
+    report = status()
+    assert releases_on_clones(report) == dict.fromkeys(CLONES, a["release_id"])
+    assert report["drift"] is False
+    assert {n["haproxy"] for n in report["nodes"] if n["role"] == "app"} == {"UP"}
+    figures = load.report()
+    assert figures.failures == 0, figures.format_table()
+
+
+def test_a_concurrent_deploy_is_refused_naming_the_holder_and_wait_queues(
+    artifacts: dict[str, dict[str, Any]],
+) -> None:
+    b = artifacts["b"]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "deploykit", "deploy", "--artifact", b["path"], "--json"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            lock = deploykit("lock", "status", "--json", timeout=120).summary
+            if lock["held"]:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the first deploy never took the lock")
+        assert lock["holder"]["command"] == "deploy"
+        assert lock["holder"]["release"] == b["release_id"]
+        second = deploykit("deploy", "--artifact", b["path"], "--json")
+        assert second.rc == 1
+        assert second.summary["outcome"] == "refused"
+        assert lock["holder"]["who"] in second.summary["message"]
+        assert "since" in second.summary["message"]
+        # --wait queues behind the holder; by then the release is live: nothing left to do.
+        queued = deploykit("deploy", "--artifact", b["path"], "--wait", "600", "--json")
+        assert queued.rc == 0, queued.summary
+        assert queued.summary["outcome"] == "unchanged"
+    finally:
+        stdout, stderr = first.communicate(timeout=900)
+    assert first.returncode == 0, (stdout[-3000:], stderr[-3000:])
+    assert json.loads(stdout.splitlines()[-1])["outcome"] == "succeeded"
+    assert deploykit("lock", "status", "--json").summary["held"] is False
+
+
+def test_status_reports_drift_after_one_clone_is_switched_by_hand(
+    artifacts: dict[str, dict[str, Any]], lab_up: lab.LabUpResult
+) -> None:
+    a, b = artifacts["a"], artifacts["b"]
+    shell = LabShell(lab_up)
+    root = f"/srv/{APP}"
+    shell.run(
+        "app2",
+        f"ln -sfn releases/{a['release_id']} {root}/.current.hand && "
+        f"mv -T {root}/.current.hand {root}/current && systemctl restart {APP}-web",
+    )
+    report = status()
+    assert report["drift"] is True
+    assert report["live"] is None
+    assert releases_on_clones(report)["app2"] == a["release_id"]
+    assert any("app2" in reason for reason in report["drift_reasons"])
+    text = subprocess.run(
+        [sys.executable, "-m", "deploykit", "status"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert "DRIFT" in text.stdout
+    # The next deploy of the live release puts the one clone back; the others stay as they are.
+    run = deploykit("deploy", "--artifact", b["path"], "--json")
+    assert run.rc == 0, run.summary
+    assert run.summary["nodes"]["app2/app"]["outcome"] == "switched"
+    assert run.summary["nodes"]["app1/app"]["outcome"] == "unchanged"
+    assert status()["drift"] is False
+
+
+def test_rollback_returns_to_the_release_before_the_live_one(
+    artifacts: dict[str, dict[str, Any]],
+) -> None:
+    a, b = artifacts["a"], artifacts["b"]
+    run = deploykit("rollback", "--json")
+    assert run.rc == 0, (run.summary, run.stderr[-3000:])
+    assert run.summary["event"] == "rollback"
+    assert (run.summary["previous"], run.summary["release"]) == (b["release_id"], a["release_id"])
+    assert set(releases_on_clones(status()).values()) == {a["release_id"]}
+
+
+def test_the_history_records_every_attempt(artifacts: dict[str, dict[str, Any]]) -> None:
+    records = deploykit("releases", "--limit", "50", "--json").summary["records"]
+    mine = [r for r in records if "e2e" in str(r.get("to")) or "e2e" in str(r.get("from"))]
+    outcomes = [(r["action"], r["outcome"]) for r in mine]
+    # Every attempt, in the order each ended: deploy A; deploy BAD (rolled back); the deploy refused
+    # while B's held the lock; B; the one queued behind B (nothing left to do); the deploy that
+    # put the hand-switched clone back; the rollback.
+    assert outcomes[-7:] == [
+        ("deploy", "succeeded"),
+        ("deploy", "rolled_back"),
+        ("deploy", "refused"),
+        ("deploy", "succeeded"),
+        ("deploy", "unchanged"),
+        ("deploy", "succeeded"),
+        ("rollback", "succeeded"),
+    ], outcomes
+    bad = next(r for r in mine if r["outcome"] == "rolled_back")
+    assert bad["to"] == artifacts["bad"]["release_id"]
+    assert bad["from"] == artifacts["a"]["release_id"]
+    assert bad["nodes"]["app3/app"]["step"] == "switch"
+    assert all(r["who"] and r["recorded"] and "seconds" in r for r in mine)

@@ -1,0 +1,108 @@
+"""The rollout's decisions that need no host: batches, the release a rollback returns to, what the
+nodes' survey means (DRIFT), and the bad input a rollout refuses before contacting anyone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploykit.errors import BadInput
+from deploykit.rollout import parse_batch, plan_batches, previous_release, status_from_survey
+
+ROOT = Path(__file__).resolve().parents[2]
+CLONES = [f"app{n}" for n in range(1, 7)]
+
+
+@pytest.mark.parametrize(
+    ("hosts", "batch", "canary", "expected"),
+    [
+        (CLONES[:3], "25%", True, [["app1"], ["app2"], ["app3"]]),
+        (CLONES[:3], "1", False, [["app1"], ["app2"], ["app3"]]),
+        (CLONES[:3], "2", True, [["app1"], ["app2", "app3"]]),
+        # Never every clone at once: one keeps serving while the others switch.
+        (CLONES[:3], "100%", False, [["app1", "app2"], ["app3"]]),
+        (CLONES[:3], "10", True, [["app1"], ["app2", "app3"]]),
+        (CLONES, "50%", True, [["app1"], ["app2", "app3", "app4"], ["app5", "app6"]]),
+        (CLONES, "34%", False, [["app1", "app2", "app3"], ["app4", "app5", "app6"]]),
+        (["app1"], "25%", True, [["app1"]]),
+        ([], "25%", True, []),
+    ],
+)
+def test_batches_start_with_a_canary_and_never_take_every_clone(
+    hosts: list[str], batch: str, canary: bool, expected: list[list[str]]
+) -> None:
+    assert plan_batches(hosts, batch, canary=canary) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "0%", "101%", "-1", "half", "2.5", "", "25 %"])
+def test_a_batch_that_is_not_a_count_or_a_percentage_is_refused(text: str) -> None:
+    with pytest.raises(BadInput, match="--batch"):
+        parse_batch(text)
+
+
+def test_a_rollback_returns_to_what_the_history_says_was_live_before() -> None:
+    history: list[dict[str, Any]] = [
+        {"outcome": "succeeded", "from": "r1", "to": "r2"},
+        {"outcome": "rolled_back", "from": "r2", "to": "r9"},
+        {"outcome": "succeeded", "from": "r2", "to": "r3"},
+    ]
+    # Install order says r4 came before r3: the history (what was live) wins over file order.
+    assert previous_release("r3", history, ["r1", "r2", "r4", "r3"]) == "r2"
+    assert previous_release("r2", history, ["r1", "r2"]) == "r1"
+    # No history: the release installed just before the live one.
+    assert previous_release("r3", [], ["r1", "r2", "r3"]) == "r2"
+    assert previous_release("r1", [], ["r1", "r2"]) is None
+
+
+def _survey(app: str, release: str, current: str | None = None) -> dict[str, Any]:
+    return {
+        "current": current or release,
+        "checksum": f"sum-{release}",
+        "releases": ["r1", "r2"],
+        "units": {f"shop-{app}.service": {"active": "active", "pid": 42, "release": release}},
+        **({"health": {"status": 200, "release": release}} if app == "web" else {}),
+    }
+
+
+def _nodes(app2_release: str = "r2", app2_current: str | None = None) -> dict[str, Any]:
+    servers = [{"server": h, "status": "UP"} for h in ("app1", "app2")]
+    return {
+        "app1": {"groups": ["app"], "app": _survey("web", "r2")},
+        "app2": {"groups": ["app"], "app": _survey("web", app2_release, app2_current)},
+        "worker1": {"groups": ["worker"], "worker": _survey("worker", "r2")},
+        "lb1": {"groups": ["lb"], "lb": {"servers": servers}, "static": "r2"},
+    }
+
+
+def test_one_release_everywhere_is_no_drift() -> None:
+    report = status_from_survey("shop", _nodes())
+    assert report.live == "r2"
+    assert report.drift == []
+    assert [n.haproxy for n in report.of("app")] == ["UP", "UP"]
+    assert report.to_dict()["drift"] is False
+
+
+def test_a_clone_on_another_release_is_drift_naming_it() -> None:
+    report = status_from_survey("shop", _nodes(app2_release="r1"))
+    assert report.live is None
+    assert any("app2" in reason and "r1" in reason for reason in report.drift)
+    assert report.to_dict()["drift"] is True
+
+
+def test_a_clone_whose_process_is_not_its_current_release_is_drift() -> None:
+    report = status_from_survey("shop", _nodes(app2_current="r1"))
+    assert any("app2" in r and "current points to r1" in r for r in report.drift)
+
+
+def test_a_deploy_with_a_bad_batch_is_refused_before_any_host(tmp_path: Path) -> None:
+    artifact = tmp_path / "missing.tar.gz"
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploykit", "deploy", "--artifact", str(artifact), "--batch", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "--batch '0': expected a number of clones" in proc.stderr
