@@ -247,7 +247,7 @@ def test_the_history_records_every_attempt(artifacts: dict[str, dict[str, Any]])
         ("deploy", "succeeded"),
         ("rollback", "succeeded"),
     ], outcomes
-    bad = next(r for r in mine if r["outcome"] == "rolled_back")
+    bad = next(r for r in reversed(mine) if r["outcome"] == "rolled_back")
     assert bad["to"] == artifacts["bad"]["release_id"]
     assert bad["from"] == artifacts["a"]["release_id"]
     assert bad["nodes"]["app3/app"]["step"] == "switch"
