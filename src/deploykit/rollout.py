@@ -428,6 +428,7 @@ class _Tracker:
 
     def __init__(self, on_step: Step | None) -> None:
         self.touched: set[str] = set()
+        self.unreachable: set[str] = set()
         self.step: dict[str, str] = {}
         self.done: set[str] = set()
         self._on_step = on_step
@@ -440,6 +441,8 @@ class _Tracker:
         if host and kind in ("runner_on_failed", "runner_on_unreachable"):
             # Inside a step (the app role's tasks of "switch"): whatever failed may have changed it.
             self.touched.add(host)
+        if host and kind == "runner_on_unreachable":
+            self.unreachable.add(host)
         if not host or step not in _STEPS:
             return
         if kind == "runner_on_start" and step in _LIVE_STEPS and self.step.get(host) != step:
@@ -682,17 +685,25 @@ class Rollouts:
         for outcome in result.nodes.values():
             if outcome.host == host:
                 outcome.outcome, outcome.step, outcome.message = "failed", step, message
-        self._return_touched(result, tracker.touched, layout, batch=batch)
+        self._return_touched(result, tracker, layout, batch=batch)
 
     def _return_touched(
-        self, result: RolloutResult, touched: set[str], layout: inventory.Layout, *, batch: str
+        self, result: RolloutResult, failed: _Tracker, layout: inventory.Layout, *, batch: str
     ) -> None:
         """Every host the failed run touched goes back to the release it ran before, the failing
-        one included, not only its batch."""
+        one included, not only its batch. A host that cannot be reached is left as it is: out of
+        service when it was drained (the balancers hold it in maint), never half-returned."""
         back: dict[str, str] = {}
         unknown: set[str] = set()
         for outcome in result.nodes.values():
-            if outcome.host not in touched or outcome.outcome == "unchanged":
+            if outcome.host not in failed.touched or outcome.outcome == "unchanged":
+                continue
+            if outcome.host in failed.unreachable:
+                outcome.outcome = "failed"
+                outcome.message = (
+                    f"{outcome.message or 'unreachable'}: left as it is (out of service when it "
+                    "was drained); once it answers, deploy again"
+                )
                 continue
             if outcome.before is None:
                 unknown.add(outcome.host)

@@ -148,16 +148,24 @@ class RedisSessionInterface(SessionInterface):
         new = sid is None or session.rotate
         expires = time.time() + self.lifetime.total_seconds()
         record = json.dumps({"data": dict(session), "expires": expires}, separators=(",", ":"))
-        pipe = self.client.pipeline(transaction=True)
-        if new and sid is not None:  # rotating: the old id stops working at once
-            pipe.delete(session_key(sid))
-            pipe.zrem(EXPIRY_INDEX, sid)
+        # One round trip, but no MULTI/EXEC: Redis 7.0 replays a transaction from its AOF as the
+        # `default` user and re-checks its ACL at EXEC; deploykit's Redis disables that user
+        # (-@all), so at every restart each transaction of two writes or more was refused and
+        # its session lost (redis/redis#14541, fixed upstream by #14545). Without a transaction,
+        # the order keeps every partial outcome harmless: the expiry entry first (a sweep drops
+        # an entry whose record never came), then the record, and the old id last (it never
+        # holds the new session's data, so it cannot be fixed on a victim).
+        old = sid if new else None
         if new:
             sid = secrets.token_urlsafe(32)
         assert sid is not None
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(EXPIRY_INDEX, {sid: expires})
         # SET without EX/KEEPTTL: the key has no TTL, so volatile-* eviction never drops it.
         pipe.set(session_key(sid), record)
-        pipe.zadd(EXPIRY_INDEX, {sid: expires})
+        if old is not None:  # rotating: the old id stops working at once
+            pipe.delete(session_key(old))
+            pipe.zrem(EXPIRY_INDEX, old)
         pipe.execute()
         session.sid, session.expires, session.rotate = sid, expires, False
         if new:

@@ -1,0 +1,364 @@
+"""Losing one app clone under load: the requests, the failures, and how long until HAProxy
+takes the clone out.
+
+    .venv/bin/python bench/clone_loss.py [--short] [--rounds N] [--clone app2] [--json]
+
+Needs the lab up with the stack converged and the example shop deployed (`deploykit up`); it says
+so and exits 2 when that is not the case. Each round takes the steps of the killed-clone fault in
+tests/e2e/test_faults.py:
+
+  a) the load through the balancer (deploykit.loadgen: keep-alive connections, each worker a
+     logged-in user) runs a steady phase;
+  b) on the balancer, the runtime helper's `state app <clone>` is polled every 0.1 s from before
+     the kill; on the clone, `systemctl kill -s KILL <app>-web.service` (systemd restarts it after
+     its RestartSec); polling goes on until HAProxy has marked the clone DOWN and then UP again;
+  c) the load runs an "after" phase, then stops.
+
+It prints per round the requests and failures (by kind) of the load, the requests in flight at
+the kill (the most that may fail: the contract is that only those do), the seconds from the kill
+until HAProxy marked the clone DOWN and until it was UP again; then min, median and max over the
+rounds. The kill's time is taken on the clone and the polls' on the balancer: the lab's containers
+share the controller's clock (one kernel), so the two compare. Figures only: it exits 0 whenever
+it ran. Every round leaves the clone running, ready and UP in HAProxy (the helper's `ready`), even
+when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from docker.errors import DockerException
+
+from deploykit import lab
+from deploykit.errors import DeploykitError
+from deploykit.loadgen import LoadGenerator, Report, SessionLogin
+from deploykit.project import lab_inventory_dir, project_root
+
+EXIT_RAN = 0
+EXIT_NOT_READY = 2
+BACKEND = "app"
+# The haproxy role's runtime helper on the balancers (roles/haproxy/files/deploykit-haproxy).
+HELPER = "/usr/local/libexec/deploykit-haproxy"
+#: How long one round waits for the clone to go DOWN and come back UP before it gives up.
+ROUND_LIMIT = 60.0
+
+# The poller, run on the balancer (python3 -c): the helper's `state` every 0.1 s, one JSON line per
+# change of the server's status, until it was DOWN and then UP again, or the limit passed.
+POLLER = r"""
+import json, subprocess, sys, time
+helper, backend, server, limit = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+end = time.time() + limit
+last, seen_down, polls = None, False, 0
+while time.time() < end:
+    done = subprocess.run([helper, "state", backend, server], capture_output=True, text=True)
+    polls += 1
+    now = time.time()
+    if done.returncode != 0:
+        print(json.dumps({"t": now, "error": done.stderr.strip()}), flush=True)
+    else:
+        state = json.loads(done.stdout)
+        key = (state["status"], state["operational"])
+        if key != last:
+            print(json.dumps({"t": now, "status": state["status"],
+                              "operational": state["operational"],
+                              "check": state["check_detail"], "polls": polls}), flush=True)
+            last = key
+        seen_down = seen_down or state["operational"] == "down"
+        if seen_down and state["status"] == "UP":
+            break
+    time.sleep(0.1)
+print(json.dumps({"t": time.time(), "end": True, "polls": polls}), flush=True)
+"""
+
+
+class NotRunnable(Exception):
+    """The bench cannot run (no lab, no shop deployed, an unknown clone)."""
+
+
+class Out:
+    """People's output: to stdout, or to stderr when stdout carries the JSON."""
+
+    def __init__(self, json_mode: bool) -> None:
+        self.stream = sys.stderr if json_mode else sys.stdout
+
+    def __call__(self, line: str = "") -> None:
+        print(line, file=self.stream, flush=True)
+
+
+# --- the lab -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Lab:
+    balancer: str  # the balancer's inventory name
+    url: str  # http://<balancer address>
+    addresses: dict[str, str]  # host -> address
+    ssh_dir: Path
+
+    def ssh(self, host: str) -> list[str]:
+        return [
+            "ssh", "-i", str(self.ssh_dir / "id_ed25519"),
+            "-o", f"UserKnownHostsFile={self.ssh_dir / 'known_hosts'}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+            f"root@{self.addresses[host]}",
+        ]  # fmt: skip
+
+    def run(self, host: str, command: str, timeout: float = 120) -> str:
+        done = subprocess.run(
+            [*self.ssh(host), command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise DeploykitError(f"{host}: {command!r} exited {done.returncode}: {done.stderr}")
+        return done.stdout.strip()
+
+
+def find_lab(root: Path, clone: str) -> Lab:
+    bring_up = "bring it up with `deploykit up` (or `make up`)"
+    try:
+        hosts = lab.status(root=root)
+    except (DeploykitError, DockerException, OSError) as error:
+        raise NotRunnable(f"cannot see the lab ({error}); {bring_up}") from None
+    running = {h.name: h for h in hosts if h.state == "running" and h.address}
+    balancers = [h for h in running.values() if "lb" in h.groups]
+    if not balancers:
+        raise NotRunnable(f"no lab is running (no balancer host); {bring_up}")
+    clones = sorted(h.name for h in running.values() if "app" in h.groups)
+    if clone not in clones:
+        raise NotRunnable(
+            f"--clone {clone}: not a running app clone of the lab (clones: "
+            f"{', '.join(clones) or 'none'})"
+        )
+    if len(clones) < 2:
+        raise NotRunnable("the lab has one app clone: losing it loses the site; use 2 or more")
+    url = f"http://{balancers[0].address}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url + "/healthz", timeout=5) as answer:
+            status = int(answer.status)
+    except urllib.error.HTTPError as error:
+        status = error.code
+    except OSError as error:
+        raise NotRunnable(f"{url}/healthz does not answer ({error}); {bring_up}") from None
+    if status != 200:
+        raise NotRunnable(f"{url}/healthz answers HTTP {status}: is the shop deployed? {bring_up}")
+    return Lab(
+        balancer=balancers[0].name,
+        url=url,
+        addresses={name: h.address for name, h in running.items()},
+        ssh_dir=lab_inventory_dir(root) / ".ssh",
+    )
+
+
+def restore(found: Lab, app: str, clone: str) -> None:
+    """The clone's web service running, and its server ready and UP in HAProxy."""
+    found.run(clone, f"systemctl start {app}-web.service")
+    found.run(found.balancer, shlex.join([HELPER, "ready", BACKEND, clone, "--timeout", "60"]))
+
+
+# --- one round ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Round:
+    requests: int
+    failures: int
+    failures_by_kind: dict[str, int]
+    in_flight_at_kill: int
+    #: Seconds from the kill until HAProxy marked the clone DOWN, and UP again (None: not seen).
+    down_after: float | None
+    up_after: float | None
+    polls: int
+    transitions: list[str]
+    failed: list[str]
+
+
+def mix() -> list[str | tuple[str, float]]:
+    """What the shop's users ask for: baked pages, product JSON, their session, the health path."""
+    return [
+        ("/", 2),
+        ("/products?limit=20", 2),
+        ("/products/1", 1),
+        ("/products/7", 1),
+        ("/me", 3),
+        ("/healthz", 1),
+    ]
+
+
+def one_round(found: Lab, args: argparse.Namespace, number: int) -> tuple[Round, Report]:
+    load = LoadGenerator(
+        found.url,
+        paths=mix(),
+        concurrency=args.concurrency,
+        rate=args.rate,
+        session=SessionLogin(body=lambda worker: {"user": f"bench-clone-loss-{worker}"}),
+        seed=f"clone-loss-{number}",
+    )
+    argv = ["python3", "-c", POLLER, HELPER, BACKEND, args.clone, str(ROUND_LIMIT)]
+    poller = subprocess.Popen(
+        [*found.ssh(found.balancer), shlex.join(argv)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert poller.stdout is not None
+        first = poller.stdout.readline()
+        if not first.strip():
+            raise DeploykitError(f"the poller on {found.balancer} printed nothing")
+        with load:
+            load.phase("steady")
+            time.sleep(args.steady)
+            load.phase("fault")
+            stamp = found.run(
+                args.clone, f"date +%s.%N; systemctl kill -s KILL {args.app}-web.service"
+            )
+            killed_at = float(stamp.splitlines()[0])
+            rest, _ = poller.communicate(timeout=ROUND_LIMIT + 30)
+            load.phase("after")
+            time.sleep(args.after)
+    finally:
+        if poller.poll() is None:
+            poller.kill()
+            poller.communicate()
+        restore(found, args.app, args.clone)
+    samples: list[dict[str, Any]] = [
+        json.loads(line) for line in [first, *rest.splitlines()] if line.strip()
+    ]
+    report = load.report()
+    down = next((s for s in samples if s.get("operational") == "down"), None)
+    up = None
+    if down is not None:
+        up = next((s for s in samples if s["t"] > down["t"] and s.get("status") == "UP"), None)
+    kill_offset = killed_at - load.started_at
+    failed = [s for s in report.samples if s.failure is not None]
+    result = Round(
+        requests=report.total.requests,
+        failures=report.failures,
+        failures_by_kind=dict(report.total.failures_by_kind),
+        in_flight_at_kill=sum(1 for s in report.samples if s.start <= kill_offset <= s.end),
+        down_after=None if down is None else down["t"] - killed_at,
+        up_after=None if up is None else up["t"] - killed_at,
+        polls=max((int(s.get("polls", 0)) for s in samples), default=0),
+        transitions=[
+            f"{s['t'] - killed_at:+.2f} s {s.get('status') or s.get('error') or 'end'}"
+            for s in samples
+        ],
+        failed=[
+            f"{s.start - kill_offset:+.3f} s {s.method} {s.path}: {s.failure}: {s.detail}"
+            for s in failed
+        ],
+    )
+    return result, report
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def print_round(number: int, result: Round, say: Out) -> None:
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(result.failures_by_kind.items()))
+    say(
+        f"round {number}: {result.requests} requests, {result.failures} failed"
+        f"{f' ({kinds})' if kinds else ''}, {result.in_flight_at_kill} in flight at the kill; "
+        f"DOWN after {_s(result.down_after)} s, UP again after {_s(result.up_after)} s "
+        f"({result.polls} polls)"
+    )
+    say("   HAProxy's view: " + "; ".join(result.transitions))
+    for line in result.failed:
+        say(f"   failed {line}")
+
+
+def spread(values: Sequence[float | None], digits: int = 2) -> str:
+    seen = [v for v in values if v is not None]
+    if not seen:
+        return "-"
+    low, middle, high = min(seen), statistics.median(seen), max(seen)
+    return f"{low:.{digits}f} / {middle:.{digits}f} / {high:.{digits}f}"
+
+
+def run(args: argparse.Namespace, say: Out, emit: Callable[[dict[str, Any]], None]) -> int:
+    root = project_root(Path(__file__).parent)
+    found = find_lab(root, args.clone)
+    say(
+        f"lab: balancer {found.url}; killing {args.app}-web on {args.clone}, {args.rounds} round(s)"
+    )
+    say(
+        f"load: {args.concurrency} keep-alive connections, {args.rate:g} requests/s; "
+        f"steady {args.steady:g} s, after {args.after:g} s"
+    )
+    rounds: list[Round] = []
+    for number in range(1, args.rounds + 1):
+        result, _ = one_round(found, args, number)
+        print_round(number, result, say)
+        rounds.append(result)
+    say(f"\n== {args.clone} killed under load, {len(rounds)} round(s) (min / median / max)")
+    say(f"requests           {spread([float(r.requests) for r in rounds], 0)}")
+    say(f"failures           {spread([float(r.failures) for r in rounds], 0)}")
+    say(f"in flight at kill  {spread([float(r.in_flight_at_kill) for r in rounds], 0)}")
+    say(f"DOWN after (s)     {spread([r.down_after for r in rounds])}")
+    say(f"UP again after (s) {spread([r.up_after for r in rounds])}")
+    emit(
+        {
+            "balancer": found.url,
+            "clone": args.clone,
+            "load": {"concurrency": args.concurrency, "rate": args.rate},
+            "rounds": [asdict(r) for r in rounds],
+        }
+    )
+    return EXIT_RAN
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--short", action="store_true", help="one round, steady 2 s and after 1 s")
+    parser.add_argument("--rounds", type=int, default=3, help="kills, one after the other (3)")
+    parser.add_argument("--clone", default="app2", help="the clone to kill (default app2)")
+    parser.add_argument("--app", default="shop", help="the application's name (default shop)")
+    parser.add_argument("--rate", type=float, default=90.0, help="requests/s in all (90)")
+    parser.add_argument("--concurrency", type=int, default=6, help="connections (6)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object with it all")
+    args = parser.parse_args(argv)
+    args.steady, args.after = (2.0, 1.0) if args.short else (5.0, 3.0)
+    if args.short:
+        args.rounds = 1
+    say = Out(args.json)
+
+    def emit(data: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(data, indent=2), flush=True)
+
+    try:
+        return run(args, say, emit)
+    except (NotRunnable, DeploykitError) as error:
+        say(f"\nclone_loss: cannot run: {error}")
+        emit({"error": str(error), "exit_code": EXIT_NOT_READY})
+        return EXIT_NOT_READY
+    except KeyboardInterrupt:
+        say("\ninterrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

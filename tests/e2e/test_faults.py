@@ -1,0 +1,799 @@
+"""Faults injected into the deployed lab: what a user sees, and that nothing is lost.
+
+One test per fault, each on the lab the `shop` fixture deployed (`deploykit up`): a clone killed
+under load, a worker killed in the middle of a job, Redis and RabbitMQ restarted, the document
+store stopped, the balancer reloaded with a new configuration under load, and a node lost in the
+middle of a rolling deploy. Each test puts the lab back the way it found it in a `finally`
+(services started, containers unpaused, every clone ready and UP in HAProxy), so that the next
+test, and whoever uses the lab after, starts from a healthy stack.
+
+Run with DEPLOYKIT_KEEP_LAB=1 to keep the lab for the next run (the session fixture removes it
+otherwise): DEPLOYKIT_KEEP_LAB=1 .venv/bin/pytest tests/e2e/test_faults.py -q -x
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import queue
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, LabShell
+
+from deploykit import lab
+from deploykit.loadgen import LoadGenerator, Report, SessionLogin
+
+pytestmark = pytest.mark.e2e
+
+APP = "shop"
+CLONES = ("app1", "app2", "app3")
+BACKEND = "app"
+BALANCER = "lb1"
+WORKER = "worker1"
+# The haproxy role's runtime helper on the balancer (roles/haproxy/files/deploykit-haproxy).
+HELPER = "/usr/local/libexec/deploykit-haproxy"
+# The RabbitMQ vhost of the application (roles/rabbitmq: rabbitmq_app_vhost) and the shop's queue.
+VHOST = "app"
+JOB_QUEUE = "shop"
+
+# The load: users on the site, each worker a browser with one keep-alive connection and a session.
+CONCURRENCY = 6
+RATE = 90.0
+MIX: list[str | tuple[str, float]] = [
+    ("/", 2),
+    ("/products?limit=20", 2),
+    ("/products/1", 1),
+    ("/products/7", 1),
+    ("/me", 3),
+    ("/healthz", 1),
+]
+
+
+# --- a user's browser ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: Message
+    body: bytes
+    seconds: float
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def is_json(self) -> bool:
+        return self.headers.get_content_type() == "application/json"
+
+    def __str__(self) -> str:
+        text = self.body[:300].decode(errors="replace").strip()
+        kind = self.headers.get_content_type()
+        return f"HTTP {self.status} in {self.seconds:.2f} s ({kind}): {text}"
+
+
+class User:
+    """One browser: its own cookies, straight to the balancer (no proxy from the environment)."""
+
+    def __init__(self, base_url: str, name: str) -> None:
+        self.base_url = base_url
+        self.name = name
+        self._opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}),
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()),
+        )
+
+    def request(
+        self, method: str, path: str, payload: Any = None, *, timeout: float = 15.0
+    ) -> Answer:
+        """The answer, whatever its status; fails the test when none comes within `timeout`."""
+        data = None if payload is None else json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        request = urllib.request.Request(
+            self.base_url + path, data=data, method=method, headers=headers
+        )
+        started = time.monotonic()
+        try:
+            with self._opener.open(request, timeout=timeout) as answer:
+                body, status, got = answer.read(), answer.status, answer.headers
+        except urllib.error.HTTPError as error:
+            body, status, got = error.read(), error.code, error.headers
+        except (OSError, urllib.error.URLError) as error:  # a timeout, a reset: no answer at all
+            pytest.fail(
+                f"{method} {path}: no answer after {time.monotonic() - started:.1f} s "
+                f"(limit {timeout:g} s): {error}"
+            )
+        return Answer(status, got, body, time.monotonic() - started)
+
+    def get(self, path: str, *, timeout: float = 15.0) -> Answer:
+        return self.request("GET", path, timeout=timeout)
+
+    def post(self, path: str, payload: Any = None, *, timeout: float = 15.0) -> Answer:
+        return self.request("POST", path, {} if payload is None else payload, timeout=timeout)
+
+    def login(self) -> User:
+        answer = self.post("/login", {"user": self.name})
+        assert answer.status == 200 and answer.json()["user"] == self.name, str(answer)
+        return self
+
+    def me(self) -> Answer:
+        return self.get("/me")
+
+
+def logged_in(base_url: str, prefix: str, count: int) -> list[User]:
+    # A fresh suffix per run: the users of one run are not those of an earlier one.
+    run = uuid.uuid4().hex[:6]
+    return [User(base_url, f"{prefix}-{run}-{i}").login() for i in range(count)]
+
+
+def assert_sessions_valid(users: list[User], *, within: float = 20.0) -> None:
+    """Every user is still logged in as themself: GET /me answers 200 with their name. A 503 (the
+    session store not answering yet) is waited out, up to `within` seconds; a 401 is a lost
+    session and fails at once."""
+    deadline = time.monotonic() + within
+    for user in users:
+        while True:
+            answer = user.me()
+            if answer.status != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert answer.status == 200, f"{user.name}: the session was lost: {answer}"
+        assert answer.json()["user"] == user.name, str(answer)
+
+
+def wait_until(
+    what: str, check: Callable[[], bool], *, timeout: float, every: float = 0.5
+) -> float:
+    """Poll `check` until it is true; the seconds it took. Fails the test after `timeout`."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"{what}: not after {timeout:g} s")
+        time.sleep(every)
+    return time.monotonic() - started
+
+
+def loaded(base_url: str, seed: str) -> LoadGenerator:
+    """The load of one test: logged-in users (their own names) on a mix of the shop's pages."""
+    return LoadGenerator(
+        base_url,
+        paths=MIX,
+        concurrency=CONCURRENCY,
+        rate=RATE,
+        session=SessionLogin(body=lambda worker: {"user": f"load-{seed}-{worker}"}),
+        seed=seed,
+    )
+
+
+def show(title: str, report: Report) -> None:
+    print(f"\n--- {title}\n{report.format_table()}")
+
+
+# --- the lab -------------------------------------------------------------------------------------
+
+
+def ssh_argv(lab_up: lab.LabUpResult, host: str) -> list[str]:
+    """ssh to HOST as root with the lab's key and known_hosts (as LabShell does), for a command
+    that runs in the background."""
+    ssh_dir = lab_up.inventory.parent / ".ssh"
+    address = next(h.address for h in lab_up.hosts if h.name == host)
+    return [
+        "ssh", "-i", str(ssh_dir / "id_ed25519"),
+        "-o", f"UserKnownHostsFile={ssh_dir / 'known_hosts'}",
+        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+        f"root@{address}",
+    ]  # fmt: skip
+
+
+def haproxy(shell: LabShell, *args: str) -> dict[str, Any]:
+    answer: dict[str, Any] = json.loads(shell.run(BALANCER, shlex.join([HELPER, *args])))
+    return answer
+
+
+def clone_states(shell: LabShell) -> dict[str, dict[str, Any]]:
+    servers = haproxy(shell, "servers", "--backend", BACKEND)["servers"]
+    return {server["server"]: server for server in servers}
+
+
+def restore_clones(shell: LabShell) -> None:
+    """Every clone's web service running, and its server ready and UP in HAProxy (the helper's
+    `ready` returns once HAProxy's own check says UP, through drain when it was in maint)."""
+    for clone in CLONES:
+        shell.run(clone, f"systemctl start {APP}-web.service")
+    for clone in CLONES:
+        haproxy(shell, "ready", BACKEND, clone, "--timeout", "60")
+
+
+def all_clones_up(shell: LabShell) -> bool:
+    return all(s["status"] == "UP" and s["admin"] == "ready" for s in clone_states(shell).values())
+
+
+def wait_stack_healthy(shell: LabShell, base_url: str) -> None:
+    """The services every test relies on are running and the balancer sees every clone UP."""
+    for host, unit in (
+        ("cache1", "redis-server"),
+        ("db1", "postgresql@*"),  # the cluster itself, not Debian's umbrella unit
+        ("queue1", "rabbitmq-server"),
+        (WORKER, f"{APP}-worker"),
+        *((clone, f"{APP}-web") for clone in CLONES),
+    ):
+        if not shell.succeeds(host, f"systemctl is-active --quiet '{unit}'"):
+            shell.run(host, f"systemctl start {unit.removesuffix('@*')}")
+    wait_until("every clone UP in HAProxy", lambda: all_clones_up(shell), timeout=60)
+    probe = User(base_url, "probe")
+    wait_until("/healthz through the balancer", lambda: probe.get("/healthz").status == 200,
+               timeout=30)  # fmt: skip
+
+
+@pytest.fixture
+def site(shop: str, lab_shell: LabShell) -> str:
+    """The balancer's URL, once the stack is healthy (a test starts from a healthy lab)."""
+    wait_stack_healthy(lab_shell, shop)
+    return shop
+
+
+# --- reports (jobs through the queue) -------------------------------------------------------------
+
+
+def submit_reports(user: User, count: int) -> list[str]:
+    ids = []
+    for _ in range(count):
+        answer = user.post("/reports")
+        assert answer.status == 202, str(answer)
+        ids.append(str(answer.json()["job_id"]))
+    return ids
+
+
+def jobs(user: User, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Each job's document as GET /reports/<id> shows it."""
+    found = {}
+    for job_id in ids:
+        answer = user.get(f"/reports/{job_id}")
+        assert answer.status in (200, 202), str(answer)
+        found[job_id] = answer.json()
+    return found
+
+
+def wait_done(user: User, ids: list[str], *, timeout: float) -> dict[str, dict[str, Any]]:
+    docs: dict[str, dict[str, Any]] = {}
+
+    def all_done() -> bool:
+        nonlocal docs
+        docs = jobs(user, ids)
+        return all(doc["status"] == "done" for doc in docs.values())
+
+    try:
+        wait_until(f"{len(ids)} report jobs done", all_done, timeout=timeout)
+    except pytest.fail.Exception:
+        statuses = {job_id: (d["status"], d.get("attempts")) for job_id, d in docs.items()}
+        pytest.fail(f"not every job is done after {timeout:g} s: {statuses}")
+    return docs
+
+
+def queue_depth(shell: LabShell) -> tuple[int, int]:
+    """(ready, unacknowledged) messages of the shop's queue on the broker."""
+    listing = json.loads(
+        shell.run(
+            "queue1",
+            f"rabbitmqctl -q list_queues -p {VHOST} name messages_ready messages_unacknowledged "
+            "--formatter json",
+        )
+    )
+    row = next(q for q in listing if q["name"] == JOB_QUEUE)
+    return int(row["messages_ready"]), int(row["messages_unacknowledged"])
+
+
+def worker_restarts(shell: LabShell) -> int:
+    return int(shell.run(WORKER, f"systemctl show -P NRestarts {APP}-worker.service"))
+
+
+# --- 1. a clone killed under load -----------------------------------------------------------------
+
+# Runs on the balancer: polls the helper's `state` every 0.1 s and prints each change of the
+# server's status (so the output stays small), until it has seen the server DOWN and then UP again,
+# or the time limit passes. Times are the wall clock, which the lab's containers share with the
+# controller (one kernel), so they compare with the moment of the kill taken on the clone.
+POLLER = r"""
+import json, subprocess, sys, time
+helper, backend, server, limit = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+end = time.time() + limit
+last, seen_down, polls = None, False, 0
+while time.time() < end:
+    done = subprocess.run([helper, "state", backend, server], capture_output=True, text=True)
+    polls += 1
+    now = time.time()
+    if done.returncode != 0:
+        print(json.dumps({"t": now, "error": done.stderr.strip()}), flush=True)
+    else:
+        state = json.loads(done.stdout)
+        key = (state["status"], state["operational"])
+        if key != last:
+            print(json.dumps({"t": now, "status": state["status"],
+                              "operational": state["operational"],
+                              "check": state["check_detail"], "polls": polls}), flush=True)
+            last = key
+        seen_down = seen_down or state["operational"] == "down"
+        if seen_down and state["status"] == "UP":
+            break
+    time.sleep(0.1)
+print(json.dumps({"t": time.time(), "end": True, "polls": polls}), flush=True)
+"""
+
+
+def test_a_clone_killed_under_load_is_taken_out_then_returns_without_losing_users(
+    site: str, lab_shell: LabShell, lab_up: lab.LabUpResult
+) -> None:
+    users = logged_in(site, "fault1", 6)
+    load = loaded(site, "fault1")
+    poller = subprocess.Popen(
+        [*ssh_argv(lab_up, BALANCER),
+         shlex.join(["python3", "-c", POLLER, HELPER, BACKEND, "app2", "60"])],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert poller.stdout is not None
+        first = json.loads(poller.stdout.readline() or "{}")  # polling has begun
+        assert first.get("status") == "UP", f"app2 before the kill: {first}"
+        with load:
+            load.phase("steady")
+            time.sleep(3)
+            load.phase("fault")
+            killed_at = float(
+                lab_shell.run(
+                    "app2", f"date +%s.%N; systemctl kill -s KILL {APP}-web.service"
+                ).splitlines()[0]
+            )
+            rest, _ = poller.communicate(timeout=90)
+            load.phase("after")
+            time.sleep(2)
+        samples = [first, *(json.loads(line) for line in rest.splitlines() if line.strip())]
+        report = load.report()
+        show("a clone killed under load", report)
+        print("app2 as HAProxy saw it (s after the kill):")
+        for sample in samples:
+            print(f"  {sample['t'] - killed_at:+7.2f} {json.dumps(sample)}")
+        down = next((s for s in samples if s.get("operational") == "down"), None)
+        assert down is not None, f"HAProxy never marked app2 DOWN: {samples}"
+        up = next((s for s in samples if s["t"] > down["t"] and s.get("status") == "UP"), None)
+        marked_down = down["t"] - killed_at
+        print(f"HAProxy marked app2 DOWN {marked_down:.2f} s after the kill")
+        # Not a timing test: the check (inter 500 ms, fall 2) takes about a second; bound it only
+        # against a clone that is never taken out.
+        assert 0 <= marked_down < 10, f"app2 marked DOWN {marked_down:.2f} s after the kill"
+        assert up is not None, f"app2 did not come back UP by itself within 60 s: {samples}"
+        print(f"app2 back UP {up['t'] - killed_at:.2f} s after the kill (systemd restarted it)")
+
+        # At most the requests in flight at the kill fail: the load has CONCURRENCY of them at
+        # most; anything sent after it goes to another clone (HAProxy redispatches refused
+        # connections, and stops choosing app2 once it is DOWN).
+        kill_offset = killed_at - load.started_at
+        in_flight = sum(1 for s in report.samples if s.start <= kill_offset <= s.end)
+        failed = [s for s in report.samples if s.failure is not None]
+        print(f"requests in flight at the kill: {in_flight}; failed: {len(failed)}")
+        for sample in failed:
+            print(f"  t={sample.start - kill_offset:+.3f} s {sample.path}: {sample.detail}")
+        assert len(failed) <= CONCURRENCY, report.format_table()
+        assert "session" not in report.total.failures_by_kind, report.format_table()
+        assert report.phase("steady").failures == 0, report.format_table()
+        assert report.phase("after").failures == 0, report.format_table()
+        # The users logged in before the kill, some of them through app2, are logged in still.
+        assert_sessions_valid(users)
+    finally:
+        if poller.poll() is None:
+            poller.kill()
+            poller.communicate()
+        restore_clones(lab_shell)
+
+
+# --- 2. a worker killed in the middle of a job -------------------------------------------------
+
+
+def test_a_worker_killed_mid_job_loses_no_job_and_runs_none_twice(
+    site: str, lab_shell: LabShell
+) -> None:
+    # The shop's report jobs sleep Settings.report_seconds (3 s; no environment variable sets it,
+    # and the web side sends it with each job): long enough to kill one mid-job by polling.
+    user = User(site, f"fault2-{uuid.uuid4().hex[:6]}").login()
+    restarts = worker_restarts(lab_shell)
+    ids = submit_reports(user, 5)
+    try:
+        wait_until(
+            "a report job running",
+            lambda: any(d["status"] == "running" for d in jobs(user, ids).values()),
+            timeout=30,
+            every=0.1,
+        )
+        lab_shell.run(WORKER, f"systemctl kill -s KILL {APP}-worker.service")
+        # What the kill interrupted: the jobs running now are half done (their worker is gone).
+        at_kill = jobs(user, ids)
+        interrupted = [i for i, d in at_kill.items() if d["status"] == "running"]
+        waiting = [i for i, d in at_kill.items() if d["status"] == "pending"]
+        finished = [i for i, d in at_kill.items() if d["status"] == "done"]
+        print(
+            f"at the kill: {len(interrupted)} running, {len(waiting)} pending, {len(finished)} done"
+        )
+        assert interrupted, "no job was running at the kill"
+        # systemd restarts the worker (Restart=on-failure, RestartSec=5); RabbitMQ put the
+        # unacknowledged messages back when the killed worker's connection closed.
+        wait_until(
+            "systemd restarting the killed worker",
+            lambda: (
+                worker_restarts(lab_shell) > restarts
+                and lab_shell.succeeds(WORKER, f"systemctl is-active --quiet {APP}-worker")
+            ),
+            timeout=60,
+        )
+        done = wait_done(user, ids, timeout=120)
+        assert len(done) == len(ids) == len(set(ids))
+        for job_id, doc in done.items():
+            assert doc["status"] == "done" and doc["result"], (job_id, doc)
+        # Each job done exactly once: an interrupted job has one attempt more than at the kill
+        # (the one that finished), a pending one a single attempt, a finished one is untouched.
+        for job_id in interrupted:
+            assert done[job_id]["attempts"] == at_kill[job_id]["attempts"] + 1 >= 2, done[job_id]
+        for job_id in waiting:
+            assert done[job_id]["attempts"] == 1, done[job_id]
+        for job_id in finished:
+            assert done[job_id] == at_kill[job_id]
+        # Nothing left on the queue or unacknowledged, and no late duplicate redoes a job.
+        assert queue_depth(lab_shell) == (0, 0)
+        time.sleep(2)
+        assert jobs(user, ids) == done
+        print(
+            "attempts: " + ", ".join(f"{job_id[:8]} {done[job_id]['attempts']}" for job_id in ids)
+        )
+    finally:
+        lab_shell.run(WORKER, f"systemctl start {APP}-worker.service")
+
+
+# --- 3. Redis and RabbitMQ restarted -------------------------------------------------------------
+
+
+def test_sessions_survive_a_redis_restart(site: str, lab_shell: LabShell) -> None:
+    users = logged_in(site, "fault3", 5)
+    load = loaded(site, "fault3")
+    try:
+        with load:
+            load.phase("steady")
+            time.sleep(2)
+            load.phase("restart")
+            lab_shell.run("cache1", "systemctl restart redis-server")
+            time.sleep(3)
+        show("Redis restarted under load (figures only)", load.report())
+        # Sessions are on disk (AOF): every user is still logged in, those of the load too.
+        assert_sessions_valid(users)
+        assert "session" not in load.report().total.failures_by_kind, load.report().format_table()
+    finally:
+        if not lab_shell.succeeds("cache1", "systemctl is-active --quiet redis-server"):
+            lab_shell.run("cache1", "systemctl start redis-server")
+        restore_clones(lab_shell)
+
+
+def test_jobs_queued_while_rabbitmq_restarts_are_all_done(site: str, lab_shell: LabShell) -> None:
+    user = User(site, f"fault3q-{uuid.uuid4().hex[:6]}").login()
+    lab_shell.run(WORKER, f"systemctl stop {APP}-worker.service")
+    try:
+        ids = submit_reports(user, 5)
+        assert queue_depth(lab_shell) == (5, 0), "the jobs are not waiting on the queue"
+        lab_shell.run("queue1", "systemctl restart rabbitmq-server")
+        # Durable queue, persistent messages: the jobs are still there after the restart.
+        assert queue_depth(lab_shell) == (5, 0), "jobs were lost in the broker's restart"
+        lab_shell.run(WORKER, f"systemctl start {APP}-worker.service")
+        done = wait_done(user, ids, timeout=90)
+        assert all(doc["attempts"] == 1 for doc in done.values()), done
+        assert queue_depth(lab_shell) == (0, 0)
+        # The clones publish again once the broker is back (each reconnects on its next job).
+        again = [user.post("/reports") for _ in range(3)]
+        print("POST /reports after the restart: " + ", ".join(str(a.status) for a in again))
+        assert all(a.status == 202 for a in again), [str(a) for a in again]
+        wait_done(user, [str(a.json()["job_id"]) for a in again], timeout=60)
+    finally:
+        if not lab_shell.succeeds("queue1", "systemctl is-active --quiet rabbitmq-server"):
+            lab_shell.run("queue1", "systemctl start rabbitmq-server")
+        lab_shell.run(WORKER, f"systemctl start {APP}-worker.service")
+
+
+# --- 4. the document store stopped ----------------------------------------------------------------
+
+
+# Runs on the balancer (the clones' port admits only it): a clone's own answer to PATH.
+CLONE_GET = r"""
+import json, sys, time, urllib.error, urllib.request
+started = time.monotonic()
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=10) as answer:
+        status, kind, body = answer.status, answer.headers.get_content_type(), answer.read()
+except urllib.error.HTTPError as error:
+    status, kind, body = error.code, error.headers.get_content_type(), error.read()
+print(json.dumps({"status": status, "type": kind, "seconds": time.monotonic() - started,
+                  "body": body.decode(errors="replace")}))
+"""
+
+
+def clone_get(shell: LabShell, lab_up: lab.LabUpResult, clone: str, path: str) -> dict[str, Any]:
+    address = next(h.address for h in lab_up.hosts if h.name == clone)
+    answer: dict[str, Any] = json.loads(
+        shell.python(BALANCER, CLONE_GET, f"http://{address}:8000{path}")
+    )
+    return answer
+
+
+def stop_docstore(shell: LabShell) -> None:
+    # Debian's postgresql.service is an umbrella (ExecStart=/bin/true) that the clusters are
+    # PartOf: stopping it alone returns before the cluster is down (a request right after it was
+    # still answered from the store). The cluster units are stopped with it, and waited for.
+    shell.run("db1", "systemctl stop postgresql 'postgresql@*'")
+
+
+def start_docstore_and_recover(shell: LabShell, base_url: str) -> float:
+    """Start PostgreSQL; the seconds until the app serves documents again by itself."""
+    shell.run("db1", "systemctl start postgresql")
+    probe = User(base_url, "probe")
+    return wait_until(
+        "GET /products 200 after PostgreSQL started",
+        lambda: probe.get("/products?limit=1").status == 200,
+        timeout=60,
+        every=0.2,
+    )
+
+
+def test_a_docstore_outage_answers_errors_fast_and_recovers_by_itself(
+    site: str, lab_shell: LabShell, lab_up: lab.LabUpResult
+) -> None:
+    user = User(site, f"fault4-{uuid.uuid4().hex[:6]}").login()
+    # A product id that is in no cache (nothing caches a missing product): it needs the store.
+    uncached = f"/products/none-{uuid.uuid4().hex[:8]}"
+    stop_docstore(lab_shell)
+    try:
+        # Through the balancer: an error, fast. The first requests reach a clone (its JSON 503);
+        # once every clone's health check has failed HAProxy answers for them (see the xfail
+        # test below).
+        for attempt in range(3):
+            for method, path in (("GET", uncached), ("GET", "/products"), ("POST", "/reports")):
+                answer = user.request(method, path, {} if method == "POST" else None, timeout=10)
+                print(f"{attempt} {method} {path}: {answer}")
+                assert 500 <= answer.status < 600, str(answer)
+                assert answer.seconds < 10, str(answer)
+            time.sleep(0.5)
+        # The baked pages come from the balancer's nginx: no clone, no docstore involved.
+        home = user.get("/")
+        assert home.status == 200 and b"<html" in home.body.lower(), str(home)
+        # Each clone: /healthz says the docstore is failing, and a request that needs it gets
+        # the app's own JSON error within its timeouts.
+        for clone in CLONES:
+            health = clone_get(lab_shell, lab_up, clone, "/healthz")
+            checks = json.loads(health["body"])["checks"]
+            assert health["status"] == 503 and checks["docstore"] != "ok", health
+            assert checks["redis"] == "ok", health
+            product = clone_get(lab_shell, lab_up, clone, uncached)
+            assert product["status"] == 503 and product["type"] == "application/json", product
+            assert json.loads(product["body"])["error"], product
+            assert product["seconds"] < 10, product
+        # HAProxy took every clone out: their checks fail on the docstore.
+        states = clone_states(lab_shell)
+        print({name: (s["status"], s["check_detail"]) for name, s in states.items()})
+    finally:
+        recovered = start_docstore_and_recover(lab_shell, site)
+        print(f"the app served documents again {recovered:.1f} s after PostgreSQL started")
+        restore_clones(lab_shell)
+    assert user.get(uncached).status == 404  # and the answer is the right one again
+    assert user.post("/reports").status == 202
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="defect: /healthz fails on a docstore outage, so HAProxy takes every clone out at "
+    "once and answers its own HTML 503 page for every non-baked request, sessions and cached "
+    "products included (see the report of tests/e2e/test_faults.py)",
+)
+def test_a_docstore_outage_answers_the_apps_json_error_through_the_balancer(
+    site: str, lab_shell: LabShell
+) -> None:
+    user = User(site, f"fault4j-{uuid.uuid4().hex[:6]}").login()
+    stop_docstore(lab_shell)
+    try:
+        time.sleep(2.5)  # a few health checks (inter 500 ms, fall 2) after the stop
+        answer = user.get(f"/products/none-{uuid.uuid4().hex[:8]}", timeout=10)
+        print(answer)
+        assert answer.status == 503 and answer.is_json, str(answer)
+        assert answer.json()["error"], str(answer)
+        me = user.me()  # sessions are in Redis, which is up
+        assert me.status == 200, str(me)
+    finally:
+        start_docstore_and_recover(lab_shell, site)
+        restore_clones(lab_shell)
+
+
+# --- 5. the balancer reloaded with a new configuration under load ---------------------------------
+
+HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
+HAPROXY_BACKUP = "/root/haproxy.cfg.test_faults"
+
+
+def test_balancer_reloads_under_load_fail_no_request(site: str, lab_shell: LabShell) -> None:
+    original_queue = lab_shell.run(BALANCER, f"grep -P '^\\ttimeout queue ' {HAPROXY_CFG}")
+    assert original_queue, "no `timeout queue` line in haproxy.cfg"
+    lab_shell.run(BALANCER, f"cp -p {HAPROXY_CFG} {HAPROXY_BACKUP}")
+    load = loaded(site, "fault5")
+    try:
+        workers: list[str] = []
+        with load:
+            load.phase("steady")
+            time.sleep(2)
+            for reload, value in enumerate(("31s", "32s")):
+                # A harmless change: how long a request may wait for a free server.
+                lab_shell.run(
+                    BALANCER,
+                    f"sed -i 's/^\\ttimeout queue .*/\\ttimeout queue {value}/' {HAPROXY_CFG} && "
+                    f"grep -qP '^\\ttimeout queue {value}$' {HAPROXY_CFG} && "
+                    f"haproxy -c -q -f {HAPROXY_CFG}",
+                )
+                load.phase(f"reload {reload + 1}")
+                lab_shell.run(BALANCER, "systemctl reload haproxy")
+                time.sleep(3)
+                workers.append(lab_shell.run(BALANCER, "pgrep -d, -x -P $(systemctl show -P "
+                                             "MainPID haproxy) haproxy"))  # fmt: skip
+            load.phase("after")
+            time.sleep(2)
+        report = load.report()
+        show("two reloads of HAProxy under load", report)
+        print(f"HAProxy worker process after each reload: {workers}")
+        assert workers[0] != workers[1], "the second reload started no new worker"
+        assert report.failures == 0, report.format_table()
+        assert report.total.requests > 100
+        assert all_clones_up(lab_shell), clone_states(lab_shell)
+    finally:
+        lab_shell.run(
+            BALANCER,
+            f"cp -p {HAPROXY_BACKUP} {HAPROXY_CFG} && haproxy -c -q -f {HAPROXY_CFG} && "
+            f"systemctl reload haproxy && rm -f {HAPROXY_BACKUP}",
+        )
+        restore_clones(lab_shell)
+    assert lab_shell.run(BALANCER, f"grep -P '^\\ttimeout queue ' {HAPROXY_CFG}") == original_queue
+
+
+# --- 6. a node unreachable in the middle of a rolling deploy --------------------------------------
+
+
+def deploykit(
+    *args: str, timeout: float = 900, env: dict[str, str] | None = None
+) -> tuple[int, list[dict[str, Any]], str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploykit", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False, env=env,
+    )  # fmt: skip
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc.returncode, lines, proc.stderr
+
+
+def status_report() -> dict[str, Any]:
+    rc, lines, stderr = deploykit("status", "--json", timeout=300)
+    assert rc == 0 and lines, stderr[-3000:]
+    return lines[-1]
+
+
+def clone_releases(report: dict[str, Any]) -> dict[str, str | None]:
+    return {n["host"]: n["release"] for n in report["nodes"] if n["role"] == "app"}
+
+
+def docker(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", *args], check=False, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_a_node_lost_mid_deploy_is_named_and_the_touched_clones_return(
+    site: str, lab_shell: LabShell, tmp_path: Path
+) -> None:
+    before = status_report()
+    previous = before["live"]
+    assert previous and before["drift"] is False, before
+    version = f"9.0.0-faults{time.strftime('%H%M%S')}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploykit", "build", "--app", str(ROOT / "examples" / APP),
+         "--version", version, "--out", str(tmp_path), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    artifact = json.loads(proc.stdout)
+    assert artifact["release_id"] != previous
+
+    # ansible.cfg's SSH settings as they are: a paused host is found unreachable after about a
+    # minute (the ControlPersist master gives up after ServerAliveInterval 15 s x 3, then a new
+    # connection times out in the banner exchange after Ansible's default timeout, 10 s).
+    deploy = subprocess.Popen(
+        [sys.executable, "-m", "deploykit", "deploy", "--artifact", artifact["path"],
+         "--batch", "1", "--json"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert deploy.stdout is not None
+        for line in deploy.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    events: list[dict[str, Any]] = []
+    paused_at: float | None = None
+    try:
+        deadline = time.monotonic() + 900
+        while True:
+            line = lines.get(timeout=max(1.0, deadline - time.monotonic()))
+            if line is None:
+                break
+            if not line.startswith("{"):
+                continue
+            event = json.loads(line)
+            events.append(event)
+            if paused_at is None and event == {"event": "step", "host": "app2", "step": "done"}:
+                paused = docker("pause", f"{lab.CONTAINER_PREFIX}app3")
+                assert paused.returncode == 0, paused.stderr
+                paused_at = time.monotonic()
+                print("app3 paused once app2 was done")
+        rc = deploy.wait(timeout=60)
+        ended_after = time.monotonic() - (paused_at or time.monotonic())
+    finally:
+        if deploy.poll() is None:
+            deploy.kill()
+        stderr = deploy.stderr.read() if deploy.stderr else ""
+        if paused_at is not None:
+            unpaused = docker("unpause", f"{lab.CONTAINER_PREFIX}app3")
+            assert unpaused.returncode == 0, unpaused.stderr
+    steps = [(e["host"], e["step"]) for e in events if e.get("event") == "step"]
+    print(f"steps: {steps}")
+    print(f"the deploy ended {ended_after:.1f} s after app3 was paused, exit {rc}")
+    assert paused_at is not None, f"app2 never reported done: {steps}\n{stderr[-3000:]}"
+    summary = events[-1]
+    print(json.dumps(summary, indent=1))
+    try:
+        assert rc == 1, (summary, stderr[-3000:])
+        assert summary["event"] == "deploy"
+        assert "app3" in summary["failure"] and "unreachable" in summary["failure"], summary
+        nodes = summary["nodes"]
+        assert nodes["app1/app"]["outcome"] == "rolled_back", nodes
+        assert nodes["app2/app"]["outcome"] == "rolled_back", nodes
+        after = status_report()
+        releases = clone_releases(after)
+        print(f"after the failed deploy: {releases}")
+        assert releases["app1"] == releases["app2"] == previous, releases
+    finally:
+        # app3 may be drained, in maint or on either release: return every clone to the
+        # release that was live, in service.
+        rc_back, back, back_err = deploykit("rollback", "--to", previous, "--json", timeout=900)
+        print(f"rollback --to {previous}: exit {rc_back}: {back[-1] if back else back_err[-2000:]}")
+        restore_clones(lab_shell)
+    assert rc_back == 0, back_err[-3000:]
+    final = status_report()
+    assert set(clone_releases(final).values()) == {previous}, final
+    assert final["drift"] is False, final
+    assert {n["haproxy"] for n in final["nodes"] if n["role"] == "app"} == {"UP"}, final
+    # Workers switch after every clone, and a failed batch stops the rollout: the worker and the
+    # balancer's pages should never have left the previous release.
+    went_on = {
+        key: node["outcome"]
+        for key, node in nodes.items()
+        if key in ("worker1/worker", "lb1/lb") and node["outcome"] != "untouched"
+    }
+    if went_on:
+        pytest.xfail(
+            "defect: after app3 was unreachable, roll.yml went on to its next play and switched "
+            f"the worker and the balancer's pages to the new release ({went_on}: switched, then "
+            "returned by the controller); everything else above holds"
+        )
