@@ -1,0 +1,67 @@
+"""Testinfra checks of the ledger role, run by the molecule scenario ``ledger`` on ``ledger-lb``:
+the helper and the directory as the role leaves them, and the lock and the history used as a
+rollout uses them (through the installed helper, as root on the balancer)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+SCENARIO = "ledger"
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
+    reason="hosts of the molecule scenario 'ledger' only",
+)
+
+HELPER = "/usr/local/libexec/deploykit-ledger"
+LEDGER_DIR = "/var/lib/deploykit"
+
+
+def ledger(host: Any, *args: str) -> tuple[int, dict[str, Any]]:
+    command = host.run(" ".join([HELPER, *(f"'{a}'" for a in args)]))
+    assert command.rc in (0, 1), command.stderr
+    return command.rc, json.loads(command.stdout)
+
+
+@pytest.fixture(autouse=True)
+def free_lock(host: Any) -> Any:
+    host.run(f"{HELPER} lock release")
+    yield
+    host.run(f"{HELPER} lock release")
+
+
+def test_the_helper_and_the_directory_belong_to_root(host: Any) -> None:
+    helper = host.file(HELPER)
+    assert (helper.user, helper.group, helper.mode) == ("root", "root", 0o755)
+    directory = host.file(LEDGER_DIR)
+    assert directory.is_directory
+    # The history names who deployed what and when: root only.
+    assert (directory.user, directory.group, directory.mode) == ("root", "root", 0o750)
+
+
+def test_one_holder_at_a_time_and_only_its_token_releases(host: Any) -> None:
+    holder = json.dumps({"who": "ada@ctl", "token": "t1", "command": "deploy", "release": "r2"})
+    rc, first = ledger(host, "lock", "acquire", "--holder", holder)
+    assert (rc, first["acquired"]) == (0, True)
+    other = json.dumps({"who": "bob@ctl", "token": "t2"})
+    rc, second = ledger(host, "lock", "acquire", "--holder", other)
+    assert (rc, second["acquired"], second["holder"]["who"]) == (1, False, "ada@ctl")
+    assert ledger(host, "lock", "release", "--token", "t2")[0] == 1
+    assert ledger(host, "lock", "status")[1]["held"] is True
+    rc, released = ledger(host, "lock", "release", "--token", "t1")
+    assert (rc, released["released"]) == (0, True)
+    assert host.file(f"{LEDGER_DIR}/deploy.lock").exists is False
+
+
+def test_the_history_appends_records_in_order(host: Any) -> None:
+    before = len(ledger(host, "history", "show")[1]["records"])
+    for release in ("r1", "r2"):
+        record = json.dumps({"action": "deploy", "to": release, "outcome": "succeeded"})
+        assert ledger(host, "history", "append", "--record", record)[0] == 0
+    records = ledger(host, "history", "show")[1]["records"]
+    assert [r["to"] for r in records[before:]] == ["r1", "r2"]
+    assert ledger(host, "history", "show", "--limit", "1")[1]["records"][0]["to"] == "r2"
