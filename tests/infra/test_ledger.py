@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 HELPER = "/usr/local/libexec/deploykit-ledger"
-LEDGER_DIR = "/var/lib/deploykit"
+LEDGER_DIR = "/var/lib/deploykit-ledger"
 
 
 def ledger(host: Any, *args: str) -> tuple[int, dict[str, Any]]:
