@@ -283,8 +283,6 @@ def _print_rollout(args: argparse.Namespace, result: rollout.RolloutResult) -> i
 
 
 def _refused(args: argparse.Namespace, action: str, error: rollout.RolloutFailed) -> int:
-    if error.result is not None:
-        return _print_rollout(args, error.result)
     if args.json:
         _json_line({"event": action, "outcome": "refused", "message": str(error)})
     else:

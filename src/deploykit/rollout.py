@@ -25,7 +25,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,16 +59,10 @@ Step = Callable[[Mapping[str, Any]], None]
 
 
 class RolloutFailed(DeploykitError):
-    """A rollout stopped: nothing changed (the lock is held, staging failed), or what it switched
-    was returned to the previous release. Exit code 1."""
+    """A rollout refused before anything changed (the lock is held, no release to return to, a
+    release not kept on every node). Exit code 1; a rollout that ran reports in its result."""
 
     exit_code = 1
-
-    def __init__(
-        self, message: str, *, result: RolloutResult | None = None, hint: str | None = None
-    ) -> None:
-        super().__init__(message, hint=hint)
-        self.result = result
 
 
 # --- batches ----------------------------------------------------------------------------------
@@ -458,9 +452,6 @@ class _Tracker:
                 self.done.add(host)
                 if self._on_step is not None:
                     self._on_step({"event": "step", "host": host, "step": "done"})
-
-    def close(self, result: runner.RunResult) -> None:
-        del result
 
 
 class Rollouts:
@@ -880,12 +871,3 @@ def _age(seconds: Any) -> str:
     if value < 7200:
         return f"{value / 60:.0f} min"
     return f"{value / 3600:.1f} h"
-
-
-def node_lines(nodes: Iterable[NodeOutcome]) -> list[str]:
-    return [
-        f"{n.host:<10} {n.role:<7} {n.before or '-'} → {n.target or '-'}: {n.outcome}"
-        + (f" at {n.step}" if n.step else "")
-        + (f": {n.message}" if n.message else "")
-        for n in nodes
-    ]
