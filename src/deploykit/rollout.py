@@ -373,6 +373,13 @@ def _in_service(node: NodeStatus) -> bool:
     return all(view == "UP" for view in views)
 
 
+def is_settled(node: NodeStatus, release: str) -> bool:
+    """The node runs ``release``, ``current`` points to it and (a clone) every balancer sends it
+    requests. A clone left drained or in maint by an interrupted rollout is not settled: the next
+    deploy readies it even when its release is already the right one."""
+    return node.release == node.current == release and _in_service(node)
+
+
 def _targets(result: RolloutResult, status: StatusReport) -> dict[str, str]:
     """{host: release} for every node not already running result.release in service; records
     every node's outcome (unchanged for those left alone) in result.nodes."""
@@ -382,7 +389,7 @@ def _targets(result: RolloutResult, status: StatusReport) -> dict[str, str]:
             host=node.host, role=node.role, before=node.release, target=result.release
         )
         result.nodes[f"{node.host}/{node.role}"] = outcome
-        if node.release == node.current == result.release and _in_service(node):
+        if is_settled(node, result.release):
             outcome.outcome = "unchanged"
         else:
             targets[node.host] = result.release
@@ -569,7 +576,11 @@ class Rollouts:
             # Every attempt goes into the history, a refused one too (the lock stays its holder's).
             self._run(
                 "finish.yml",
-                {"rollout_record": refused.record(), "rollout_token": "", "rollout_unlock": False},
+                {
+                    "rollout_record": refused.record(),
+                    "rollout_token": "",
+                    "rollout_release_lock": False,
+                },
             )
             raise RolloutFailed(
                 f"the deploy lock is held by {held.get('who', '?')} ({held.get('command', '?')} "
@@ -751,9 +762,7 @@ class Rollouts:
         )
         try:
             if all(
-                n.release == release and n.current == release
-                for n in status.nodes
-                if n.role in ("app", "worker", "lb")
+                is_settled(n, release) for n in status.nodes if n.role in ("app", "worker", "lb")
             ):
                 for node in status.nodes:
                     result.nodes[f"{node.host}/{node.role}"] = NodeOutcome(

@@ -44,10 +44,18 @@ def lab_image() -> str:
 @pytest.fixture(scope="session")
 def lab_up(lab_image: str) -> Iterator[lab.LabUpResult]:
     """The default lab (full profile), created once per run; `lab down` runs at the end even
-    when a test fails, so no run leaves containers behind (DEPLOYKIT_KEEP_LAB=1 keeps it)."""
+    when a test fails, so no run leaves containers behind (DEPLOYKIT_KEEP_LAB=1 keeps it).
+
+    A lab already there (a run that was killed before its teardown, or a developer's) is removed
+    first, unless DEPLOYKIT_KEEP_LAB is set: its nodes may be in any state (a clone in maint, a
+    stopped database), and the tests assume a lab that only this run has touched."""
+    keep = bool(os.environ.get("DEPLOYKIT_KEEP_LAB"))
+    if not keep and lab.status(root=ROOT):
+        print("e2e: removing the lab a previous run left (set DEPLOYKIT_KEEP_LAB=1 to reuse it)")
+        lab.down(root=ROOT, log=print)
     result = lab.up(lab.LabSpec(), root=ROOT, log=print)
     yield result
-    if os.environ.get("DEPLOYKIT_KEEP_LAB"):  # a developer's re-runs: keep the lab for the next
+    if keep:  # a developer's re-runs: keep the lab for the next
         return
     lab.down(root=ROOT, log=print)
 

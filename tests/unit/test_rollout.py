@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from deploykit.errors import BadInput
-from deploykit.rollout import parse_batch, plan_batches, previous_release, status_from_survey
+from deploykit.rollout import (
+    is_settled,
+    parse_batch,
+    plan_batches,
+    previous_release,
+    status_from_survey,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CLONES = [f"app{n}" for n in range(1, 7)]
@@ -68,8 +74,10 @@ def _survey(app: str, release: str, current: str | None = None) -> dict[str, Any
     }
 
 
-def _nodes(app2_release: str = "r2", app2_current: str | None = None) -> dict[str, Any]:
-    servers = [{"server": h, "status": "UP"} for h in ("app1", "app2")]
+def _nodes(
+    app2_release: str = "r2", app2_current: str | None = None, app2_haproxy: str = "UP"
+) -> dict[str, Any]:
+    servers = [{"server": "app1", "status": "UP"}, {"server": "app2", "status": app2_haproxy}]
     return {
         "app1": {"groups": ["app"], "app": _survey("web", "r2")},
         "app2": {"groups": ["app"], "app": _survey("web", app2_release, app2_current)},
@@ -96,6 +104,21 @@ def test_a_clone_on_another_release_is_drift_naming_it() -> None:
 def test_a_clone_whose_process_is_not_its_current_release_is_drift() -> None:
     report = status_from_survey("shop", _nodes(app2_current="r1"))
     assert any("app2" in r and "current points to r1" in r for r in report.drift)
+
+
+def test_a_clone_on_the_release_and_up_is_settled() -> None:
+    report = status_from_survey("shop", _nodes())
+    assert all(is_settled(node, "r2") for node in report.nodes)
+    assert not any(is_settled(node, "r3") for node in report.nodes)
+
+
+@pytest.mark.parametrize("view", ["MAINT", "DRAIN", "DOWN"])
+def test_a_clone_left_out_of_service_is_not_settled_though_its_release_is_right(view: str) -> None:
+    # An interrupted rollout can leave a clone in maint (HAProxy keeps it across restarts, from its
+    # state file): the next deploy of the same release must ready it, not find "nothing to do".
+    report = status_from_survey("shop", _nodes(app2_haproxy=view))
+    settled = {node.host: is_settled(node, "r2") for node in report.of("app")}
+    assert settled == {"app1": True, "app2": False}
 
 
 def test_a_deploy_with_a_bad_batch_is_refused_before_any_host(tmp_path: Path) -> None:
