@@ -292,6 +292,9 @@ def render_inventory(
                 "deploykit_docstore_engine": docstore,
                 # Baked pages: HAProxy routes them to nginx beside it (the static role's port).
                 "haproxy_static_backend_port": 8081,
+                # The balancer checks the shop's liveness path, not its readiness (/healthz, which
+                # gates deploys): a docstore outage must not take every clone out at once.
+                "haproxy_backend_health_path": "/livez",
             },
             "hosts": {
                 p.name: {"ansible_host": p.address, "deploykit_private_address": p.address}

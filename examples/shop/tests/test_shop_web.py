@@ -252,6 +252,24 @@ def test_healthz_503_fast_when_the_docstore_is_down(
     assert time.monotonic() - started < 3
 
 
+def test_livez_answers_while_the_shared_services_are_down(
+    make_app: Callable[..., Flask], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The balancer's check: a docstore or Redis outage must not take every clone out.
+    monkeypatch.undo()
+    client = make_app(
+        docstore_url=dead_url(settings.docstore_engine),
+        redis_url=f"redis://127.0.0.1:{closed_port()}/0",
+    ).test_client()
+    started = time.monotonic()
+    response = client.get("/livez")
+    assert time.monotonic() - started < 0.5  # it touches nothing shared
+    assert response.status_code == 200
+    assert response.json == {"release": "test-release-1", "clone": response.json["clone"]}
+    assert response.headers["Cache-Control"] == "no-store"
+    assert client.get("/healthz").status_code == 503  # readiness still says what is wrong
+
+
 def test_healthz_503_when_redis_is_down(make_app: Callable[..., Flask]) -> None:
     app = make_app(redis_url=f"redis://127.0.0.1:{closed_port()}/0")
     client = app.test_client()

@@ -212,6 +212,18 @@ def _register_routes(app: Flask) -> None:  # noqa: PLR0915 - one place lists eve
             **{"Cache-Control": "no-store"},
         )
 
+    @app.get("/livez")
+    def livez() -> Response:
+        # The balancer's check: this process serves. It checks no shared service on purpose: when
+        # Redis or the docstore is down every clone fails alike, and taking them all out would
+        # turn the app's clear JSON error (and everything that still works) into HAProxy's 503.
+        # Readiness (a release that can reach what it needs) is /healthz, which gates a deploy.
+        return _json(
+            {"release": shop().settings.release_id, "clone": host},
+            200,
+            **{"Cache-Control": "no-store"},
+        )
+
     # -- pages rendered ahead of time (the same bytes the bakery bakes at build time) ---------
 
     @app.get("/")
