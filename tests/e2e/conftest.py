@@ -96,8 +96,16 @@ def shop(lab_up: lab.LabUpResult) -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked `lab_teardown` tear the shared lab down: they run after every other test."""
-    items.sort(key=lambda item: item.get_closest_marker("lab_teardown") is not None)
+    """Tests marked `lab_teardown` tear the shared lab down: they run after every other test.
+    The benches run just before them: they deploy releases of their own and take minutes, so
+    every other test has reported first (and sees the release `deploykit up` deployed)."""
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("lab_teardown"):
+            return 2
+        return 1 if item.get_closest_marker("bench") else 0
+
+    items.sort(key=rank)
 
 
 def pytest_configure(config: pytest.Config) -> None:
