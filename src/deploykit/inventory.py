@@ -1171,21 +1171,46 @@ class Layout:
     app_names: frozenset[str]
 
 
-def read_layout(path: Path) -> Layout:
-    """The groups and the declared application names of the inventory at ``path`` (validate it
-    first: this reads without reporting problems). Nothing is decrypted or templated."""
+@dataclass(frozen=True)
+class OpenedInventory:
+    """An inventory parsed for reading (:func:`opened`): Ansible's own objects."""
+
+    manager: InventoryManager
+    variables: VariableManager
+    loader: DataLoader
+
+
+@contextlib.contextmanager
+def opened(path: Path) -> Iterator[OpenedInventory]:
+    """The inventory at ``path`` parsed as `deploykit check` parses it, for reading what it says
+    (validate it first: problems are not reported here). Vault-encrypted vars files are skipped,
+    never decrypted; Ansible's warnings stay off the terminal while the block runs.
+
+    Raises :class:`BadInput` when no source of it can be parsed."""
     with _captured_ansible_warnings():
         loader = _CheckLoader()
         loader.lenient = True
         manager, _ = _parse_inventory(path, loader)
         if manager is None:
             raise BadInput(f"inventory '{path}' could not be read: run deploykit check -i {path}")
+        yield OpenedInventory(manager, VariableManager(loader=loader, inventory=manager), loader)
+
+
+def did_you_mean(word: str, candidates: Sequence[str] | Mapping[str, Any]) -> str:
+    """' (did you mean 'X'?)' for the candidate closest to a mistyped ``word``, else ''."""
+    return _did_you_mean(word, candidates)
+
+
+def read_layout(path: Path) -> Layout:
+    """The groups and the declared application names of the inventory at ``path`` (validate it
+    first: this reads without reporting problems). Nothing is decrypted or templated."""
+    with opened(path) as inventory:
+        manager, variables = inventory.manager, inventory.variables
         groups = {
             name: [host.name for host in manager.get_hosts(pattern=name)]
             for name in manager.groups
             if name not in _IMPLICIT_GROUPS
         }
-        variables = VariableManager(loader=loader, inventory=manager)
         names = set()
         for host in manager.get_hosts():
             value = variables.get_vars(host=host, include_hostvars=False).get("deploykit_app_name")

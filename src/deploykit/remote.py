@@ -54,7 +54,6 @@ from ansible.inventory.manager import InventoryManager
 from ansible.playbook.play_context import PlayContext
 from ansible.plugins.loader import connection_loader
 from ansible.template import Templar
-from ansible.vars.manager import VariableManager
 from fabric import Config, Connection
 from rich.console import Console
 from rich.text import Text
@@ -186,7 +185,7 @@ def resolve_pattern(groups: Mapping[str, Sequence[str]], pattern: str) -> list[s
     if unknown:
         known_groups = ", ".join(sorted(groups)) or "none"
         quoted = ", ".join(f"'{name}'" for name in unknown)
-        suggestion = inventory._did_you_mean(unknown[0], [*sorted(groups), *all_hosts, "all"])
+        suggestion = inventory.did_you_mean(unknown[0], [*sorted(groups), *all_hosts, "all"])
         raise BadInput(
             f"no group or host named {quoted} in the inventory{suggestion}; known groups: "
             f"{known_groups} (or a host name, or all)"
@@ -333,18 +332,12 @@ def read_targets(inventory_path: Path, hosts: Iterable[str]) -> dict[str, SshTar
     not reached over SSH, a connection variable cannot be rendered (a template that needs the
     vault: exec does not decrypt), a key file is missing, or a jump host or proxy is configured.
     """
-    with inventory._captured_ansible_warnings():
-        # The loader `deploykit check` uses: vault-encrypted vars files are skipped, not fatal.
-        loader = inventory._CheckLoader()
-        loader.lenient = True
-        manager, _ = inventory._parse_inventory(inventory_path, loader)
-        if manager is None:
-            raise BadInput(
-                f"inventory '{inventory_path}' could not be read: run deploykit check -i "
-                f"{inventory_path}"
-            )
-        variables = VariableManager(loader=loader, inventory=manager)
-        return {name: _target(name, manager, variables, loader) for name in dict.fromkeys(hosts)}
+    # Read as `deploykit check` reads it: vault-encrypted vars files are skipped, not fatal.
+    with inventory.opened(inventory_path) as opened:
+        return {
+            name: _target(name, opened.manager, opened.variables, opened.loader)
+            for name in dict.fromkeys(hosts)
+        }
 
 
 def _target(name: str, manager: InventoryManager, variables: Any, loader: Any) -> SshTarget:
