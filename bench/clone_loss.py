@@ -54,34 +54,6 @@ HELPER = "/usr/local/libexec/deploykit-haproxy"
 #: How long one round waits for the clone to go DOWN and come back UP before it gives up.
 ROUND_LIMIT = 60.0
 
-# The poller, run on the balancer (python3 -c): the helper's `state` every 0.1 s, one JSON line per
-# change of the server's status, until it was DOWN and then UP again, or the limit passed.
-POLLER = r"""
-import json, subprocess, sys, time
-helper, backend, server, limit = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-end = time.time() + limit
-last, seen_down, polls = None, False, 0
-while time.time() < end:
-    done = subprocess.run([helper, "state", backend, server], capture_output=True, text=True)
-    polls += 1
-    now = time.time()
-    if done.returncode != 0:
-        print(json.dumps({"t": now, "error": done.stderr.strip()}), flush=True)
-    else:
-        state = json.loads(done.stdout)
-        key = (state["status"], state["operational"])
-        if key != last:
-            print(json.dumps({"t": now, "status": state["status"],
-                              "operational": state["operational"],
-                              "check": state["check_detail"], "polls": polls}), flush=True)
-            last = key
-        seen_down = seen_down or state["operational"] == "down"
-        if seen_down and state["status"] == "UP":
-            break
-    time.sleep(0.1)
-print(json.dumps({"t": time.time(), "end": True, "polls": polls}), flush=True)
-"""
-
 
 class NotRunnable(Exception):
     """The bench cannot run (no lab, no shop deployed, an unknown clone)."""
@@ -209,7 +181,7 @@ def one_round(found: Lab, args: argparse.Namespace, number: int) -> tuple[Round,
         session=SessionLogin(body=lambda worker: {"user": f"bench-clone-loss-{worker}"}),
         seed=f"clone-loss-{number}",
     )
-    argv = ["python3", "-c", POLLER, HELPER, BACKEND, args.clone, str(ROUND_LIMIT)]
+    argv = [HELPER, "watch", BACKEND, args.clone, "--timeout", str(ROUND_LIMIT), "--until-back"]
     poller = subprocess.Popen(
         [*found.ssh(found.balancer), shlex.join(argv)],
         stdin=subprocess.DEVNULL,

@@ -302,45 +302,18 @@ def worker_restarts(shell: LabShell) -> int:
 
 # --- 1. a clone killed under load -----------------------------------------------------------------
 
-# Runs on the balancer: polls the helper's `state` every 0.1 s and prints each change of the
-# server's status (so the output stays small), until it has seen the server DOWN and then UP again,
-# or the time limit passes. Times are the wall clock, which the lab's containers share with the
-# controller (one kernel), so they compare with the moment of the kill taken on the clone.
-POLLER = r"""
-import json, subprocess, sys, time
-helper, backend, server, limit = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-end = time.time() + limit
-last, seen_down, polls = None, False, 0
-while time.time() < end:
-    done = subprocess.run([helper, "state", backend, server], capture_output=True, text=True)
-    polls += 1
-    now = time.time()
-    if done.returncode != 0:
-        print(json.dumps({"t": now, "error": done.stderr.strip()}), flush=True)
-    else:
-        state = json.loads(done.stdout)
-        key = (state["status"], state["operational"])
-        if key != last:
-            print(json.dumps({"t": now, "status": state["status"],
-                              "operational": state["operational"],
-                              "check": state["check_detail"], "polls": polls}), flush=True)
-            last = key
-        seen_down = seen_down or state["operational"] == "down"
-        if seen_down and state["status"] == "UP":
-            break
-    time.sleep(0.1)
-print(json.dumps({"t": time.time(), "end": True, "polls": polls}), flush=True)
-"""
-
 
 def test_a_clone_killed_under_load_is_taken_out_then_returns_without_losing_users(
     site: str, lab_shell: LabShell, lab_up: lab.LabUpResult
 ) -> None:
     users = logged_in(site, "fault1", 6)
     load = loaded(site, "fault1")
+    # The balancer's helper follows app2 (a JSON line per change, every 0.1 s) until it was DOWN
+    # and is UP again. Its times are the wall clock, which the lab's containers share with the
+    # controller (one kernel), so they compare with the moment of the kill taken on the clone.
     poller = subprocess.Popen(
         [*ssh_argv(lab_up, BALANCER),
-         shlex.join(["python3", "-c", POLLER, HELPER, BACKEND, "app2", "60"])],
+         shlex.join([HELPER, "watch", BACKEND, "app2", "--timeout", "60", "--until-back"])],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

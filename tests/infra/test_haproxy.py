@@ -798,6 +798,43 @@ def test_helper_ready_fails_naming_a_server_whose_app_is_stopped(lab, lb_address
     assert back["ok"], f"{APP2} did not come back UP by its checks: {back}"
 
 
+def test_helper_watch_follows_a_server_down_and_up_again(lab, both_clones_up):
+    """`watch --until-back`: a line per change, from UP through down to UP, then the end line."""
+    lb, app2 = lab[LB], lab[APP2]
+    unit, output = "molecule-haproxy-helper-watch", "/run/molecule-haproxy-helper-watch.jsonl"
+    lb.run("rm -f %s; systemctl reset-failed %s", output, unit)
+    started = lb.run(
+        "systemd-run --unit %s --collect --property StandardOutput=file:%s"
+        " %s watch app %s --timeout 30 --until-back",
+        unit,
+        output,
+        HELPER,
+        APP2,
+    )
+    assert started.rc == 0, started.stderr
+    time.sleep(0.5)  # its first read: the server UP
+    try:
+        assert app2.run("systemctl stop molecule-app.service").rc == 0
+        assert watch(lb, APP2, "DOWN", deadline=10)["ok"]
+    finally:
+        app2.run("systemctl start molecule-app.service")
+    finished = lb.run(
+        "timeout 40 sh -c 'while systemctl is-active -q %s; do sleep 0.2; done'; cat %s",
+        unit,
+        output,
+    )
+    lines = [json.loads(line) for line in finished.stdout.splitlines()]
+    changes, end = lines[:-1], lines[-1]
+    assert changes[0]["status"] == "UP", lines
+    assert any(line["operational"] == "down" for line in changes), lines
+    assert changes[-1]["status"] == "UP", lines
+    assert [line["t"] for line in lines] == sorted(line["t"] for line in lines), lines
+    assert (end["end"], end["seen_down"], end["back"]) == (True, True, True), lines
+    # An unknown server fails at once, in one line.
+    message = failed_in_one_line(helper(lb, "watch", "app", "nope", "--timeout", "5"), 1)
+    assert "app/nope: no such server" in message, message
+
+
 def test_helper_unknown_server_or_backend_exits_1(lab, both_clones_up):
     lb = lab[LB]
     for args in (
