@@ -409,6 +409,34 @@ def test_session_survives_a_restart(lab, cache, address, login):
     assert 0 < after[3] <= 3600
 
 
+def test_a_transaction_survives_a_restart(lab, cache, address, login):
+    """Redis 7.0 replays the AOF as `default` and re-checks EXEC against its ACL: the role keeps
+    that user off but permitted, or every MULTI/EXEC is refused at startup (redis/redis#14541)."""
+    app = lab[APP]
+    written = replies(
+        app,
+        address,
+        login,
+        ["MULTI"],
+        ["SET", "session:molecule-multi", "user=7"],
+        ["ZADD", "sessions:molecule-expiry", "1", "molecule-multi"],
+        ["EXEC"],
+    )
+    assert written == ["OK", "OK", "QUEUED", "QUEUED", ["OK", 1]], written
+    assert cache.run("systemctl restart redis-server.service").rc == 0
+    wait_for_redis(cache)
+    after = replies(
+        app,
+        address,
+        login,
+        ["GET", "session:molecule-multi"],
+        ["ZSCORE", "sessions:molecule-expiry", "molecule-multi"],
+    )
+    assert after[1:] == ["user=7", "1"], after
+    log = cache.run("journalctl -u redis-server --no-pager -n 200; cat /var/log/redis/*.log")
+    assert "AOF-loading-client" not in log.stdout
+
+
 def test_session_survives_a_crash_through_the_aof(lab, cache, address, login):
     """SIGKILL: no shutdown save, no RDB snapshot due yet; only the AOF has the key."""
     app = lab[APP]

@@ -149,9 +149,10 @@ class RedisSessionInterface(SessionInterface):
         expires = time.time() + self.lifetime.total_seconds()
         record = json.dumps({"data": dict(session), "expires": expires}, separators=(",", ":"))
         # One round trip, but no MULTI/EXEC: Redis 7.0 replays a transaction from its AOF as the
-        # `default` user and re-checks its ACL at EXEC; deploykit's Redis disables that user
-        # (-@all), so at every restart each transaction of two writes or more was refused and
-        # its session lost (redis/redis#14541, fixed upstream by #14545). Without a transaction,
+        # `default` user and re-checks its ACL at EXEC, so where that user is denied commands
+        # (deploykit's redis role used to; it now keeps it off but permitted) every transaction
+        # was refused at restart and its session lost (redis/redis#14541, fixed upstream by
+        # #14545). The shop must not depend on how its Redis is set up. Without a transaction,
         # the order keeps every partial outcome harmless: the expiry entry first (a sweep drops
         # an entry whose record never came), then the record, and the old id last (it never
         # holds the new session's data, so it cannot be fixed on a victim).
