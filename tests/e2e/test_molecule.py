@@ -6,6 +6,7 @@ Run from pytest so that `make test` has one runner and one closing line; each sc
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,5 +43,19 @@ def test_molecule_scenario(scenario: str, lab_image: str) -> None:
         check=False,
     )
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-80:])
-        pytest.fail(f"molecule test -s {scenario} exited {proc.returncode}:\n{tail}")
+        pytest.fail(f"molecule test -s {scenario} exited {proc.returncode}:\n{why(proc)}")
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def why(proc: subprocess.CompletedProcess[str]) -> str:
+    """What to read of a failed scenario: the failing task or test (molecule's destroy step runs
+    after it and would fill a plain tail), then the last lines."""
+    lines = [ANSI.sub("", line) for line in (proc.stdout + proc.stderr).splitlines()]
+    marks = ("fatal:", "FAILED ", "Error", "assert ", "E   ", "short test summary", "failed=")
+    wanted = [i for i, line in enumerate(lines) if any(mark in line for mark in marks)]
+    picked: list[str] = []
+    for index in wanted[:40]:
+        picked.extend(lines[max(0, index - 2) : index + 3])
+    return "\n".join([*picked[:300], "--- last lines ---", *lines[-40:]])

@@ -715,7 +715,8 @@ def test_helper_drain_maint_then_ready(lab, lb_address, both_clones_up):
     assert drained["server"] == APP1
     assert drained["status"] == "MAINT"
     assert drained["sessions_left"] == 0
-    assert 0 <= drained["waited"] < 1.0, drained
+    # Upper bounds here are generous: they tell "returned" from "hung", on a busy CI machine too.
+    assert 0 <= drained["waited"] < 2.0, drained
     state = helper(lb, "state", "app", APP1)["json"]
     assert (state["admin"], state["operational"], state["check"]) == ("maint", "down", None), state
     assert served_by(requests(lab[APP2], f"https://{lb_address}/", count=8)) == {APP2}
@@ -726,7 +727,7 @@ def test_helper_drain_maint_then_ready(lab, lb_address, both_clones_up):
     assert ready["server"] == APP1
     assert ready["status"] == "UP"
     # Out of maint it waits for a check (inter 500 ms), and no longer than a few of them.
-    assert 0 < ready["waited"] < 3.0, ready
+    assert 0 < ready["waited"] < 5.0, ready
     state = helper(lb, "state", "app", APP1)["json"]
     assert (state["status"], state["admin"], state["check"]) == ("UP", "ready", "L7OK"), state
     assert served_by(requests(lab[APP2], f"https://{lb_address}/", count=10)) == CLONES
@@ -744,7 +745,7 @@ def test_helper_drain_waits_for_requests_in_flight(lab, lb_address, both_clones_
     drained = run["json"]
     assert drained["sessions_left"] == 0, drained
     assert drained["status"] == "DRAIN"
-    assert 1.5 < drained["waited"] < 3.5, drained
+    assert 1.5 < drained["waited"] < 6.0, drained
     responses = background_output(client, SLOW_UNIT, SLOW_OUTPUT)
     assert [r.get("status") for r in responses] == [200] * 4, responses
     assert {r["served_by"] for r in responses} == CLONES
@@ -761,7 +762,7 @@ def test_helper_drain_is_bounded_by_its_timeout(lab, lb_address, both_clones_up)
     drained = run["json"]
     assert drained["sessions_left"] >= 1, drained
     assert drained["status"] == "DRAIN"
-    assert 0.5 <= drained["waited"] < 1.0, drained
+    assert 0.5 <= drained["waited"] < 2.5, drained
     responses = background_output(client, SLOW_UNIT, SLOW_OUTPUT)
     assert [r.get("status") for r in responses] == [200] * 4, responses
 
@@ -784,7 +785,7 @@ def test_helper_ready_fails_naming_a_server_whose_app_is_stopped(lab, lb_address
         assert f"app/{APP2}" in message, message
         assert "last status DOWN" in message, message
         assert "L4CON" in message and "Connection refused" in message, message
-        assert 3.0 <= run["elapsed"] < 4.5, run
+        assert 3.0 <= run["elapsed"] < 6.5, run
         # Left ready, and DOWN: HAProxy's checks bring it back once its app answers.
         state = helper(lb, "state", "app", APP2)["json"]
         assert (state["admin"], state["status"], state["check"]) == ("ready", "DOWN", "L4CON")
