@@ -9,6 +9,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -28,12 +30,20 @@ def test_every_role_has_a_scenario() -> None:
     assert missing == [], f"roles without a molecule scenario: {missing}"
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_molecule_scenario(scenario: str, lab_image: str) -> None:
+# Scenarios run two at a time: each is mostly waiting (apt, pip, systemd, SSH), and every one has
+# its own containers, network and molecule state, so they do not meet. Together they are about
+# half of `make test`; one at a time they took 24 min of it. DEPLOYKIT_MOLECULE_JOBS=1 for a
+# machine that is already busy.
+JOBS = max(1, int(os.environ.get("DEPLOYKIT_MOLECULE_JOBS", "2")))
+# The longest first, so that the two queues end together.
+LONGEST_FIRST = ("app", "haproxy", "rabbitmq", "postgresql", "static", "release", "worker")
+
+
+def run_scenario(scenario: str) -> subprocess.CompletedProcess[str]:
     venv_bin = Path(sys.executable).parent
     # molecule looks up ansible-config and ansible-playbook on PATH: put the venv's first.
     env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(
+    return subprocess.run(
         [str(venv_bin / "molecule"), "test", "-s", scenario],
         env=env,
         cwd=ROOT,
@@ -42,6 +52,33 @@ def test_molecule_scenario(scenario: str, lab_image: str) -> None:
         timeout=1500,
         check=False,
     )
+
+
+@pytest.fixture(scope="module")
+def scenario_runs(
+    request: pytest.FixtureRequest, lab_image: str
+) -> Iterator[dict[str, Future[subprocess.CompletedProcess[str]]]]:
+    """The selected scenarios (-k applies) started on a pool of JOBS; each test waits for its
+    own. The lab image is built before any of them starts."""
+    del lab_image
+    selected = {
+        item.callspec.params["scenario"]
+        for item in request.session.items
+        if isinstance(item, pytest.Function) and item.originalname == "test_molecule_scenario"
+    }
+    order = sorted(selected, key=lambda s: LONGEST_FIRST.index(s) if s in LONGEST_FIRST else 99)
+    pool = ThreadPoolExecutor(max_workers=JOBS, thread_name_prefix="molecule")
+    try:
+        yield {scenario: pool.submit(run_scenario, scenario) for scenario in order}
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_molecule_scenario(
+    scenario: str, scenario_runs: dict[str, Future[subprocess.CompletedProcess[str]]]
+) -> None:
+    proc = scenario_runs[scenario].result()
     if proc.returncode != 0:
         pytest.fail(f"molecule test -s {scenario} exited {proc.returncode}:\n{why(proc)}")
 
