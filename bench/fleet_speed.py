@@ -107,6 +107,9 @@ def main() -> int:
     parser.add_argument(
         "--short", action="store_true", help="the lab as it is: the no-op, ours and defaults"
     )
+    parser.add_argument(
+        "--no-defaults", action="store_true", help="the project's settings only (no defaults runs)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     hosts = lab.status(root=ROOT)
@@ -132,7 +135,8 @@ def main() -> int:
             # The defaults' deploy at the largest size only: that is where 5 forks and a new
             # SSH connection per task cost the most, and each such deploy takes minutes.
             largest = clones == max(sizes)
-            results.append(measure(clones, "defaults", ANSIBLE_DEFAULTS, out, deploy=largest))
+            if not args.no_defaults:
+                results.append(measure(clones, "defaults", ANSIBLE_DEFAULTS, out, deploy=largest))
         resize(sizes[0])
     return report(results, json_output=args.json)
 
@@ -150,6 +154,8 @@ def report(results: list[Figures], *, json_output: bool) -> int:
             verdict = "met" if ratio <= 2 else "MISSED"
             print(f"{what}: {large} clones / {small} clones = {ratio:.2f} (target <= 2: {verdict})")
         for clones in sorted(ours):
+            if clones not in theirs:
+                continue
             mine, default = getattr(ours[clones], what), getattr(theirs[clones], what)
             if mine and default:
                 summary[f"{what}_defaults_ratio_{clones}"] = round(default / mine, 2)

@@ -521,8 +521,8 @@ def print_step(result: StepResult, say: Out) -> None:
     for host, node in sorted((summary.get("nodes") or {}).items()):
         if isinstance(node, dict):
             message = f": {node.get('message')}" if node.get("message") else ""
-            step = f" at {node['step']}" if node.get("step") else ""
-            say(f"     {host}: {node.get('outcome')}{step}{message}")
+            where = f" at {node['step']}" if node.get("step") else ""
+            say(f"     {host}: {node.get('outcome')}{where}{message}")
     if command.exit_code != step.expect_exit and command.stderr_tail:
         say("   stderr (last lines):")
         for line in command.stderr_tail.splitlines():
