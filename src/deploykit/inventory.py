@@ -560,7 +560,7 @@ class _Report:
             self.groups.append(
                 Problem(
                     f"group '{group}'",
-                    f"unexpected key '{key}'{_did_you_mean(key, ('hosts', 'children', 'vars'))}; "
+                    f"unexpected key '{key}'{did_you_mean(key, ('hosts', 'children', 'vars'))}; "
                     "a group holds only 'hosts', 'children' and 'vars'",
                 )
             )
@@ -666,7 +666,7 @@ class _InventoryCheck:
         for name in sorted(self.groups):
             if name in REQUIRED_GROUPS or name in _IMPLICIT_GROUPS:
                 continue
-            suggestion = _did_you_mean(name, REQUIRED_GROUPS)
+            suggestion = did_you_mean(name, REQUIRED_GROUPS)
             report.groups.append(
                 Problem(
                     f"group '{name}'",
@@ -809,7 +809,7 @@ class _InventoryCheck:
                     Problem(
                         f"vars file '{paths[0]}'",
                         f"there is no {kind} '{stem}' in the inventory, so Ansible ignores it; "
-                        f"rename it after a {kind}{_did_you_mean(stem, sorted(names))}",
+                        f"rename it after a {kind}{did_you_mean(stem, sorted(names))}",
                     )
                 )
                 continue
@@ -830,7 +830,7 @@ class _InventoryCheck:
         if spec is None:
             if name.startswith(_KNOWN_PREFIXES) or not self.check_names:
                 return None
-            suggestion = _did_you_mean(name, self.known)
+            suggestion = did_you_mean(name, self.known)
             return Problem(
                 at,
                 f"unknown variable{suggestion}; no role declares it in meta/argument_specs.yml: "
@@ -1057,7 +1057,8 @@ def _choices(choices: Sequence[Any]) -> str:
     return ", ".join(_show(c) for c in choices)
 
 
-def _did_you_mean(word: str, candidates: Sequence[str] | Mapping[str, Any]) -> str:
+def did_you_mean(word: str, candidates: Sequence[str] | Mapping[str, Any]) -> str:
+    """' (did you mean 'X'?)' for the candidate closest to a mistyped ``word``, else ''."""
     # 0.8: catches a swapped or missing letter (redis_prot, appp) without offering a merely
     # similar name (redis_password is not redis_port).
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.8)
@@ -1194,11 +1195,6 @@ def opened(path: Path) -> Iterator[OpenedInventory]:
         if manager is None:
             raise BadInput(f"inventory '{path}' could not be read: run deploykit check -i {path}")
         yield OpenedInventory(manager, VariableManager(loader=loader, inventory=manager), loader)
-
-
-def did_you_mean(word: str, candidates: Sequence[str] | Mapping[str, Any]) -> str:
-    """' (did you mean 'X'?)' for the candidate closest to a mistyped ``word``, else ''."""
-    return _did_you_mean(word, candidates)
 
 
 def read_layout(path: Path) -> Layout:

@@ -138,6 +138,12 @@ def info(cache, section: str) -> dict[str, str]:
     return dict(line.split(":", 1) for line in lines if ":" in line and not line.startswith("#"))
 
 
+def restart_redis(cache) -> None:
+    """A clean restart (the AOF is replayed), answered again before returning."""
+    assert cache.run("systemctl restart redis-server.service").rc == 0
+    wait_for_redis(cache)
+
+
 def wait_for_redis(cache, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -395,8 +401,7 @@ def test_session_survives_a_restart(lab, cache, address, login):
         ["SET", "cache:molecule-restart", "page", "EX", "3600"],
     )
     assert written == ["OK", "OK", "OK"]
-    assert cache.run("systemctl restart redis-server.service").rc == 0
-    wait_for_redis(cache)
+    restart_redis(cache)
     after = replies(
         app,
         address,
@@ -423,8 +428,7 @@ def test_a_transaction_survives_a_restart(lab, cache, address, login):
         ["EXEC"],
     )
     assert written == ["OK", "OK", "QUEUED", "QUEUED", ["OK", 1]], written
-    assert cache.run("systemctl restart redis-server.service").rc == 0
-    wait_for_redis(cache)
+    restart_redis(cache)
     after = replies(
         app,
         address,
