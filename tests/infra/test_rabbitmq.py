@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import testinfra
@@ -260,30 +265,51 @@ def test_app_user_is_refused_on_other_vhosts(lab, queue_vars):
 # --- the password is rotated, and an unchanged password changes nothing --------------------------
 
 
-def test_new_password_is_applied_and_then_left_alone(lab, queue_vars):
-    """The role's rabbitmq_user call (update_password: always), run as the role runs it."""
+def run_app_user_tasks(inventory: str, *extra: str) -> tuple[dict[str, int], str]:
+    """Run the role's tasks/app_user.yml on the queue host, as the role runs them: the recap's
+    counts for that host (ok, changed, failed...) and the run's whole output."""
+    root = Path(__file__).resolve().parents[2]
+    with tempfile.TemporaryDirectory() as workdir:
+        playbook = Path(workdir) / "app_user.yml"
+        playbook.write_text(
+            f"- hosts: {QUEUE}\n"
+            "  gather_facts: false\n"
+            "  tasks:\n"
+            "    - ansible.builtin.include_role:\n"
+            "        name: rabbitmq\n"
+            "        tasks_from: app_user\n"
+        )
+        ansible_playbook = Path(sys.executable).parent / "ansible-playbook"
+        proc = subprocess.run(
+            [str(ansible_playbook), "-i", inventory, *extra, str(playbook)],
+            cwd=root, capture_output=True, text=True, timeout=300, check=False,
+            env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"},  # a plain recap
+        )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    recap = re.search(rf"^{QUEUE}\s*:(.*)$", proc.stdout, re.MULTILINE)
+    assert recap, output[-3000:]
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", recap.group(1))}, output
+
+
+def test_new_password_is_applied_and_then_left_alone(lab, queue_vars, request):
+    """The role's own tasks (tasks/app_user.yml): a password that differs is set, without showing
+    it even at -vvv, and a second run changes nothing. The scenario's password begins with '-'
+    (which rabbitmqctl would take for an option, were it an argument) and holds shell characters."""
     queue, app = lab[QUEUE], lab[APP]
     password = queue_vars["rabbitmq_app_password"]
+    assert password.startswith("-")
     # A host whose user still has an old password (as before a rotation in the vault).
     assert rabbitmqctl(queue, "change_password", "app", "the-old-password").rc == 0
     assert "Authentication" in amqp(app, "connect", "app", password, "app")
 
-    args = json.dumps(
-        {
-            "user": "app",
-            "password": password,
-            "update_password": "always",
-            "tags": "",
-            "permissions": [
-                {"vhost": "app", "configure_priv": ".*", "write_priv": ".*", "read_priv": ".*"}
-            ],
-            "node": "rabbit@localhost",
-            "state": "present",
-        }
-    )
-    run = dict(check=False, become=True, become_user="rabbitmq")
-    assert queue.ansible("community.rabbitmq.rabbitmq_user", args, **run)["changed"] is True
-    assert queue.ansible("community.rabbitmq.rabbitmq_user", args, **run)["changed"] is False
+    inventory = request.config.option.ansible_inventory
+    counts, output = run_app_user_tasks(inventory, "-vvv")
+    assert counts["changed"] == 1, output[-3000:]
+    assert password not in output
+    assert amqp(app, "connect", "app", password, "app") == "ok"
+    counts, output = run_app_user_tasks(inventory)
+    assert counts["changed"] == 0, output[-3000:]
     assert amqp(app, "connect", "app", password, "app") == "ok"
 
 
