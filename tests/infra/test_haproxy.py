@@ -707,6 +707,38 @@ def test_helper_lists_both_servers_up(lab, both_clones_up):
     assert one["json"] == next(s for s in servers if s["server"] == APP1)
 
 
+# Runs on the balancer: the helper's `servers`, <count> times in one process (fast enough to meet
+# the few ms of each 500 ms check interval during which a check is in progress). Prints a JSON
+# list of the distinct outputs, with how often each was printed.
+REPEATED_SERVERS = r"""
+import collections, contextlib, importlib.machinery, importlib.util, io, json, sys
+path, count = sys.argv[1], int(sys.argv[2])
+loader = importlib.machinery.SourceFileLoader("helper", path)
+helper = importlib.util.module_from_spec(importlib.util.spec_from_loader("helper", loader))
+loader.exec_module(helper)
+outputs = collections.Counter()
+for _ in range(count):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = helper.main(["servers"])
+    outputs[(rc, printed.getvalue())] += 1
+print(json.dumps([{"rc": rc, "stdout": out, "times": n} for (rc, out), n in outputs.items()]))
+"""
+
+
+def test_helper_reads_agree_while_checks_run(lab, both_clones_up):
+    """HAProxy resets the last check's code to 0 while the next check runs (about 2 ms of each
+    500 ms interval; before the helper settled its reads, 3 of 1000 reads said "(code 0)", and
+    CI once failed on it): repeated reads of a steady backend all print the same servers."""
+    result = lab[LB].run("python3 -c %s %s 1000", REPEATED_SERVERS, HELPER)
+    assert result.rc == 0, result.stderr
+    outputs = json.loads(result.stdout)
+    assert len(outputs) == 1, outputs
+    assert outputs[0]["rc"] == 0
+    for server in json.loads(outputs[0]["stdout"])["servers"]:
+        assert server["check_detail"] == "Layer7 check passed (code 200)", server
+
+
 def test_helper_drain_maint_then_ready(lab, lb_address, both_clones_up):
     lb = lab[LB]
     run = helper(lb, "drain", "app", APP1, "--maint", "--timeout", "10")
