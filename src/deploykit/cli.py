@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -184,7 +187,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     console.rule(f"deploy: release {artifact.release_id}")
     args.vault_password_file = getattr(args, "vault_password_file", None)
-    args.drain_timeout, args.ready_timeout = 30.0, 60.0
+    args.drain_timeout, args.ready_timeout, args.health_timeout = 30.0, 60.0, 30.0
     try:
         deployed = _rollouts(args).deploy(artifact.path)
     except rollout.RolloutFailed as error:
@@ -224,16 +227,31 @@ def _json_line(obj: object) -> None:
 
 def _rollouts(args: argparse.Namespace) -> rollout.Rollouts:
     root = project_root()
+    started = time.monotonic()
 
-    def on_step(event: object) -> None:
+    def stamped(event: Mapping[str, Any]) -> dict[str, Any]:
+        """An event with its wall-clock time and the seconds since the command started."""
+        return {
+            **event,
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "elapsed": round(time.monotonic() - started, 3),
+        }
+
+    def on_step(event: Mapping[str, Any]) -> None:
         if args.json:
-            _json_line(event)
-        elif isinstance(event, dict):
-            console.print(f"  {event.get('host')}: {event.get('step')}", highlight=False)
+            _json_line(stamped(event))
+            return
+        took = f" ({event['seconds']:.1f} s)" if event.get("seconds") is not None else ""
+        state = "done" if event.get("status") == "done" else "..."
+        console.print(
+            f"  {time.monotonic() - started:6.1f} s  {event.get('host')}: {event.get('step')} "
+            f"{state}{took}",
+            highlight=False,
+        )
 
     def log(line: str) -> None:
         if args.json:
-            _json_line({"event": "log", "message": Text.from_markup(line).plain})
+            _json_line(stamped({"event": "log", "message": Text.from_markup(line).plain}))
         else:
             console.print(line, highlight=False)
 
@@ -245,6 +263,7 @@ def _rollouts(args: argparse.Namespace) -> rollout.Rollouts:
         vault_password_file=args.vault_password_file,
         drain_timeout=args.drain_timeout,
         ready_timeout=args.ready_timeout,
+        health_timeout=args.health_timeout,
     )
 
 
@@ -461,7 +480,7 @@ def _add_inventory_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--inventory", help="inventory file (default: the lab's)")
     parser.add_argument("--vault-password-file", type=Path, help="file holding the vault password")
     parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.set_defaults(drain_timeout=30.0, ready_timeout=60.0)
+    parser.set_defaults(drain_timeout=30.0, ready_timeout=60.0, health_timeout=30.0)
 
 
 def _add_rollout_options(parser: argparse.ArgumentParser) -> None:
@@ -497,6 +516,24 @@ def _add_rollout_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how long HAProxy's check may take to see a switched clone UP (default 60)",
     )
+    parser.add_argument(
+        "--health-timeout",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="the health gate's deadline: how long a restarted clone has, in all, to report the "
+        "new release on its health path (default 30)",
+    )
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"seconds must be more than 0: {text!r}")
+    return value
 
 
 def _add_rollout_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -33,16 +33,22 @@ import tarfile
 import tempfile
 import tomllib
 import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import Any
 
 from packaging.requirements import Requirement
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
+from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
+    HEALTH_PATH_RE,
+    NAME_RE,
+    ReleaseProblem,
+    files_checksum,
+    verify_artifact,
+)
 from deploykit.errors import BadInput, BuildError
 
 Log = Callable[[str], object]
@@ -131,17 +137,13 @@ _EXAMPLES = {
     "migrate": 'migrate = "shop.migrate:main"',
     "settings": 'settings = ["SECRET_KEY", "REDIS_URL"]',
 }
-_NAME_RE = re.compile(r"[a-z][a-z0-9-]*\Z")
+_NAME_RE = NAME_RE
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
 _DOTTED = rf"{_IDENTIFIER}(?:\.{_IDENTIFIER})*"
 _ENTRY_POINT_RE = re.compile(rf"{_DOTTED}:{_DOTTED}\Z")
-_HEALTH_PATH_RE = re.compile(r"/[^\s?#]*\Z")
+_HEALTH_PATH_RE = HEALTH_PATH_RE
 _SETTING_RE = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 _VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}\Z")
-# A release id names a directory on the nodes (releases/<id>/): <version>-<12 hex>. The same rule
-# as the release role's read_manifest.py, so that verify accepts exactly what a deploy can stage.
-_RELEASE_ID_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,127}\Z")
-
 
 @dataclass(frozen=True)
 class AppContract:
@@ -324,12 +326,6 @@ class Artifact:
             "checksum": self.checksum,
             "manifest": self.manifest,
         }
-
-
-def files_checksum(files: Mapping[str, str]) -> str:
-    """sha256 of the canonical JSON of ``files`` ({path: sha256}): the manifest checksum."""
-    canonical = json.dumps(dict(files), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _human(size: int) -> str:
@@ -1030,110 +1026,17 @@ def build(
 # --- verifying ------------------------------------------------------------------------------
 
 
-def _unsafe(name: str) -> bool:
-    path = PurePosixPath(name)
-    return path.is_absolute() or ".." in path.parts or name in ("", ".")
-
-
-_GZIP_MAGIC = b"\x1f\x8b"
-
-
-def _not_a_tar_gz(artifact: Path) -> str | None:
-    """Why the file cannot be a release at all (empty, or not gzip), before reading it as one:
-    "truncated or corrupt" would send the user to copy again a file that was never an artifact."""
-    with artifact.open("rb") as handle:
-        start = handle.read(len(_GZIP_MAGIC))
-    if not start:
-        return "an empty file, not a release"
-    if start != _GZIP_MAGIC:
-        return "not a gzip-compressed tar archive (.tar.gz), so not a release"
-    return None
-
-
-def _read_members(artifact: Path) -> tuple[list[str], dict[str, str], bytes | None]:
-    """One pass over the archive: file names in archive order, their sha256, manifest.json."""
-    order: list[str] = []
-    hashes: dict[str, str] = {}
-    manifest: bytes | None = None
-    where = "at its start"
+def verify(artifact: Path) -> dict[str, Any]:
+    """Reopen an artifact and check it against its manifest: a .tar.gz with manifest.json first
+    and every path inside the release, only files and directories with plain modes, every file's
+    sha256, the files list's checksum, the fields a deploy reads (name, release_id, contract)
+    (deploykit.fleet's :func:`verify_artifact`, the one implementation the nodes run too), then
+    the platform (manifest and every wheel). Returns the manifest; raises BadInput naming the
+    first bad file."""
     try:
-        with tarfile.open(artifact, "r:gz") as tar:
-            for index, member in enumerate(tar):
-                name = member.name
-                where = f"in {name}"
-                if _unsafe(name):
-                    raise BadInput(
-                        f"{artifact}: {name!r}: a path outside the release (absolute, or with "
-                        "'..'); every path in a release is relative and stays inside it",
-                        hint="rebuild the artifact with deploykit build; never edit one",
-                    )
-                if index == 0 and not (name == MANIFEST_NAME and member.isfile()):
-                    # The release role reads the manifest as the first member before anything is
-                    # uploaded; an archive verify accepted would be refused only mid-deploy.
-                    raise BadInput(
-                        f"{artifact}: its first member is {name!r}, not {MANIFEST_NAME}: "
-                        "deploykit build writes the manifest first",
-                        hint="rebuild the artifact with deploykit build; never repack one",
-                    )
-                if member.isdir():
-                    where = f"after {name}"
-                    continue
-                if not member.isfile():
-                    raise BadInput(
-                        f"{artifact}: {name}: not a regular file; a release holds only files "
-                        "and directories"
-                    )
-                if name in hashes:
-                    raise BadInput(f"{artifact}: {name}: twice in the archive")
-                handle = tar.extractfile(member)
-                assert handle is not None  # a regular file
-                digest = hashlib.sha256()
-                data = _hash_stream(handle, digest, keep=name == MANIFEST_NAME)
-                if name == MANIFEST_NAME:
-                    manifest = data
-                hashes[name] = digest.hexdigest()
-                order.append(name)
-                where = f"after {name}"
-            # tarfile stops at the end-of-archive blocks; read the rest so that gzip checks its
-            # length and CRC (a copy cut short in the padding is caught too).
-            stream = tar.fileobj
-            assert stream is not None
-            while stream.read(1 << 20):
-                pass
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
-        raise BadInput(
-            f"{artifact}: the archive is truncated or corrupt ({where}): {error}",
-            hint="copy it again, or rebuild it with deploykit build",
-        ) from error
-    return order, hashes, manifest
-
-
-def _hash_stream(handle: IO[bytes], digest: Any, *, keep: bool) -> bytes | None:
-    kept: list[bytes] = []
-    for block in iter(lambda: handle.read(1 << 20), b""):
-        digest.update(block)
-        if keep:
-            kept.append(block)
-    return b"".join(kept) if keep else None
-
-
-def _checked_manifest(artifact: Path, raw: bytes | None) -> tuple[dict[str, Any], dict[str, str]]:
-    """The manifest, if it is one, consistent with itself, and built for the nodes."""
-    if raw is None:
-        raise BadInput(f"{artifact}: no {MANIFEST_NAME}: not a deploykit release artifact")
-    try:
-        manifest = json.loads(raw)
-    except ValueError as error:
-        raise BadInput(f"{artifact}: {MANIFEST_NAME}: not valid JSON: {error}") from error
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
-        raise BadInput(f"{artifact}: {MANIFEST_NAME}: no files list: not a deploykit manifest")
-    if manifest.get("checksum") != files_checksum(files):
-        raise BadInput(
-            f"{artifact}: {MANIFEST_NAME}: its checksum does not match its files list "
-            "(the manifest was edited after the build)"
-        )
-    _check_manifest_fields(artifact, manifest)
+        manifest = verify_artifact(str(artifact))
+    except ReleaseProblem as problem:
+        raise BadInput(str(problem), hint=problem.hint) from None
     built_for = (manifest.get("python"), manifest.get("platform"))
     if built_for != (TARGET_PYTHON, TARGET_PLATFORM):
         raise BadInput(
@@ -1141,78 +1044,9 @@ def _checked_manifest(artifact: Path, raw: bytes | None) -> tuple[dict[str, Any]
             f"nodes need {TARGET_PYTHON} on {TARGET_PLATFORM} ({TARGET_DESCRIPTION})",
             hint="rebuild it with deploykit build on a CPython 3.11 Linux x86_64 controller",
         )
-    return manifest, files
-
-
-def _check_manifest_fields(artifact: Path, manifest: Mapping[str, Any]) -> None:
-    """The fields a deploy reads from the manifest, in the form deploykit build writes them: the
-    checksum covers only the files list, so these are checked one by one."""
-    where = f"{artifact}: {MANIFEST_NAME}"
-    rebuild = "rebuild the artifact with deploykit build; never edit one"
-    for key in ("name", "release_id", "requirement", "contract"):
-        if key not in manifest:
-            raise BadInput(
-                f"{where}: no {key!r}: not a manifest deploykit build wrote", hint=rebuild
-            )
-    name, release_id = manifest["name"], manifest["release_id"]
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise BadInput(
-            f"{where}: name {name!r} is not an application name (lowercase letters, digits and "
-            "'-', starting with a letter)",
-            hint=rebuild,
-        )
-    if not isinstance(release_id, str) or not _RELEASE_ID_RE.match(release_id):
-        raise BadInput(
-            f"{where}: release_id {release_id!r} is not a release id (letters, digits, '.', '+', "
-            "'_' and '-', starting with a letter or digit): it names the release directory on "
-            "the nodes",
-            hint=rebuild,
-        )
-    contract = manifest["contract"]
-    health_path = contract.get("health_path") if isinstance(contract, Mapping) else None
-    if not isinstance(health_path, str) or not _HEALTH_PATH_RE.match(health_path):
-        raise BadInput(
-            f"{where}: contract.health_path {health_path!r} is not a URL path starting with /: "
-            "the rollout asks every clone for it",
-            hint=rebuild,
-        )
-
-
-def verify(artifact: Path) -> dict[str, Any]:
-    """Reopen an artifact and check it against its manifest: a .tar.gz with manifest.json first
-    and every path inside the release, every file's sha256, the files list's checksum, the fields a
-    deploy reads (name, release_id, contract), and the platform (manifest and every wheel).
-    Returns the manifest; raises BadInput naming the first bad file."""
-    if not artifact.is_file():
-        raise BadInput(f"{artifact}: no such file: give the path of a built release (.tar.gz)")
-    not_a_release = _not_a_tar_gz(artifact)
-    if not_a_release is not None:
-        raise BadInput(
-            f"{artifact}: {not_a_release}: give the .tar.gz that deploykit build wrote",
-            hint="copy it again, or rebuild it with deploykit build",
-        )
-    order, hashes, raw = _read_members(artifact)
-    manifest, files = _checked_manifest(artifact, raw)
-    for name in order:
-        if name == MANIFEST_NAME:
-            continue
-        expected = files.get(name)
-        if expected is None:
-            raise BadInput(f"{artifact}: {name}: not in {MANIFEST_NAME} (added after the build)")
-        if expected != hashes[name]:
-            raise BadInput(
-                f"{artifact}: {name}: sha256 differs from {MANIFEST_NAME} (changed after the "
-                "build)",
-                hint="rebuild the artifact with deploykit build; never edit one",
-            )
-    for name in files:
-        if name not in hashes:
-            raise BadInput(
-                f"{artifact}: {name}: listed in {MANIFEST_NAME} but missing from the archive"
-            )
-    for name in order:
+    for name in manifest["files"]:
         if name.startswith("wheelhouse/"):
-            problem = wheel_problem(PurePosixPath(name).name)
-            if problem is not None:
-                raise BadInput(f"{artifact}: {name}: {problem}")
+            wrong = wheel_problem(PurePosixPath(name).name)
+            if wrong is not None:
+                raise BadInput(f"{artifact}: {name}: {wrong}")
     return dict(manifest)

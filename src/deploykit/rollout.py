@@ -1,19 +1,24 @@
 """Rolling deploys: deploy, rollback, status, the deploy history and the deploy lock.
 
-The controller drives; Ansible does the work on the hosts (``playbooks/rollout/``):
+The controller plans and reports; Ansible acts on the hosts (``playbooks/rollout/``), each step
+one task carried out by a module of deploykit's collection (deploykit.fleet):
 
-1. ``begin.yml`` takes the deploy lock on the first balancer and surveys every node (what each
-   runs);
+1. ``begin.yml`` takes the deploy lock on the first balancer (ledger) and surveys every node
+   (survey: what each runs);
 2. ``stage.yml`` (a deploy of a release not yet everywhere) stages the release on every node in
-   parallel and runs its migration once, before any clone switches;
-3. ``roll.yml`` switches the app clones batch by batch (a canary first): drain in HAProxy, switch,
-   restart, health path reports the new release, ready, HAProxy's check sees it UP; then the
-   workers; then the baked pages;
+   parallel (stage), configures the nodes for it, and runs its migration once, before any clone
+   switches;
+3. ``roll.yml`` switches the app clones batch by batch (a canary first), three steps a clone:
+   drain on every balancer, activate (switch, restart, health gate on the new release id), ready
+   on every balancer; then the workers (activate); then the baked pages (pages);
 4. on any failure, ``roll.yml`` again, returning every host the rollout touched (not only the
-   failing batch) to the release it ran before;
+   failing batch) to the release it ran before, with a short stop bound for what never became
+   ready;
 5. ``finish.yml`` appends the record to the history and releases the lock, whatever happened.
 
-Data comes back from the hosts through ``set_stats`` (:attr:`deploykit.runner.RunResult.data`).
+Steps and results come back as data: each module's own return values, read from the run's events
+(:attr:`deploykit.runner.RunResult.results`); a step is known by its module (:data:`STEP_OF`), never
+by a task's name.
 """
 
 from __future__ import annotations
@@ -301,6 +306,9 @@ class NodeOutcome:
     outcome: str = "untouched"
     step: str | None = None
     message: str | None = None
+    #: Seconds each step took on this node (stage, drain, switch, ready, pages; "return ..." for
+    #: the steps of a return after a failure).
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -310,6 +318,7 @@ class NodeOutcome:
             "outcome": self.outcome,
             "step": self.step,
             "message": self.message,
+            "seconds": dict(self.seconds),
         }
 
 
@@ -357,7 +366,8 @@ class RolloutResult:
             "seconds": round(self.seconds, 1),
             "failure": self.failure,
             "nodes": {
-                key: {"outcome": n.outcome, "step": n.step} for key, n in sorted(self.nodes.items())
+                key: {"outcome": n.outcome, "step": n.step, "seconds": dict(n.seconds)}
+                for key, n in sorted(self.nodes.items())
             },
         }
 
@@ -396,10 +406,10 @@ def _targets(result: RolloutResult, status: StatusReport) -> dict[str, str]:
     return targets
 
 
-def _pages(result: RolloutResult, targets: Mapping[str, str]) -> str:
-    """'kept' when a balancer's pages switch in this run, else 'none'."""
+def _pages(result: RolloutResult, targets: Mapping[str, str]) -> bool:
+    """Whether a balancer's pages switch in this run."""
     balancers = {n.host for n in result.nodes.values() if n.role == "lb"}
-    return "kept" if balancers & set(targets) else "none"
+    return bool(balancers & set(targets))
 
 
 def _who() -> str:
@@ -410,55 +420,89 @@ def _who() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _step_of(task: str) -> str:
-    """The rollout step a task belongs to: its name starts with it in playbooks/rollout/tasks
-    ("Drain: take the clone out of HAProxy ..." is the step drain); any other task is its own."""
-    head, sep, _ = task.partition(":")
-    word = head.strip().lower()
-    return word if sep and word in _STEPS else task
+#: The rollout step each module of deploykit.fleet carries out (a task's module is its step).
+STEP_OF: dict[str, str] = {
+    f"{runner.FLEET}.ledger": "lock",
+    f"{runner.FLEET}.survey": "survey",
+    f"{runner.FLEET}.stage": "stage",
+    f"{runner.FLEET}.drain": "drain",
+    f"{runner.FLEET}.activate": "switch",
+    f"{runner.FLEET}.ready": "ready",
+    f"{runner.FLEET}.pages": "pages",
+}
+#: The steps of roll.yml, in the order a node goes through them.
+ROLL_STEPS = ("drain", "switch", "ready", "pages")
+#: The steps each role's switch goes through (a host's durations are recorded for these).
+_ROLE_STEPS = {"app": frozenset({"drain", "switch", "ready"}), "worker": frozenset({"switch"}),
+               "lb": frozenset({"pages"})}  # fmt: skip
+#: The stop bound, in seconds, of what runs on a clone being returned after a failure: it serves
+#: nothing (drained, or never ready), so it is not given its full graceful timeout.
+RETURN_STOP_TIMEOUT = 5
+#: The last step of a node's switch: a clone is back in service after ready; a worker after
+#: switch; a balancer after pages.
+_LAST_STEP = {"app": "ready", "worker": "switch", "lb": "pages"}
 
 
-# The steps of playbooks/rollout/tasks/switch_*.yml (their task names start with "<step>:").
-_STEPS = frozenset({"prepare", "drain", "switch", "ready", "pages", "done"})
-_LIVE_STEPS = frozenset({"drain", "switch", "ready"})
-_CHANGING_STEPS = frozenset({"drain", "switch", "ready", "pages"})
+def step_of(data: Mapping[str, Any]) -> str | None:
+    """The step of an event's task: its module's, or None for a task that is not a step."""
+    return STEP_OF.get(str(data.get("resolved_action") or data.get("task_action") or ""))
 
 
 class _Tracker:
-    """Follows a roll.yml run's events: which hosts it touched and the step each one is at."""
+    """Follows a roll.yml run's events: which hosts it touched, the step each one is at, each
+    step's duration per host, and the steps each host completed."""
 
-    def __init__(self, on_step: Step | None) -> None:
+    def __init__(self, on_step: Step | None, groups: Mapping[str, Sequence[str]]) -> None:
+        self.groups = groups
         self.touched: set[str] = set()
         self.unreachable: set[str] = set()
         self.step: dict[str, str] = {}
-        self.done: set[str] = set()
+        self.completed: dict[str, set[str]] = {}
+        self.seconds: dict[str, dict[str, float]] = {}
+        self._started: dict[tuple[str, str], float] = {}
         self._on_step = on_step
+
+    def _emit(self, host: str, step: str, **more: Any) -> None:
+        if self._on_step is not None:
+            self._on_step({"event": "step", "host": host, "step": step, **more})
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = str(event.get("event", ""))
         data = event.get("event_data") or {}
         host = str(data.get("host") or "")
-        step = _step_of(str(data.get("task") or ""))
+        step = step_of(data)
         if host and kind in ("runner_on_failed", "runner_on_unreachable"):
-            # Inside a step (the app role's tasks of "switch"): whatever failed may have changed it.
+            # Inside a step: whatever failed may have changed the host.
             self.touched.add(host)
         if host and kind == "runner_on_unreachable":
             self.unreachable.add(host)
-        if not host or step not in _STEPS:
+        if not host or step not in ROLL_STEPS or not self._applies(host, step):
             return
-        if kind == "runner_on_start" and step in _LIVE_STEPS and self.step.get(host) != step:
+        if kind == "runner_on_start":
             self.step[host] = step
-            if self._on_step is not None:
-                self._on_step({"event": "step", "host": host, "step": step})
-        # Touched: a step that changes something ran on the host (ok or not); a skipped or merely
-        # started task touched nothing.
-        if kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable"):
-            if step in _CHANGING_STEPS:
-                self.touched.add(host)
-            if step == "done" and kind == "runner_on_ok":
-                self.done.add(host)
-                if self._on_step is not None:
-                    self._on_step({"event": "step", "host": host, "step": "done"})
+            self._started[(host, step)] = time.monotonic()
+            self._emit(host, step)
+        elif kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable"):
+            self.touched.add(host)
+            began = self._started.pop((host, step), None)
+            seconds = round(time.monotonic() - began, 2) if began is not None else None
+            if seconds is not None:
+                self.seconds.setdefault(host, {})[step] = seconds
+            if kind == "runner_on_ok":
+                self.completed.setdefault(host, set()).add(step)
+                self._emit(host, step, status="done", seconds=seconds)
+        elif kind == "runner_on_skipped":
+            self._started.pop((host, step), None)
+
+    def _applies(self, host: str, step: str) -> bool:
+        """Whether ``step`` is one of this host's (a task of a play over several groups starts on
+        every host, and is skipped where it does not apply)."""
+        roles = [r for r in self.groups.get(host, ()) if r in _ROLE_STEPS]
+        return not roles or any(step in _ROLE_STEPS[role] for role in roles)
+
+    def done(self, host: str, role: str) -> bool:
+        """The host went through the last step of its role's switch."""
+        return _LAST_STEP[role] in self.completed.get(host, set())
 
 
 class Rollouts:
@@ -474,6 +518,7 @@ class Rollouts:
         vault_password_file: Path | None = None,
         drain_timeout: float = 30,
         ready_timeout: float = 60,
+        health_timeout: float = 30,
     ) -> None:
         self.root = root
         self.inventory = inventory_path
@@ -482,6 +527,8 @@ class Rollouts:
         self.vault_password_file = vault_password_file
         self.drain_timeout = drain_timeout
         self.ready_timeout = ready_timeout
+        self.health_timeout = health_timeout
+        self._groups: dict[str, list[str]] = {}
 
     # -- helpers
 
@@ -493,6 +540,10 @@ class Rollouts:
                 + "\n".join(str(p) for p in problems)
             )
         layout = inventory.read_layout(self.inventory)
+        self._groups = {}
+        for group, hosts in layout.groups.items():
+            for host in hosts:
+                self._groups.setdefault(host, []).append(group)
         for group in ("lb", "app"):
             if not layout.groups.get(group):
                 raise BadInput(
@@ -521,7 +572,7 @@ class Rollouts:
         if result.failures:
             failure = result.failures[0]
             what = "unreachable" if failure.unreachable else failure.message
-            return failure.host, _step_of(failure.task), f"{failure.task}: {what}"
+            return failure.host, None, f"{failure.task}: {what}"
         return (
             None,
             None,
@@ -552,19 +603,25 @@ class Rollouts:
 
     # -- the lock and the survey
 
+    def _survey(self, result: runner.RunResult) -> dict[str, Any]:
+        """{host: {"groups", "app", "worker", "lb", ...}} from the survey steps of a run."""
+        nodes: dict[str, Any] = {}
+        for answer in result.results_of("survey"):
+            report = answer.res.get("report")
+            if isinstance(report, Mapping):
+                nodes[answer.host] = {"groups": self._groups.get(answer.host, []), **report}
+        return nodes
+
     def _begin(
-        self, app: str, holder: Mapping[str, Any], *, wait: float, health_path: str
+        self, app: str, holder: Mapping[str, Any], *, wait: float
     ) -> tuple[StatusReport, list[dict[str, Any]]]:
         result = self._run(
             "begin.yml",
-            {
-                "rollout_app": app,
-                "rollout_holder": dict(holder),
-                "rollout_wait": int(wait),
-                "rollout_health_path": health_path,
-            },
+            {"rollout_app": app, "rollout_holder": dict(holder), "rollout_wait": int(wait)},
         )
-        lock = result.data.get("lock")
+        locks = [r.res.get("ledger") for r in result.results_of("ledger")]
+        lock = next((a for a in locks if isinstance(a, Mapping) and "acquired" in a), None)
+        history_answer = next((a for a in locks if isinstance(a, Mapping) and "records" in a), {})
         if isinstance(lock, Mapping) and not lock.get("acquired"):
             held = lock.get("holder") or {}
             refused = RolloutResult(
@@ -601,8 +658,9 @@ class Rollouts:
             raise RolloutFailed(
                 f"could not survey the nodes ({host}: {message}); nothing was changed"
             )
-        status = status_from_survey(app, result.data.get("nodes") or {})
-        history = [r for r in result.data.get("history") or [] if isinstance(r, dict)]
+        status = status_from_survey(app, self._survey(result))
+        records = history_answer.get("records") if isinstance(history_answer, Mapping) else None
+        history = [r for r in records or [] if isinstance(r, dict)]
         return status, history
 
     def _finish(self, result: RolloutResult) -> None:
@@ -627,6 +685,21 @@ class Rollouts:
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
+    def _stage_events(self, event: dict[str, Any]) -> None:
+        """The stage step's start and end per node, for the display and --json."""
+        if self.on_step is None:
+            return
+        data = event.get("event_data") or {}
+        if step_of(data) != "stage" or not data.get("host"):
+            return
+        kind = str(event.get("event", ""))
+        if kind == "runner_on_start":
+            self.on_step({"event": "step", "host": data["host"], "step": "stage"})
+        elif kind == "runner_on_ok":
+            duration = data.get("duration")
+            self.on_step({"event": "step", "host": data["host"], "step": "stage", "status": "done",
+                          "seconds": round(float(duration), 2) if duration else None})  # fmt: skip
+
     # -- the switch
 
     def _roll(
@@ -635,9 +708,9 @@ class Rollouts:
         targets: Mapping[str, str],
         batches: list[list[str]],
         *,
-        static: str,
+        returning: bool = False,
     ) -> tuple[runner.RunResult, _Tracker]:
-        tracker = _Tracker(self.on_step)
+        tracker = _Tracker(self.on_step, self._groups)
         hosts = sorted(targets)
         extravars: dict[str, Any] = {
             "rollout_app": result.app,
@@ -645,8 +718,13 @@ class Rollouts:
             "rollout_batches": [len(b) for b in batches] or [1],
             "rollout_drain_timeout": self.drain_timeout,
             "rollout_ready_timeout": self.ready_timeout,
-            "rollout_static": static,
+            "rollout_health_timeout": self.health_timeout,
+            "rollout_pages": _pages(result, targets),
         }
+        if returning:
+            # What runs on a returned clone failed or hung: it gets a short stop, then SIGKILL,
+            # not the full graceful timeout (it serves nothing: drained, or never ready).
+            extravars["rollout_stop_timeout"] = RETURN_STOP_TIMEOUT
         # The app play's batches follow the inventory order of the hosts in the run: the targets.
         run = self._run("roll.yml", extravars, limit=",".join(hosts), on_event=tracker)
         return run, tracker
@@ -673,10 +751,11 @@ class Rollouts:
             if result.batches
             else "no app clone to switch"
         )
-        run, tracker = self._roll(result, targets, result.batches, static=_pages(result, targets))
+        run, tracker = self._roll(result, targets, result.batches)
+        self._record_steps(result, tracker)
         if run.ok:
             for outcome in result.nodes.values():
-                if outcome.host in tracker.done and outcome.outcome != "unchanged":
+                if tracker.done(outcome.host, outcome.role) and outcome.outcome != "unchanged":
                     outcome.outcome = "switched"
             result.outcome = "succeeded"
             return
@@ -688,6 +767,14 @@ class Rollouts:
             if outcome.host == host:
                 outcome.outcome, outcome.step, outcome.message = "failed", step, message
         self._return_touched(result, tracker, layout, batch=batch)
+
+    @staticmethod
+    def _record_steps(result: RolloutResult, tracker: _Tracker, prefix: str = "") -> None:
+        """Each step's duration per node, into the result (and so the history)."""
+        for outcome in result.nodes.values():
+            for step, seconds in tracker.seconds.get(outcome.host, {}).items():
+                if step in _ROLE_STEPS[outcome.role]:
+                    outcome.seconds[prefix + step] = seconds
 
     def _return_touched(
         self, result: RolloutResult, failed: _Tracker, layout: inventory.Layout, *, batch: str
@@ -723,9 +810,10 @@ class Rollouts:
         batches = plan_batches(
             [h for h in layout.groups.get("app", []) if h in back], batch, canary=False
         )
-        undo, tracker = self._roll(result, back, batches, static=_pages(result, back))
+        undo, tracker = self._roll(result, back, batches, returning=True)
+        self._record_steps(result, tracker, prefix="return ")
         for outcome in (o for o in result.nodes.values() if o.host in back):
-            returned = outcome.host in tracker.done
+            returned = tracker.done(outcome.host, outcome.role)
             if returned and outcome.outcome == "failed":
                 outcome.message = f"{outcome.message} (returned to {back[outcome.host]})"
             outcome.outcome = "rolled_back" if returned else "failed"
@@ -753,10 +841,9 @@ class Rollouts:
         manifest = verify(artifact)
         app = str(manifest["name"])
         release = str(manifest["release_id"])
-        health_path = str(manifest["contract"]["health_path"])
         holder = self._holder("deploy", release)
         started = time.monotonic()
-        status, _ = self._begin(app, holder, wait=wait, health_path=health_path)
+        status, _ = self._begin(app, holder, wait=wait)
         result = RolloutResult(
             action="deploy", app=app, release=release, previous=status.live, holder=holder
         )
@@ -779,9 +866,11 @@ class Rollouts:
                 {
                     "rollout_app": app,
                     "rollout_artifact": str(artifact.resolve()),
-                    "rollout_live_releases": live,
+                        "rollout_live_releases": live,
                 },
+                on_event=self._stage_events,
             )
+            staged_seconds = {r.host: r.seconds for r in staged.results_of("stage") if r.seconds}
             if not staged.ok:
                 host, _, message = self._failure(staged)
                 result.failure = f"{host or '?'}: staging: {message}"
@@ -795,6 +884,10 @@ class Rollouts:
                     )  # fmt: skip
                 return result
             self._switch(result, status, layout, batch=batch, canary=canary)
+            for outcome in result.nodes.values():
+                if outcome.host in staged_seconds:
+                    outcome.seconds = {"stage": round(staged_seconds[outcome.host] or 0, 2),
+                                       **outcome.seconds}  # fmt: skip
             return result
         finally:
             result.seconds = time.monotonic() - started
@@ -807,7 +900,7 @@ class Rollouts:
         app = self._app_name(layout, app_name)
         holder = self._holder("rollback", to or "")
         started = time.monotonic()
-        status, history = self._begin(app, holder, wait=wait, health_path="/healthz")
+        status, history = self._begin(app, holder, wait=wait)
         live = status.live
         result = RolloutResult(
             action="rollback", app=app, release=to or "", previous=live, holder=holder
@@ -850,10 +943,11 @@ class Rollouts:
         layout = self._check_inventory()
         app = self._app_name(layout, app_name)
         result = self._run("status.yml", {"rollout_app": app})
-        if not result.ok and not result.data.get("nodes"):
+        nodes = self._survey(result)
+        if not result.ok and not nodes:
             _, _, message = self._failure(result)
             raise DeploykitError(f"could not survey the nodes: {message}")
-        report = status_from_survey(app, result.data.get("nodes") or {})
+        report = status_from_survey(app, nodes)
         for failure in result.failures:
             report.nodes.append(
                 NodeStatus(host=failure.host, role="?", groups=[], problem=failure.message[:300])
@@ -861,9 +955,16 @@ class Rollouts:
         return report
 
     def ledger(self, *argv: str) -> dict[str, Any]:
+        """One ledger command, as its command line says it (``"lock", "release"``, ``"history",
+        "show", "--limit=20"``, ``--token=...``)."""
         self._check_inventory()
-        result = self._run("ledger.yml", {"rollout_ledger_argv": list(argv)})
-        answer = result.data.get("ledger")
+        command: dict[str, Any] = {"command": " ".join(argv[:2])}
+        for option in argv[2:]:
+            key, _, value = option.removeprefix("--").partition("=")
+            command[key] = int(value) if key == "limit" else value
+        result = self._run("ledger.yml", {"rollout_ledger": command})
+        answers = result.results_of("ledger")
+        answer = answers[-1].res.get("ledger") if answers else None
         if not result.ok or not isinstance(answer, dict):
             _, _, message = self._failure(result)
             raise DeploykitError(f"could not read the deploy ledger: {message}")

@@ -16,6 +16,7 @@ import re
 import shlex
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -120,6 +121,22 @@ class TaskFailure:
     unreachable: bool = False
 
 
+#: deploykit's collection: its modules' results reach the controller as data (RunResult.results).
+FLEET = "deploykit.fleet"
+
+
+@dataclass
+class ModuleResult:
+    """One task result of a deploykit.fleet module on one host (a delegated task: the host it ran
+    for); ``seconds`` is the task's own duration."""
+
+    host: str
+    action: str
+    ok: bool
+    res: dict[str, Any]
+    seconds: float | None = None
+
+
 @dataclass
 class RunResult:
     """What a playbook run did, built from its event stream; ``status`` and ``rc`` come from
@@ -133,9 +150,15 @@ class RunResult:
     #: ansible-playbook's own error when it failed outside any task (bad syntax, missing vault
     #: password file, unknown module): the lines it printed, trimmed.
     error: str | None = None
-    #: What the playbook reported with ``ansible.builtin.set_stats`` (aggregated over hosts): the
-    #: channel through which playbooks hand data to deploykit (the rollout's survey, the lock).
+    #: What the playbook reported with ``ansible.builtin.set_stats`` (aggregated over hosts).
     data: dict[str, Any] = field(default_factory=dict)
+    #: Every task result of deploykit's own modules (deploykit.fleet.*), in the order they ended:
+    #: the channel through which the rollout's steps hand their results to deploykit, as data.
+    results: list[ModuleResult] = field(default_factory=list)
+
+    def results_of(self, action: str) -> list[ModuleResult]:
+        """The results of one module (its short name, e.g. "ledger"), in the order they ended."""
+        return [r for r in self.results if r.action == f"{FLEET}.{action}"]
 
     @property
     def ok(self) -> bool:
@@ -234,6 +257,7 @@ class EventCollector:
         self.current_task: dict[str, str] = {}
         self.stats: dict[str, HostRecap] | None = None
         self.data: dict[str, Any] = {}
+        self.results: list[ModuleResult] = []
         self.failures: list[TaskFailure] = []
         self.play = ""
         self.task = ""
@@ -258,6 +282,7 @@ class EventCollector:
             self.current_task[host] = _task_name(data)
         elif kind == "runner_on_ok" and host:
             self._count_ok(host, data)
+            self._keep_result(host, data, ok=True)
         elif kind == "runner_on_skipped" and host:
             self._host(host).skipped += 1
         elif kind == "runner_on_failed" and host:
@@ -275,7 +300,20 @@ class EventCollector:
         if isinstance(res, Mapping) and res.get("changed"):
             recap.changed += 1
 
+    def _keep_result(self, host: str, data: Mapping[str, Any], *, ok: bool) -> None:
+        action = str(data.get("resolved_action") or data.get("task_action") or "")
+        res = data.get("res")
+        if action.startswith(f"{FLEET}.") and isinstance(res, Mapping):
+            duration = data.get("duration")
+            self.results.append(
+                ModuleResult(
+                    host=host, action=action, ok=ok, res=dict(res),
+                    seconds=float(duration) if isinstance(duration, int | float) else None,
+                )
+            )  # fmt: skip
+
     def _feed_failed(self, host: str, data: Mapping[str, Any]) -> None:
+        self._keep_result(host, data, ok=bool(data.get("ignore_errors")))
         if data.get("ignore_errors"):
             # Ansible counts an ignored failure as ok and ignored; it is not a failure of the run.
             self._count_ok(host, data)
@@ -360,6 +398,7 @@ class EventCollector:
             artifacts_dir=artifacts_dir,
             error="\n".join(self._error_lines) if self._error_lines and not ok else None,
             data=dict(self.data),
+            results=list(self.results),
         )
 
 
@@ -432,6 +471,7 @@ class JsonLinesSink:
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
+        self._started = time.monotonic()
 
     def _write(self, obj: Mapping[str, Any]) -> None:
         self._stream.write(json.dumps(obj, default=str, sort_keys=False) + "\n")
@@ -441,6 +481,8 @@ class JsonLinesSink:
     def __call__(self, event: dict[str, Any]) -> None:
         trimmed = trim_event(event)
         if trimmed is not None:
+            # Where the time went: seconds since this run started, beside the event's own time.
+            trimmed["elapsed"] = round(time.monotonic() - self._started, 3)
             self._write(trimmed)
 
     def close(self, result: RunResult) -> None:

@@ -252,8 +252,9 @@ def test_json_lines_parse_one_by_one_and_end_with_the_recap() -> None:
     assert real_failure["msg"].startswith("non-zero return code")
     assert set(real_failure) <= {
         "event", "created", "play", "task", "host", "status", "changed", "msg",
-        "start", "end", "duration",
+        "start", "end", "duration", "elapsed",
     }  # fmt: skip
+    assert all(isinstance(line["elapsed"], float) for line in lines if line["event"] != "recap")
 
 
 def test_json_lines_do_not_copy_task_results() -> None:

@@ -1,0 +1,214 @@
+#!/usr/bin/python
+"""deploykit.fleet.activate: a staged release made live on a node, gated on its health."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: activate
+short_description: Switch current to a staged release, restart its unit, wait until it is healthy
+description:
+  - Switches C(current) to C(releases/<release_id>) atomically (a new link renamed over the old).
+  - Restarts the unit when its process does not run the release, or when one of O(files) (its
+    settings, its unit) changed since it started; starts it when it is not running; enables it.
+    A stop is bounded by O(stop_timeout) seconds of wall clock, then the unit is killed: a release
+    that never became ready is not waited on for its full graceful timeout.
+  - Then waits until the service is healthy, against one wall-clock deadline of O(health_timeout)
+    seconds in all: O(health_url) must answer 200 with C({"release": <release_id>}) (each request
+    bounded by the time left, at most 2 s), or O(health_command) must exit 0. A unit that failed
+    ends the wait at once. A failure states the real elapsed time, the last answer and the unit's
+    last journal lines.
+options:
+  app_root: {description: Where the application lives., type: path, required: true}
+  release_id: {description: The release to make live (staged on the node)., type: str, required: true}
+  unit: {description: The systemd unit that runs it., type: str, required: true}
+  files: {description: Files whose change since the process started calls for a restart., type: list, elements: path, default: []}
+  health_url: {description: The readiness URL on the node's own address., type: str}
+  health_address: {description: "The node's own base URL (http://ADDRESS:PORT): the readiness URL is it and the release's own contract.health_path.", type: str}
+  contract_entry: {description: "The contract's entry this unit runs (wsgi, worker): a release that declares none only switches current; its unit is stopped and disabled.", type: str}
+  health_command: {description: A command that exits 0 once the service is ready (run as given)., type: list, elements: str}
+  health_timeout: {description: The deadline of the health gate in seconds (wall clock)., type: float, default: 30}
+  stop_timeout: {description: The longest wait for the old process to stop before it is killed., type: float, default: 40}
+  journal_lines: {description: The unit's last journal lines reported on failure., type: int, default: 15}
+"""
+
+RETURN = r"""
+previous: {description: The release current pointed to before (empty on a first deploy)., returned: always, type: str}
+switched: {description: Whether current changed., returned: always, type: bool}
+restarted: {description: Whether the unit was (re)started., returned: always, type: bool}
+killed: {description: Whether the old process had to be killed at the stop deadline., returned: always, type: bool}
+seconds: {description: Seconds per part (switch, stop, start, health)., returned: always, type: dict}
+journal: {description: The unit's last journal lines (on failure)., returned: failure, type: list}
+"""
+
+import os
+import subprocess
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
+    ReleaseProblem,
+    health,
+    load_manifest,
+    live_release,
+    running,
+    switch_current,
+    systemctl_show,
+)
+
+POLL_SECONDS = 0.25
+STOPPED = ("inactive", "failed")
+
+
+def systemctl(module: AnsibleModule, *argv: str) -> None:
+    rc, out, err = module.run_command(["systemctl", *argv])
+    if rc != 0:
+        module.fail_json(msg=f"systemctl {' '.join(argv)}: rc {rc}: {(err or out).strip()[-400:]}")
+
+
+def wait_stopped(unit: str, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        if systemctl_show(unit, "ActiveState").get("ActiveState") in STOPPED:
+            return True
+        time.sleep(POLL_SECONDS)
+    return systemctl_show(unit, "ActiveState").get("ActiveState") in STOPPED
+
+
+def journal(unit: str, lines: int, since: float) -> list[str]:
+    shown = subprocess.run(
+        ["journalctl", f"--unit={unit}", f"--lines={lines}", "--no-pager", "--output=cat",
+         f"--since=@{int(since) - 1}"],
+        capture_output=True, text=True, check=False, timeout=10,
+    )  # fmt: skip
+    return [line[:300] for line in shown.stdout.splitlines()[-lines:]]
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "app_root": {"type": "path", "required": True},
+            "release_id": {"type": "str", "required": True},
+            "unit": {"type": "str", "required": True},
+            "files": {"type": "list", "elements": "path", "default": []},
+            "health_url": {"type": "str"},
+            "health_address": {"type": "str"},
+            "contract_entry": {"type": "str"},
+            "health_command": {"type": "list", "elements": "str"},
+            "health_timeout": {"type": "float", "default": 30},
+            "stop_timeout": {"type": "float", "default": 40},
+            "journal_lines": {"type": "int", "default": 15},
+        },
+        mutually_exclusive=[("health_url", "health_command", "health_address")],
+        supports_check_mode=True,
+    )
+    p = module.params
+    unit, release_id = p["unit"], p["release_id"]
+    release_dir = os.path.join(p["app_root"], "releases", release_id)
+    try:
+        contract = load_manifest(release_dir).get("contract") or {}
+    except ReleaseProblem as error:
+        module.fail_json(msg=f"release {release_id} is not staged on this node: {error}")
+    if p["health_address"]:
+        p["health_url"] = p["health_address"].rstrip("/") + str(contract.get("health_path") or "/")
+    seconds: dict[str, float] = {}
+    state = running(unit, p["files"])
+    must_restart = state["release"] != release_id or bool(state["changed_since"])
+    releases = os.path.join(p["app_root"], "releases")
+    previous = live_release(os.path.join(p["app_root"], "current"), releases) or ""
+    result = {
+        "previous": previous, "switched": previous != release_id, "restarted": False,
+        "killed": False, "seconds": seconds, "unit": unit, "release_id": release_id,
+    }
+    if module.check_mode:
+        module.exit_json(changed=result["switched"] or must_restart or not state["pid"], **result)
+    if p["contract_entry"] and not contract.get(p["contract_entry"]):
+        # Nothing of this release runs here (an application without a worker): current follows
+        # the fleet, and a unit an earlier release left is not left running.
+        result["previous"], result["switched"] = switch_current(p["app_root"], release_id)
+        if state["pid"] or systemctl_show(unit, "UnitFileState").get("UnitFileState") == "enabled":
+            systemctl(module, "disable", "--now", unit)
+            result["restarted"] = True
+        module.exit_json(changed=result["switched"] or result["restarted"], unit_runs=False, **result)
+    began = time.time()
+    started = time.monotonic()
+    try:
+        result["previous"], result["switched"] = switch_current(p["app_root"], release_id)
+    except (OSError, ValueError) as error:
+        module.fail_json(msg=f"switch to {release_id}: {error}", **result)
+    seconds["switch"] = round(time.monotonic() - started, 3)
+    if systemctl_show(unit, "NeedDaemonReload").get("NeedDaemonReload") == "yes":
+        systemctl(module, "daemon-reload")
+    if must_restart and state["pid"]:
+        # A bounded stop: SIGTERM (the unit's graceful stop), then SIGKILL at the deadline.
+        started = time.monotonic()
+        systemctl(module, "stop", "--no-block", unit)
+        if not wait_stopped(unit, started + p["stop_timeout"]):
+            systemctl(module, "kill", "--signal=SIGKILL", unit)
+            result["killed"] = True
+            wait_stopped(unit, time.monotonic() + 10)
+        seconds["stop"] = round(time.monotonic() - started, 3)
+    if must_restart or not state["pid"]:
+        # --no-block: a start that hangs (a unit that never notifies) is the health gate's to
+        # judge, against its deadline, not systemd's start timeout.
+        started = time.monotonic()
+        if state["active"] == "failed":
+            systemctl(module, "reset-failed", unit)
+        systemctl(module, "start", "--no-block", unit)
+        result["restarted"] = True
+        seconds["start"] = round(time.monotonic() - started, 3)
+    if systemctl_show(unit, "UnitFileState").get("UnitFileState") != "enabled":
+        systemctl(module, "enable", unit)
+    restarts = int(systemctl_show(unit, "NRestarts").get("NRestarts") or 0)
+    started = time.monotonic()
+    deadline = started + p["health_timeout"]
+    last = "no answer yet"
+    healthy = False
+    while True:
+        left = deadline - time.monotonic()
+        if p["health_url"]:
+            answer = health(p["health_url"], timeout=max(0.2, min(2.0, left)))
+            healthy = answer["status"] == 200 and answer["release"] == release_id
+            last = (
+                f"{answer['status']} {answer.get('body', '')!r}"
+                if answer["status"] is not None
+                else str(answer.get("error"))
+            )
+            if answer["status"] == 200 and answer["release"] != release_id:
+                last = f"200 reporting release {answer['release']!r}"
+        elif p["health_command"]:
+            try:
+                done = subprocess.run(
+                    p["health_command"], capture_output=True, text=True, check=False,
+                    timeout=max(1.0, left),
+                )  # fmt: skip
+                healthy = done.returncode == 0
+                last = f"rc {done.returncode}: {(done.stdout + done.stderr).strip()[-300:]}"
+            except subprocess.TimeoutExpired:
+                last = f"{p['health_command'][0]} did not answer before the deadline"
+        else:
+            healthy = systemctl_show(unit, "ActiveState").get("ActiveState") == "active"
+            last = "not active"
+        if healthy:
+            break
+        shown = systemctl_show(unit, "ActiveState", "NRestarts")
+        crashed = shown.get("ActiveState") == "failed" or int(shown.get("NRestarts") or 0) >= restarts + 2
+        if crashed or time.monotonic() >= deadline:
+            if crashed:
+                last = f"{unit} is {shown.get('ActiveState')} after {int(shown.get('NRestarts') or 0) - restarts} restart(s); {last}"
+            break
+        time.sleep(max(0.0, min(POLL_SECONDS, deadline - time.monotonic())))
+    seconds["health"] = round(time.monotonic() - started, 3)
+    if not healthy:
+        lines = journal(unit, p["journal_lines"], began)
+        what = f"report release {release_id} on {p['health_url']}" if p["health_url"] else "become ready"
+        module.fail_json(
+            msg=f"{unit} did not {what} within {p['health_timeout']:g} s (waited "
+            f"{seconds['health']:.1f} s). Last answer: {last}. Its last journal lines: "
+            + (" | ".join(lines) or "(none)"),
+            journal=lines, **result,
+        )
+    module.exit_json(changed=result["switched"] or result["restarted"], **result)
+
+
+if __name__ == "__main__":
+    main()

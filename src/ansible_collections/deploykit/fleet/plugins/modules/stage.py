@@ -1,0 +1,204 @@
+#!/usr/bin/python
+"""deploykit.fleet.stage: a release staged on a node, nothing live changed."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: stage
+short_description: Stage a release on a node (upload, unpack, verify, offline virtualenv, stamp, prune)
+description:
+  - Everything a release needs on a node before it can go live, in one step; nothing live changes
+    (C(current) is not touched).
+  - The action plugin reads the artifact's manifest on the controller and uploads the artifact
+    only when the node does not have the release yet.
+  - The release is unpacked under a temporary name in the same pass that checks every file's
+    sha256 against the manifest (nothing of the archive's owners or modes is kept; a member with
+    a set-user-ID, set-group-ID, sticky or world-writable mode is refused), then renamed into
+    place. A release already there is checked file by file instead (a file changed on the node
+    since fails the step, naming it).
+  - The virtualenv is built offline from the release's wheelhouse, once (a marker written last).
+  - The work runs at the lowest CPU priority (nice 19): on a clone that serves, the live release
+    comes first.
+options:
+  artifact: {description: The artifact on the controller (deploykit build's .tar.gz)., type: path, required: true}
+  app_root: {description: Where the application lives; empty for /srv/<name>., type: str, default: ""}
+  venv: {description: Build the release's virtualenv (false on the balancers, which run no app code)., type: bool, default: true}
+  python: {description: The interpreter the virtualenv is made from., type: path, default: /usr/bin/python3}
+  keep: {description: Releases kept on the node (the live one and this one always)., type: int, default: 5}
+  owner: {description: The service account that owns shared/., type: str, default: deploykit}
+  group: {description: Its group., type: str, default: deploykit}
+"""
+
+RETURN = r"""
+release_id: {description: The release staged., returned: always, type: str}
+manifest: {description: The release's manifest (without its files list)., returned: success, type: dict}
+unpacked: {description: Whether the artifact was unpacked in this run., returned: success, type: bool}
+venv_built: {description: Whether the virtualenv was built in this run., returned: success, type: bool}
+pruned: {description: Releases removed beyond keep., returned: success, type: list}
+seconds: {description: Seconds spent per part (unpack, verify, venv, prune)., returned: success, type: dict}
+"""
+
+import grp
+import os
+import pwd
+import shutil
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
+    VENV,
+    VENV_MARKER,
+    ReleaseProblem,
+    prune,
+    stamp,
+    verify_artifact,
+    verify_tree,
+)
+
+
+def ensure_dir(path: str, mode: int, owner: str = "root", group: str = "root") -> bool:
+    """The directory exists with this mode and owner; True when something changed."""
+    changed = False
+    if not os.path.isdir(path):
+        os.mkdir(path, mode)
+        changed = True
+    uid, gid = pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid
+    info = os.lstat(path)
+    if (info.st_uid, info.st_gid) != (uid, gid):
+        os.chown(path, uid, gid)
+        changed = True
+    if info.st_mode & 0o7777 != mode:
+        os.chmod(path, mode)
+        changed = True
+    return changed
+
+
+def build_venv(module: AnsibleModule, release_dir: str, python: str, requirement: str) -> None:
+    venv = os.path.join(release_dir, VENV)
+    # PIP_CONFIG_FILE=/dev/null: no pip.conf of the node (an index, a proxy) takes part.
+    env = {"PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INDEX": "1"}
+    for argv in (
+        [python, "-m", "venv", "--clear", venv],
+        [
+            os.path.join(venv, "bin", "python"), "-m", "pip", "install", "--no-index",
+            f"--find-links={os.path.join(release_dir, 'wheelhouse')}", "--only-binary=:all:",
+            "--no-cache-dir", "--disable-pip-version-check", "--no-input",
+            "--root-user-action=ignore", requirement,
+        ],
+    ):
+        rc, out, err = module.run_command(argv, environ_update=env)
+        if rc != 0:
+            tail = " | ".join((out + err).strip().splitlines()[-8:])
+            module.fail_json(
+                msg=f"the virtualenv of {os.path.basename(release_dir)} could not be built "
+                f"offline from its wheelhouse ({' '.join(argv[:4])} ...: rc {rc}): {tail}",
+            )
+    with open(os.path.join(venv, VENV_MARKER), "w", encoding="utf-8") as handle:
+        handle.write(f"{requirement} installed offline from {release_dir}/wheelhouse\n")
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "app_root": {"type": "str", "required": True},
+            "release_id": {"type": "str", "required": True},
+            "checksum": {"type": "str", "required": True},
+            "src": {"type": "path"},
+            "venv": {"type": "bool", "default": True},
+            "python": {"type": "path", "default": "/usr/bin/python3"},
+            "keep": {"type": "int", "default": 5},
+            "owner": {"type": "str", "default": "deploykit"},
+            "group": {"type": "str", "default": "deploykit"},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    root, release_id = p["app_root"], p["release_id"]
+    releases = os.path.join(root, "releases")
+    release_dir = os.path.join(releases, release_id)
+    seconds: dict[str, float] = {}
+    result = {"release_id": release_id, "release_dir": release_dir, "seconds": seconds}
+    venv_ready = not p["venv"] or os.path.exists(os.path.join(release_dir, VENV, VENV_MARKER))
+    if module.check_mode:
+        module.exit_json(changed=not (os.path.isdir(release_dir) and venv_ready), **result)
+    os.nice(19)
+    changed = False
+    for path, mode, owner, group in (
+        (root, 0o755, "root", "root"),
+        (os.path.join(root, "artifacts"), 0o750, "root", "root"),
+        (releases, 0o755, "root", "root"),
+        (os.path.join(root, "shared"), 0o750, p["owner"], p["group"]),
+    ):
+        changed |= ensure_dir(path, mode, owner, group)
+    started = time.monotonic()
+    unpacked = False
+    if os.path.isdir(release_dir):
+        # Every run, not only after unpacking: a file changed on the node since (by hand, by an
+        # intruder) fails the deploy, naming the file.
+        try:
+            manifest, problems = verify_tree(release_dir, p["checksum"])
+        except ReleaseProblem as error:
+            manifest, problems = {}, [str(error)]
+        seconds["verify"] = round(time.monotonic() - started, 2)
+        if problems:
+            module.fail_json(
+                msg=f"release {release_id} does not match its manifest: {'; '.join(problems[:10])}. "
+                f"Files of {release_dir} changed after it was unpacked: find out who changed them; "
+                f"then remove that directory (if it is not the live one, see {root}/current) and "
+                "deploy again to unpack it afresh.",
+                **result,
+            )
+    else:
+        if not p["src"]:
+            module.exit_json(changed=changed, needs_artifact=True, **result)
+        partial = os.path.join(releases, f".{release_id}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        os.mkdir(partial, 0o755)
+        try:
+            manifest = verify_artifact(p["src"], extract_to=partial)
+        except ReleaseProblem as error:
+            shutil.rmtree(partial, ignore_errors=True)
+            module.fail_json(
+                msg=f"the artifact of {release_id} was refused: {error}"
+                + (f" ({error.hint})" if error.hint else ""),
+                **result,
+            )
+        if (manifest["release_id"], manifest["checksum"]) != (release_id, p["checksum"]):
+            shutil.rmtree(partial, ignore_errors=True)
+            module.fail_json(
+                msg=f"the uploaded artifact is {manifest['release_id']} "
+                f"({manifest['checksum'][:12]}), not {release_id} ({p['checksum'][:12]})",
+                **result,
+            )
+        kept = os.path.join(root, "artifacts", f"{release_id}.tar.gz")
+        shutil.move(p["src"], kept)
+        os.chmod(kept, 0o640)
+        os.rename(partial, release_dir)
+        seconds["unpack"] = round(time.monotonic() - started, 2)
+        unpacked = changed = True
+    venv_built = False
+    if p["venv"] and not os.path.exists(os.path.join(release_dir, VENV, VENV_MARKER)):
+        started = time.monotonic()
+        build_venv(module, release_dir, p["python"], str(manifest["requirement"]))
+        seconds["venv"] = round(time.monotonic() - started, 2)
+        venv_built = changed = True
+    changed |= stamp(release_dir)
+    started = time.monotonic()
+    try:
+        pruned = prune(
+            releases, p["keep"], os.path.join(root, "current"), [release_id],
+            os.path.join(root, "artifacts"),
+        )["removed"]
+    except ReleaseProblem as error:
+        module.fail_json(msg=str(error), **result)
+    seconds["prune"] = round(time.monotonic() - started, 2)
+    summary = {k: v for k, v in manifest.items() if k != "files"}
+    module.exit_json(
+        changed=changed or bool(pruned), manifest=summary, unpacked=unpacked,
+        venv_built=venv_built, pruned=pruned, **result,
+    )
+
+
+if __name__ == "__main__":
+    main()

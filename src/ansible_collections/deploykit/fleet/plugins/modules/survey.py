@@ -1,0 +1,82 @@
+#!/usr/bin/python
+"""deploykit.fleet.survey: what a node runs, as the node itself reports it (nothing changes)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: survey
+short_description: Report what a node runs (releases, services, health, HAProxy's view)
+description:
+  - For an app clone or a worker, the release C(current) points to, its manifest checksum, the
+    releases kept (oldest first), the unit's state and the release its process runs; for a
+    clone, what its health path reports too.
+  - For a balancer, HAProxy's view of every app server (runtime API) and which release's pages
+    are published.
+  - Never fails: what cannot be read is reported as an error beside the rest.
+options:
+  app_root: {description: Where the application lives., type: path, required: true}
+  app_unit: {description: The web unit, on an app clone., type: str}
+  health_address: {description: "The clone's own base URL (http://ADDRESS:PORT); the readiness URL is it and the live release's contract.health_path.", type: str}
+  worker_unit: {description: The worker unit, on a worker., type: str}
+  backend: {description: The HAProxy backend of the app servers, on a balancer., type: str}
+  socket: {description: HAProxy's admin socket., type: path, default: /run/haproxy/admin.sock}
+"""
+
+RETURN = r"""
+report: {description: "{app, app_error, worker, worker_error, lb, lb_error, static}", returned: always, type: dict}
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.deploykit.fleet.plugins.module_utils.haproxy import Failure, list_servers
+from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
+    ReleaseProblem,
+    live_release,
+    load_manifest,
+    survey,
+)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "app_root": {"type": "path", "required": True},
+            "app_unit": {"type": "str"},
+            "health_address": {"type": "str"},
+            "worker_unit": {"type": "str"},
+            "backend": {"type": "str"},
+            "socket": {"type": "path", "default": "/run/haproxy/admin.sock"},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    report: dict = {}
+    url = None
+    if p["health_address"]:
+        live = live_release(os.path.join(p["app_root"], "current"), os.path.join(p["app_root"], "releases"))
+        try:
+            contract = load_manifest(os.path.join(p["app_root"], "releases", live)).get("contract") if live else {}
+        except ReleaseProblem:
+            contract = {}
+        url = p["health_address"].rstrip("/") + str((contract or {}).get("health_path") or "/healthz")
+    for role, unit, health_url in (("app", p["app_unit"], url), ("worker", p["worker_unit"], None)):
+        if not unit:
+            continue
+        try:
+            report[role] = survey(p["app_root"], [unit], health_url)
+        except Exception as error:  # a report, not a failure: the rollout decides
+            report[role], report[f"{role}_error"] = None, str(error)[:300]
+    if p["backend"]:
+        try:
+            report["lb"] = {"servers": list_servers(p["socket"], p["backend"])}
+        except Failure as error:
+            report["lb"], report["lb_error"] = None, str(error)[:300]
+        link = os.path.join(p["app_root"], "static", "current")
+        report["static"] = os.path.basename(os.readlink(link)) if os.path.islink(link) else None
+    module.exit_json(changed=False, report=report)
+
+
+if __name__ == "__main__":
+    main()

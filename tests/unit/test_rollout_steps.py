@@ -1,0 +1,71 @@
+"""The rollout's steps are data: each is one task carried out by a module of deploykit.fleet, and
+the controller knows a step by its module (rollout.STEP_OF), never by a task's name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deploykit import rollout
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLLOUT = ROOT / "playbooks" / "rollout"
+
+
+def fleet_tasks(playbook: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(play name, module, task) of every deploykit.fleet task of a rollout playbook, in order."""
+    found = []
+    for play in yaml.safe_load((ROLLOUT / playbook).read_text()):
+        for task in play.get("tasks") or []:
+            modules = [key for key in task if key.startswith("deploykit.fleet.")]
+            found.extend((play.get("name", ""), module, task) for module in modules)
+    return found
+
+
+def test_every_module_the_rollout_uses_is_a_known_step() -> None:
+    for playbook in ("begin.yml", "status.yml", "stage.yml", "roll.yml", "finish.yml"):
+        for _, module, _ in fleet_tasks(playbook):
+            assert module in rollout.STEP_OF, f"{playbook}: {module} has no step"
+
+
+def test_a_clone_switches_in_three_tasks_drain_switch_ready() -> None:
+    clone_play = [t for t in fleet_tasks("roll.yml") if "clones" in t[0]]
+    assert [rollout.STEP_OF[module] for _, module, _ in clone_play] == ["drain", "switch", "ready"]
+    drain, _, ready = (task for _, _, task in clone_play)
+    # On every balancer, each one a deadline.
+    assert drain["loop"] == ready["loop"] == "{{ groups.lb }}"
+    assert "timeout" in drain["deploykit.fleet.drain"] and "timeout" in ready["deploykit.fleet.ready"]
+
+
+def test_staging_is_one_task_per_node() -> None:
+    staging = [t for t in fleet_tasks("stage.yml") if rollout.STEP_OF[t[1]] == "stage"]
+    assert len(staging) == 1
+
+
+def event(kind: str, host: str, action: str, **data: Any) -> dict[str, Any]:
+    return {"event": kind, "event_data": {"host": host, "task_action": action, **data}}
+
+
+def test_the_tracker_follows_steps_by_module_not_by_task_name() -> None:
+    seen: list[dict[str, Any]] = []
+    groups = {"app1": ["app"], "lb1": ["lb"], "worker1": ["worker"]}
+    tracker = rollout._Tracker(lambda e: seen.append(dict(e)), groups)
+    drain, activate = "deploykit.fleet.drain", "deploykit.fleet.activate"
+    tracker(event("runner_on_start", "app1", drain, task="Anything at all: named freely"))
+    tracker(event("runner_on_ok", "app1", drain, task="Anything at all"))
+    tracker(event("runner_on_start", "app1", activate, task="Switch: misleading name"))
+    tracker(event("runner_on_failed", "app1", activate))
+    # A task of the workers' play starts on a balancer too, and is skipped there: not its step.
+    tracker(event("runner_on_start", "lb1", activate))
+    tracker(event("runner_on_skipped", "lb1", activate))
+    tracker(event("runner_on_start", "app1", "ansible.builtin.assert"))
+    assert tracker.step == {"app1": "switch"}
+    assert tracker.touched == {"app1"}
+    assert tracker.completed == {"app1": {"drain"}}
+    assert set(tracker.seconds["app1"]) == {"drain", "switch"}
+    assert not tracker.done("app1", "app")
+    assert [(e["host"], e["step"], e.get("status")) for e in seen] == [
+        ("app1", "drain", None), ("app1", "drain", "done"), ("app1", "switch", None),
+    ]  # fmt: skip
