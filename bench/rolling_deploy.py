@@ -5,11 +5,12 @@
 Needs the lab up with the stack converged and the example shop deployed (`deploykit up`); it says
 so and exits 2 when that is not the case. Then:
 
-  a) builds three releases of examples/shop: A and B (the same code, distinct versions) and BAD, a
-     copy whose health endpoint answers 500, so that its canary never becomes healthy;
+  a) builds four releases of examples/shop: A and B (the same code, distinct versions), BAD, a
+     copy whose health endpoint answers 500, so that its canary never becomes healthy, and HUNG, a
+     copy whose web module hangs at import on the nodes (gunicorn binds, never answers);
   b) deploys A without load (a known live release), then, each under load through the balancer
      after a steady phase: deploy B; deploy B again (the no-op); rollback (back to A); deploy BAD
-     (expected: exit 1, every clone back on A);
+     and deploy HUNG (expected: exit 1, every clone back on A);
   c) prints, per step, the command's exit code and wall time, the requests and failures (by kind)
      of the load, p50/p99 during the step against the steady phase, and the targets beside them.
 
@@ -49,11 +50,18 @@ from deploykit.project import project_root
 
 TARGET_FAILURES = 0
 TARGET_P99_RATIO = 2.0
-#: A deploy of a built release: 45 s for 3 clones, the canary and two more switched.
-TARGET_DEPLOY_SECONDS_PER_CLONE = 15.0
-#: Re-deploying the live release must find nothing to do: this bench calls "quick" 10 s, the
-#: time to take the lock and ask each node what it runs, with nothing uploaded or switched.
-TARGET_NOOP_SECONDS = 10.0
+#: A deploy of a built release to 3 clones (staged everywhere, the canary and two more switched):
+#: 20 s (issue 11; the engine of many small tasks took 62-65 s).
+TARGET_DEPLOY_SECONDS = 20.0
+#: Re-deploying the live release must find nothing to do: the lock and one survey step per node.
+TARGET_NOOP_SECONDS = 3.0
+#: Back to the release before, kept on every node: no staging, three clones switched.
+TARGET_ROLLBACK_SECONDS = 10.0
+#: A release whose health path answers 500: its canary is returned within the health gate (30 s).
+TARGET_BAD_SECONDS = 30.0
+#: A release that hangs at import (gunicorn binds, never answers): the health gate's deadline holds
+#: (short requests), and the hung process gets a short stop on the return.
+TARGET_HUNG_SECONDS = 45.0
 
 EXIT_RAN = 0
 EXIT_FAILED = 1  # could not run: a build or the initial deploy failed
@@ -65,6 +73,13 @@ COMMAND_TIMEOUT = 900.0
 HEALTH_FILE = Path("src/shop/web.py")
 HEALTH_LINE = "200 if healthy else 503,"
 BAD_HEALTH_LINE = "500,  # bench/rolling_deploy.py: a release that never becomes healthy"
+# What the HUNG release adds to the web module: on the nodes (where exec sets the release id, not
+# at build time, whose bake must finish), its import never ends.
+HUNG_LINES = (
+    "\nimport os as _bench_os, time as _bench_time  # bench/rolling_deploy.py: HUNG\n"
+    "if _bench_os.environ.get('DEPLOYKIT_RELEASE_ID'):\n"
+    "    _bench_time.sleep(86400)\n"
+)
 
 
 class NotRunnable(Exception):
@@ -314,6 +329,21 @@ def make_bad_copy(app: Path, into: Path) -> Path:
     return copy
 
 
+def make_hung_copy(app: Path, into: Path) -> Path:
+    """A copy of ``app`` whose web module hangs at import on the nodes."""
+    copy = into / f"{app.name}-hung"
+    shutil.copytree(
+        app,
+        copy,
+        ignore=shutil.ignore_patterns(
+            "__pycache__", "*.pyc", "*.egg-info", ".venv", "venv", "build", "dist", ".*_cache"
+        ),
+    )
+    web = copy / HEALTH_FILE
+    web.write_text(web.read_text(encoding="utf-8") + HUNG_LINES, encoding="utf-8")
+    return copy
+
+
 def carries_bad_health(artifact: Path) -> bool:
     """Whether the artifact's source has the broken health endpoint (proof BAD is bad)."""
     with tarfile.open(artifact) as tar:
@@ -328,7 +358,12 @@ def build_releases(root: Path, app: Path, out: Path, say: Out) -> dict[str, Buil
     stamp = time.strftime("%Y%m%d%H%M%S")
     built: dict[str, Built] = {}
     with tempfile.TemporaryDirectory(prefix="deploykit-bench-bad-") as scratch:
-        sources = {"A": app, "B": app, "BAD": make_bad_copy(app, Path(scratch))}
+        sources = {
+            "A": app,
+            "B": app,
+            "BAD": make_bad_copy(app, Path(scratch)),
+            "HUNG": make_hung_copy(app, Path(scratch)),
+        }
         for label, source in sources.items():
             version = f"{base}-bench{stamp}-{label.lower()}"
             say(f"build {label}: {version} from {source} ...")
@@ -567,7 +602,7 @@ def run(args: argparse.Namespace, say: Out, emit: Callable[[dict[str, Any]], Non
 
     with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as temporary:
         out = args.out.resolve() if args.out else Path(temporary)
-        say(f"\n== a) three releases of {app.name} into {out}")
+        say(f"\n== a) four releases of {app.name} into {out}")
         built = build_releases(root, app, out, say)
         data["build"] = {label: b.to_dict() for label, b in built.items()}
         if found is None:
@@ -575,7 +610,7 @@ def run(args: argparse.Namespace, say: Out, emit: Callable[[dict[str, Any]], Non
             emit(data)
             return EXIT_RAN
 
-        a, b, bad = built["A"], built["B"], built["BAD"]
+        a, b, bad, hung = built["A"], built["B"], built["BAD"], built["HUNG"]
         say(f"\n== b) deploy A ({a.release_id}), untimed and without load")
         first = deploykit(root, "deploy", "--artifact", str(a.path), "--json")
         data["deploy_a"] = first.to_dict()
@@ -590,7 +625,7 @@ def run(args: argparse.Namespace, say: Out, emit: Callable[[dict[str, Any]], Non
                 expect_exit=0,
                 expect_outcomes=("succeeded",),
                 expect_release=b.release_id,
-                target_seconds=TARGET_DEPLOY_SECONDS_PER_CLONE * args.clones,
+                target_seconds=TARGET_DEPLOY_SECONDS,
                 target_label=f"a built release to {args.clones} clone(s)",
             ),
             Step(
@@ -608,6 +643,8 @@ def run(args: argparse.Namespace, say: Out, emit: Callable[[dict[str, Any]], Non
                 expect_exit=0,
                 expect_outcomes=("succeeded",),
                 expect_release=a.release_id,
+                target_seconds=TARGET_ROLLBACK_SECONDS,
+                target_label="a kept release, nothing staged",
             ),
             Step(
                 "deploy BAD (rolled back)",
@@ -615,6 +652,17 @@ def run(args: argparse.Namespace, say: Out, emit: Callable[[dict[str, Any]], Non
                 expect_exit=1,
                 expect_outcomes=("rolled_back",),
                 expect_release=a.release_id,
+                target_seconds=TARGET_BAD_SECONDS,
+                target_label="health 500: returned within the gate",
+            ),
+            Step(
+                "deploy HUNG (rolled back)",
+                ["deploy", "--artifact", str(hung.path), "--json"],
+                expect_exit=1,
+                expect_outcomes=("rolled_back",),
+                expect_release=a.release_id,
+                target_seconds=TARGET_HUNG_SECONDS,
+                target_label="hangs at import: the deadline holds",
             ),
         ]
         settings = Settings(
@@ -656,7 +704,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object with it all")
     parser.add_argument(
-        "--only-build", action="store_true", help="run step a) alone: build the three releases"
+        "--only-build", action="store_true", help="run step a) alone: build the four releases"
     )
     parser.add_argument(
         "--out", type=Path, help="keep the artifacts in this directory (default: a temporary one)"

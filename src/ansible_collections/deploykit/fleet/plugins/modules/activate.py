@@ -203,7 +203,7 @@ def main() -> None:
         what = f"report release {release_id} on {p['health_url']}" if p["health_url"] else "become ready"
         module.fail_json(
             msg=f"{unit} did not {what} within {p['health_timeout']:g} s (waited "
-            f"{seconds['health']:.1f} s). Last answer: {last}. Its last journal lines: "
+            f"{seconds['health']:.1f} s). Last answer: {last}. Its log: "
             + (" | ".join(lines) or "(none)"),
             journal=lines, **result,
         )
