@@ -307,9 +307,8 @@ def build(root: Path, app: Path, label: str, version: str, out: Path) -> Built:
     )
 
 
-def make_bad_copy(app: Path, into: Path) -> Path:
-    """A copy of ``app`` whose health endpoint answers 500 whatever its checks say."""
-    copy = into / f"{app.name}-bad"
+def copy_app(app: Path, copy: Path) -> Path:
+    """A copy of the application's source, without build output or caches."""
     shutil.copytree(
         app,
         copy,
@@ -317,6 +316,12 @@ def make_bad_copy(app: Path, into: Path) -> Path:
             "__pycache__", "*.pyc", "*.egg-info", ".venv", "venv", "build", "dist", ".*_cache"
         ),
     )
+    return copy
+
+
+def make_bad_copy(app: Path, into: Path) -> Path:
+    """A copy of ``app`` whose health endpoint answers 500 whatever its checks say."""
+    copy = copy_app(app, into / f"{app.name}-bad")
     health = copy / HEALTH_FILE
     text = health.read_text(encoding="utf-8")
     if text.count(HEALTH_LINE) != 1:
@@ -331,17 +336,9 @@ def make_bad_copy(app: Path, into: Path) -> Path:
 
 def make_hung_copy(app: Path, into: Path) -> Path:
     """A copy of ``app`` whose web module hangs at import on the nodes."""
-    copy = into / f"{app.name}-hung"
-    shutil.copytree(
-        app,
-        copy,
-        ignore=shutil.ignore_patterns(
-            "__pycache__", "*.pyc", "*.egg-info", ".venv", "venv", "build", "dist", ".*_cache"
-        ),
-    )
-    web = copy / HEALTH_FILE
+    web = copy_app(app, into / f"{app.name}-hung") / HEALTH_FILE
     web.write_text(web.read_text(encoding="utf-8") + HUNG_LINES, encoding="utf-8")
-    return copy
+    return into / f"{app.name}-hung"
 
 
 def carries_bad_health(artifact: Path) -> bool:

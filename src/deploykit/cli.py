@@ -272,7 +272,7 @@ def _print_rollout(args: argparse.Namespace, result: rollout.RolloutResult) -> i
         _json_line(result.to_dict())
     else:
         table = Table(title=f"{result.action} {result.app} {result.release}", title_justify="left")
-        for column in ("node", "role", "before", "now", "outcome", "step", "message"):
+        for column in ("node", "role", "before", "now", "outcome", "step", "seconds", "message"):
             table.add_column(column, overflow="fold")
         styles = {"failed": "red", "rolled_back": "yellow", "switched": "green"}
         for node in sorted(result.nodes.values(), key=lambda n: (n.role, n.host)):
@@ -284,6 +284,8 @@ def _print_rollout(args: argparse.Namespace, result: rollout.RolloutResult) -> i
                 now or "-",
                 Text(node.outcome, style=styles.get(node.outcome, "")),
                 node.step or "",
+                # Where the time went on this node: each step's seconds.
+                " ".join(f"{step} {seconds:.1f}" for step, seconds in node.seconds.items()),
                 (node.message or "")[:400],
             )
         console.print(table)

@@ -145,6 +145,7 @@ _HEALTH_PATH_RE = HEALTH_PATH_RE
 _SETTING_RE = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 _VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}\Z")
 
+
 @dataclass(frozen=True)
 class AppContract:
     """What an application declares under ``[tool.deploykit]``; ``root``: its project directory."""

@@ -866,7 +866,7 @@ class Rollouts:
                 {
                     "rollout_app": app,
                     "rollout_artifact": str(artifact.resolve()),
-                        "rollout_live_releases": live,
+                    "rollout_live_releases": live,
                 },
                 on_event=self._stage_events,
             )

@@ -36,7 +36,9 @@ def test_a_clone_switches_in_three_tasks_drain_switch_ready() -> None:
     drain, _, ready = (task for _, _, task in clone_play)
     # On every balancer, each one a deadline.
     assert drain["loop"] == ready["loop"] == "{{ groups.lb }}"
-    assert "timeout" in drain["deploykit.fleet.drain"] and "timeout" in ready["deploykit.fleet.ready"]
+    assert (
+        "timeout" in drain["deploykit.fleet.drain"] and "timeout" in ready["deploykit.fleet.ready"]
+    )
 
 
 def test_staging_is_one_task_per_node() -> None:

@@ -27,7 +27,9 @@ def read_manifest(artifact: str) -> dict[str, Any]:
         with tarfile.open(artifact, "r:gz") as tar:
             member = tar.next()
             if member is None or member.name != MANIFEST or not member.isfile():
-                raise ReleaseProblem(f"{artifact}: {MANIFEST} is not its first member: not a deploykit artifact")
+                raise ReleaseProblem(
+                    f"{artifact}: {MANIFEST} is not its first member: not a deploykit artifact"
+                )
             handle = tar.extractfile(member)
             raw = handle.read() if handle is not None else b""
         return check_manifest(json.loads(raw), f"{artifact}: {MANIFEST}")

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""deploykit's deploy ledger on the balancer: the deploy lock and the deploy history (standard library).
+"""deploykit's deploy ledger on the balancer: the deploy lock and the deploy history (stdlib only).
 
 One deploy at a time per inventory: every deploy and rollback takes the lock on the first balancer
 before anything changes and appends a record to the history when it ends, whatever the outcome.
@@ -29,12 +29,13 @@ Exit codes: 0 done, 1 the lock is held (acquire) or not released (release with a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 DEFAULT_DIR = "/var/lib/deploykit-ledger"
 LOCK = "deploy.lock"
@@ -47,7 +48,7 @@ class LedgerError(Exception):
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def parse_object(text: str, what: str) -> dict:
@@ -121,10 +122,8 @@ def lock_release(directory: str, token: str = "") -> dict:
         return {"released": False, "holder": None}
     if token and current.get("token") != token:
         return {"released": False, "holder": current}
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(directory, LOCK))
-    except FileNotFoundError:
-        pass
     return {"released": True, "holder": current}
 
 

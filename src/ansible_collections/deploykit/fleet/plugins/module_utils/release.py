@@ -127,7 +127,9 @@ def check_manifest(manifest: Any, where: str) -> dict:
         )
     for key in ("name", "release_id", "requirement", "contract"):
         if key not in manifest:
-            raise ReleaseProblem(f"{where}: no {key!r}: not a manifest deploykit build wrote", REBUILD)
+            raise ReleaseProblem(
+                f"{where}: no {key!r}: not a manifest deploykit build wrote", REBUILD
+            )
     name, release_id = manifest["name"], manifest["release_id"]
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ReleaseProblem(
@@ -162,7 +164,10 @@ def _member_problem(artifact: str, index: int, member: tarfile.TarInfo) -> str |
         )
     if index == 0 and not (name == MANIFEST and member.isfile()):
         # The manifest comes first so that a node can read it before unpacking anything.
-        return f"{artifact}: its first member is {name!r}, not {MANIFEST}: deploykit build writes the manifest first"
+        return (
+            f"{artifact}: its first member is {name!r}, not {MANIFEST}: deploykit build writes "
+            "the manifest first"
+        )
     if not (member.isfile() or member.isdir()):
         return f"{artifact}: {name}: not a regular file; a release holds only files and directories"
     if member.mode & FORBIDDEN_MODE_BITS:
@@ -173,7 +178,9 @@ def _member_problem(artifact: str, index: int, member: tarfile.TarInfo) -> str |
     return None
 
 
-def _read_artifact(artifact: str, extract_to: str | None) -> tuple[list[str], dict, bytes | None]:
+def _read_artifact(  # noqa: PLR0912, PLR0915 (one pass, each member's cases in order)
+    artifact: str, extract_to: str | None
+) -> tuple[list[str], dict, bytes | None]:
     """One pass over the archive: file names in archive order, their sha256 and manifest.json.
     With ``extract_to``, every member is written there as it is read (files 0644, or 0755 when
     executable by their owner; directories 0755; owned by the caller): nothing of the archive's
@@ -209,7 +216,7 @@ def _read_artifact(artifact: str, extract_to: str | None) -> tuple[list[str], di
                     mode = 0o755 if member.mode & stat.S_IXUSR else 0o644
                     out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
                 try:
-                    for block in iter(lambda: handle.read(1 << 20), b""):
+                    while block := handle.read(1 << 20):
                         digest.update(block)
                         if name == MANIFEST:
                             kept.append(block)
@@ -243,12 +250,16 @@ def verify_artifact(artifact: str, extract_to: str | None = None) -> dict:
     ``extract_to`` (an empty directory), the release is unpacked there in the same pass (the
     caller removes it when this raises). Raises ReleaseProblem naming the first bad file."""
     if not os.path.isfile(artifact):
-        raise ReleaseProblem(f"{artifact}: no such file: give the path of a built release (.tar.gz)")
+        raise ReleaseProblem(
+            f"{artifact}: no such file: give the path of a built release (.tar.gz)"
+        )
     with open(artifact, "rb") as handle:
         start = handle.read(len(GZIP_MAGIC))
     if start != GZIP_MAGIC:
-        what = "an empty file, not a release" if not start else (
-            "not a gzip-compressed tar archive (.tar.gz), so not a release"
+        what = (
+            "an empty file, not a release"
+            if not start
+            else ("not a gzip-compressed tar archive (.tar.gz), so not a release")
         )
         raise ReleaseProblem(
             f"{artifact}: {what}: give the .tar.gz that deploykit build wrote",
@@ -275,7 +286,9 @@ def verify_artifact(artifact: str, extract_to: str | None = None) -> dict:
             )
     for name in files:
         if name not in hashes:
-            raise ReleaseProblem(f"{artifact}: {name}: listed in {MANIFEST} but missing from the archive")
+            raise ReleaseProblem(
+                f"{artifact}: {name}: listed in {MANIFEST} but missing from the archive"
+            )
     return manifest
 
 
@@ -285,7 +298,9 @@ def load_manifest(release: str) -> dict:
         with open(path, "rb") as handle:
             manifest = json.load(handle)
     except FileNotFoundError:
-        raise ReleaseProblem(f"{path}: missing: {release} is not an unpacked deploykit release") from None
+        raise ReleaseProblem(
+            f"{path}: missing: {release} is not an unpacked deploykit release"
+        ) from None
     except (OSError, ValueError) as error:
         raise ReleaseProblem(f"{path}: cannot be read as JSON: {error}") from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
@@ -294,7 +309,9 @@ def load_manifest(release: str) -> dict:
     return manifest
 
 
-def verify_tree(release: str, checksum: str | None = None) -> tuple[dict, list[str]]:
+def verify_tree(  # noqa: PLR0912 (every way a file can differ, named one by one)
+    release: str, checksum: str | None = None
+) -> tuple[dict, list[str]]:
     """Check an unpacked release against its manifest.json: the manifest's own checksum (and,
     with ``checksum``, that it is the artifact's), the sha256 of every file it lists, and that
     nothing else was added (venv/ and the .deploykit-* stamps excepted). Returns the manifest and
@@ -326,7 +343,9 @@ def verify_tree(release: str, checksum: str | None = None) -> tuple[dict, list[s
         elif sha256_file(path) != files[name]:
             problems.append(f"{name}: sha256 differs from {MANIFEST} (changed after the build)")
         elif os.lstat(path).st_mode & FORBIDDEN_MODE_BITS:
-            problems.append(f"{name}: mode {os.lstat(path).st_mode & 0o7777:04o} (changed after the build)")
+            problems.append(
+                f"{name}: mode {os.lstat(path).st_mode & 0o7777:04o} (changed after the build)"
+            )
     for directory, dirnames, walked in os.walk(release):
         relative_dir = os.path.relpath(directory, release)
         filenames = walked
@@ -561,7 +580,9 @@ def health(url: str, timeout: float = 5.0) -> dict:
     return {"status": status, "release": release, "body": body[:300].decode(errors="replace")}
 
 
-def survey(app_root: str, units: list[str] | tuple[str, ...] = (), health_url: str | None = None) -> dict:
+def survey(
+    app_root: str, units: list[str] | tuple[str, ...] = (), health_url: str | None = None
+) -> dict:
     """What this node runs: the release current points to and its manifest checksum, the
     releases kept (oldest first), each unit's state and the release its process runs, and with
     ``health_url`` what the service itself reports there."""

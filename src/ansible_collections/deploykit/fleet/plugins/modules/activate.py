@@ -49,8 +49,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
     ReleaseProblem,
     health,
-    load_manifest,
     live_release,
+    load_manifest,
     running,
     switch_current,
     systemctl_show,
@@ -116,8 +116,13 @@ def main() -> None:
     releases = os.path.join(p["app_root"], "releases")
     previous = live_release(os.path.join(p["app_root"], "current"), releases) or ""
     result = {
-        "previous": previous, "switched": previous != release_id, "restarted": False,
-        "killed": False, "seconds": seconds, "unit": unit, "release_id": release_id,
+        "previous": previous,
+        "switched": previous != release_id,
+        "restarted": False,
+        "killed": False,
+        "seconds": seconds,
+        "unit": unit,
+        "release_id": release_id,
     }
     if module.check_mode:
         module.exit_json(changed=result["switched"] or must_restart or not state["pid"], **result)
@@ -128,7 +133,9 @@ def main() -> None:
         if state["pid"] or systemctl_show(unit, "UnitFileState").get("UnitFileState") == "enabled":
             systemctl(module, "disable", "--now", unit)
             result["restarted"] = True
-        module.exit_json(changed=result["switched"] or result["restarted"], unit_runs=False, **result)
+        module.exit_json(
+            changed=result["switched"] or result["restarted"], unit_runs=False, **result
+        )
     began = time.time()
     started = time.monotonic()
     try:
@@ -191,7 +198,9 @@ def main() -> None:
         if healthy:
             break
         shown = systemctl_show(unit, "ActiveState", "NRestarts")
-        crashed = shown.get("ActiveState") == "failed" or int(shown.get("NRestarts") or 0) >= restarts + 2
+        crashed = (
+            shown.get("ActiveState") == "failed" or int(shown.get("NRestarts") or 0) >= restarts + 2
+        )
         if crashed or time.monotonic() >= deadline:
             if crashed:
                 last = f"{unit} is {shown.get('ActiveState')} after {int(shown.get('NRestarts') or 0) - restarts} restart(s); {last}"
@@ -200,12 +209,17 @@ def main() -> None:
     seconds["health"] = round(time.monotonic() - started, 3)
     if not healthy:
         lines = journal(unit, p["journal_lines"], began)
-        what = f"report release {release_id} on {p['health_url']}" if p["health_url"] else "become ready"
+        what = (
+            f"report release {release_id} on {p['health_url']}"
+            if p["health_url"]
+            else "become ready"
+        )
         module.fail_json(
             msg=f"{unit} did not {what} within {p['health_timeout']:g} s (waited "
             f"{seconds['health']:.1f} s). Last answer: {last}. Its log: "
             + (" | ".join(lines) or "(none)"),
-            journal=lines, **result,
+            journal=lines,
+            **result,
         )
     module.exit_json(changed=result["switched"] or result["restarted"], **result)
 

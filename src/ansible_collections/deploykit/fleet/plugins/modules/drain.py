@@ -47,8 +47,11 @@ def main() -> None:
         module.exit_json(changed=True)
     try:
         answer = drain(
-            params["socket"], params["backend"], params["server"],
-            timeout=params["timeout"], maint=params["maint"],
+            params["socket"],
+            params["backend"],
+            params["server"],
+            timeout=params["timeout"],
+            maint=params["maint"],
         )
     except Failure as failure:
         module.fail_json(msg=f"drain {params['backend']}/{params['server']}: {failure}")

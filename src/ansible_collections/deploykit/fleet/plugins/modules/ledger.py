@@ -61,9 +61,17 @@ CHANGING = ("lock acquire", "lock release", "history append")
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "command": {"type": "str", "required": True, "choices": [
-                "lock acquire", "lock release", "lock status", "history append", "history show",
-            ]},
+            "command": {
+                "type": "str",
+                "required": True,
+                "choices": [
+                    "lock acquire",
+                    "lock release",
+                    "lock status",
+                    "history append",
+                    "history show",
+                ],
+            },
             "dir": {"type": "path", "default": "/var/lib/deploykit-ledger"},
             "holder": {"type": "dict"},
             "wait": {"type": "float", "default": 0},
@@ -71,7 +79,10 @@ def main() -> None:
             "record": {"type": "dict"},
             "limit": {"type": "int", "default": 0},
         },
-        required_if=[("command", "lock acquire", ["holder"]), ("command", "history append", ["record"])],
+        required_if=[
+            ("command", "lock acquire", ["holder"]),
+            ("command", "history append", ["record"]),
+        ],
         supports_check_mode=False,
     )
     command = module.params["command"]

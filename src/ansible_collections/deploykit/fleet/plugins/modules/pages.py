@@ -54,7 +54,7 @@ def baked_paths(files: dict) -> list[str]:
     for name in files:
         if not name.startswith("baked/"):
             continue
-        page = name[len("baked/"):]
+        page = name[len("baked/") :]
         if page == "index.html" or page.endswith("/index.html"):
             paths.add(quote("/" + page[: -len("index.html")], safe="/"))
         paths.add(quote("/" + page, safe="/"))
@@ -84,7 +84,9 @@ def main() -> None:
     static = os.path.join(p["app_root"], "static")
     target = os.path.join(static, "releases", release_id)
     paths = baked_paths(manifest["files"])
-    content = HEADER.format(name=manifest["name"], release=release_id) + "".join(f"{x}\n" for x in paths)
+    content = HEADER.format(name=manifest["name"], release=release_id) + "".join(
+        f"{x}\n" for x in paths
+    )
     try:
         with open(p["paths_file"], encoding="utf-8") as handle:
             list_changed = handle.read() != content
@@ -119,8 +121,11 @@ def main() -> None:
                 module.fail_json(msg=f"systemctl reload haproxy: rc {rc}: {(err or out).strip()}")
     pruned = prune(os.path.join(static, "releases"), p["keep"], current, [release_id])["removed"]
     module.exit_json(
-        changed=changed or switched or list_changed or bool(pruned), published=True,
-        release_id=release_id, paths=paths, pruned=pruned,
+        changed=changed or switched or list_changed or bool(pruned),
+        published=True,
+        release_id=release_id,
+        paths=paths,
+        pruned=pruned,
     )
 
 

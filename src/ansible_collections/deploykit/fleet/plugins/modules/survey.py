@@ -55,12 +55,20 @@ def main() -> None:
     report: dict = {}
     url = None
     if p["health_address"]:
-        live = live_release(os.path.join(p["app_root"], "current"), os.path.join(p["app_root"], "releases"))
+        live = live_release(
+            os.path.join(p["app_root"], "current"), os.path.join(p["app_root"], "releases")
+        )
         try:
-            contract = load_manifest(os.path.join(p["app_root"], "releases", live)).get("contract") if live else {}
+            contract = (
+                load_manifest(os.path.join(p["app_root"], "releases", live)).get("contract")
+                if live
+                else {}
+            )
         except ReleaseProblem:
             contract = {}
-        url = p["health_address"].rstrip("/") + str((contract or {}).get("health_path") or "/healthz")
+        url = p["health_address"].rstrip("/") + str(
+            (contract or {}).get("health_path") or "/healthz"
+        )
     for role, unit, health_url in (("app", p["app_unit"], url), ("worker", p["worker_unit"], None)):
         if not unit:
             continue
