@@ -215,9 +215,11 @@ def main() -> None:
             else "become ready"
         )
         module.fail_json(
+            # One line each (a display keeps the first lines of a message): what, the last
+            # answer, the log newest line first.
             msg=f"{unit} did not {what} within {p['health_timeout']:g} s (waited "
-            f"{seconds['health']:.1f} s). Last answer: {last}. Its log: "
-            + (" | ".join(lines) or "(none)"),
+            f"{seconds['health']:.1f} s).\nLast answer: {last[:160]}\nIts log: "
+            + (" | ".join(reversed(lines)) or "(none)"),
             journal=lines,
             **result,
         )
