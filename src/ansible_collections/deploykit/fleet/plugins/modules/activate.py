@@ -14,8 +14,9 @@ description:
     that never became ready is not waited on for its full graceful timeout.
   - Then waits until the service is healthy, against one wall-clock deadline of O(health_timeout)
     seconds in all: O(health_url) must answer 200 with C({"release": <release_id>}) (each request
-    bounded by the time left, at most 2 s), or O(health_command) must exit 0. A unit that failed
-    ends the wait at once. A failure states the real elapsed time, the last answer and the unit's
+    bounded by the time left, at most 2 s), or O(health_command) must exit 0. A unit that failed,
+    or a health path answering only server errors other than 503 for 5 s (a broken release, not
+    one warming up), ends the wait early. A failure states the real elapsed time, the last answer and the unit's
     last journal lines.
 options:
   app_root: {description: Where the application lives., type: path, required: true}
@@ -57,6 +58,9 @@ from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
 )
 
 POLL_SECONDS = 0.25
+#: How long the health path may answer server errors other than 503 ("not ready yet") before the
+#: gate ends early: a release that is broken, not one warming up.
+BROKEN_SECONDS = 5.0
 STOPPED = ("inactive", "failed")
 
 
@@ -170,6 +174,8 @@ def main() -> None:
     deadline = started + p["health_timeout"]
     last = "no answer yet"
     healthy = False
+    broken_since: float | None = None
+    answer: dict = {}
     while True:
         left = deadline - time.monotonic()
         if p["health_url"]:
@@ -196,6 +202,14 @@ def main() -> None:
             healthy = systemctl_show(unit, "ActiveState").get("ActiveState") == "active"
             last = "not active"
         if healthy:
+            break
+        # 503 is "not ready yet" (the contract's answer while warming up): waited on. Another
+        # server error, again and again, is a release that is broken, not one still starting.
+        status = answer.get("status") if p["health_url"] else None
+        erring = isinstance(status, int) and status >= 500 and status != 503
+        broken_since = (broken_since or time.monotonic()) if erring else None
+        if broken_since is not None and time.monotonic() - broken_since >= BROKEN_SECONDS:
+            last = f"{last} (server errors for {BROKEN_SECONDS:g} s: a broken release)"
             break
         shown = systemctl_show(unit, "ActiveState", "NRestarts")
         crashed = (

@@ -111,11 +111,17 @@ def seed_release(root: str, release_id: str, manifest: dict) -> str | None:
 
 
 def seed_venv(module: AnsibleModule, root: str, seed: str, release_dir: str) -> None:
-    """Copy the seed release's virtualenv and point it at this release: the paths its scripts
-    and pyvenv.cfg name (compiled modules take their file names from where they are loaded)."""
+    """Copy the seed release's virtualenv (hard links) and point it at this release: the paths its
+    scripts and pyvenv.cfg name (compiled modules take their file names from where they are
+    loaded)."""
     old = os.path.join(root, "releases", seed, VENV)
     new = os.path.join(release_dir, VENV)
-    rc, out, err = module.run_command(["cp", "--archive", "--no-target-directory", old, new])
+    # Hard links: nothing in a release's virtualenv is written in place (pip and Python's own
+    # bytecode cache write new files and rename them), so the two share the files they have in
+    # common; the few this release changes are rewritten as new files below.
+    rc, out, err = module.run_command(
+        ["cp", "--archive", "--link", "--no-target-directory", old, new]
+    )
     if rc != 0:
         module.fail_json(msg=f"copying the virtualenv of {seed}: {(err or out).strip()}")
     os.unlink(os.path.join(new, VENV_MARKER))
@@ -127,8 +133,12 @@ def seed_venv(module: AnsibleModule, root: str, seed: str, release_dir: str) -> 
         with open(path, "rb") as handle:
             content = handle.read()
         if old.encode() in content:
-            with open(path, "wb") as handle:
+            # A new file renamed over the link: the seed's own file stays as it is.
+            partial = f"{path}.partial"
+            with open(partial, "wb") as handle:
                 handle.write(content.replace(old.encode(), new.encode()))
+            shutil.copymode(path, partial)
+            os.replace(partial, path)
 
 
 def build_venv(
