@@ -65,6 +65,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 MANIFEST = "manifest.json"
@@ -445,6 +446,8 @@ def prune(
     current: str | None = None,
     protect: tuple[str, ...] | list[str] = (),
     artifacts: str | None = None,
+    *,
+    remove: Callable[[str], object] = shutil.rmtree,
 ) -> dict:
     """Remove the oldest releases beyond the newest ``keep``, never the live one (the target of
     ``current``, read from the link) nor a protected one; with ``artifacts``, their uploaded
@@ -458,7 +461,7 @@ def prune(
     kept = set(newest_first[:keep]) | (protected & set(newest_first))
     removed = [name for name in newest_first if name not in kept]
     for name in removed:
-        shutil.rmtree(os.path.join(releases, name))
+        remove(os.path.join(releases, name))
     if artifacts and os.path.isdir(artifacts):
         for name in sorted(os.listdir(artifacts)):
             if name.endswith(".tar.gz") and name[: -len(".tar.gz")] in removed:
