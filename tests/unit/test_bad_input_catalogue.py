@@ -182,12 +182,13 @@ class Archive:
         listed: bool = True,
         kind: bytes = tarfile.REGTYPE,
         linkname: str = "",
+        mode: int = 0o644,
     ) -> None:
         """Append a member; ``listed``: also list it in the manifest with its true sha256."""
         info = tarfile.TarInfo(name)
         info.type = kind
         info.linkname = linkname
-        info.mode = 0o644
+        info.mode = mode
         self.members.append((info, data if kind == tarfile.REGTYPE else None))
         if listed:
             manifest = self.manifest
@@ -605,6 +606,20 @@ CATALOGUE: list[Any] = [
         ),
         ["baked/passwd: not a regular file; a release holds only files and directories"],
         id="artifact-symbolic-link",
+    ),
+    # GNU tar as root would extract these modes as they are, and a copy would keep them.
+    pytest.param(
+        artifact(lambda archive: archive.add("source/run-as-root", b"#!/bin/sh\n", mode=0o4755)),
+        [
+            "source/run-as-root: mode 4755 (set-user-ID, set-group-ID, sticky or writable by "
+            "others): a release never carries such modes"
+        ],
+        id="artifact-setuid-member",
+    ),
+    pytest.param(
+        artifact(lambda archive: archive.add("baked/open.html", b"<p>x</p>\n", mode=0o666)),
+        ["baked/open.html: mode 0666 (set-user-ID, set-group-ID, sticky or writable by others)"],
+        id="artifact-world-writable-member",
     ),
     pytest.param(
         artifact(
