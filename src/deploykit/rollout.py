@@ -491,13 +491,19 @@ class _Tracker:
             if kind == "runner_on_ok":
                 self.completed.setdefault(host, set()).add(step)
                 self._emit(host, step, status="done", seconds=seconds)
+                if any(_LAST_STEP[role] == step for role in self._roles(host)):
+                    # The host's switch is complete: back in service on the new release.
+                    self._emit(host, "done")
         elif kind == "runner_on_skipped":
             self._started.pop((host, step), None)
+
+    def _roles(self, host: str) -> list[str]:
+        return [r for r in self.groups.get(host, ()) if r in _ROLE_STEPS]
 
     def _applies(self, host: str, step: str) -> bool:
         """Whether ``step`` is one of this host's (a task of a play over several groups starts on
         every host, and is skipped where it does not apply)."""
-        roles = [r for r in self.groups.get(host, ()) if r in _ROLE_STEPS]
+        roles = self._roles(host)
         return not roles or any(step in _ROLE_STEPS[role] for role in roles)
 
     def done(self, host: str, role: str) -> bool:

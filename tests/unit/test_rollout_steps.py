@@ -71,3 +71,16 @@ def test_the_tracker_follows_steps_by_module_not_by_task_name() -> None:
     assert [(e["host"], e["step"], e.get("status")) for e in seen] == [
         ("app1", "drain", None), ("app1", "drain", "done"), ("app1", "switch", None),
     ]  # fmt: skip
+
+
+def test_a_host_whose_last_step_ends_reports_done() -> None:
+    seen: list[dict[str, Any]] = []
+    tracker = rollout._Tracker(lambda e: seen.append(dict(e)), {"app1": ["app"], "lb1": ["lb"]})
+    for action in ("deploykit.fleet.drain", "deploykit.fleet.activate", "deploykit.fleet.ready"):
+        tracker(event("runner_on_start", "app1", action))
+        tracker(event("runner_on_ok", "app1", action))
+    tracker(event("runner_on_ok", "lb1", "deploykit.fleet.pages"))
+    assert tracker.done("app1", "app") and tracker.done("lb1", "lb")
+    assert [(e["host"], e["step"]) for e in seen if e["step"] == "done"] == [
+        ("app1", "done"), ("lb1", "done"),
+    ]  # fmt: skip
