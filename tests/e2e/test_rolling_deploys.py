@@ -121,7 +121,13 @@ def test_a_deploy_reports_each_node_in_json(artifacts: dict[str, dict[str, Any]]
     steps = {(line["host"], line["step"]) for line in run.lines if line.get("event") == "step"}
     for clone in CLONES:
         assert summary["nodes"][f"{clone}/app"]["outcome"] == "switched"
-        assert {(clone, "drain"), (clone, "switch"), (clone, "ready")} <= steps
+        assert {(clone, "drain"), (clone, "switch"), (clone, "ready"), (clone, "done")} <= steps
+        # Where the time went: each step's seconds on each node, in the summary and the history.
+        seconds = summary["nodes"][f"{clone}/app"]["seconds"]
+        assert {"stage", "drain", "switch", "ready"} <= set(seconds), seconds
+    # Every event carries its wall-clock time and the seconds since the command started.
+    timed = [line for line in run.lines if line.get("event") in ("step", "log")]
+    assert timed and all("ts" in line and line["elapsed"] >= 0 for line in timed)
     assert summary["nodes"]["worker1/worker"]["outcome"] == "switched"
     report = status()
     assert report["live"] == a["release_id"]
