@@ -54,6 +54,7 @@ def test_rolling_deploys_under_load_fail_no_request(
         "deploy B again (no-op)",
         "rollback (to A)",
         "deploy BAD (rolled back)",
+        "deploy HUNG (rolled back)",
     ]
     for name, step in steps.items():
         checks = step["checks"]
