@@ -307,8 +307,8 @@ def _refused(args: argparse.Namespace, action: str, error: rollout.RolloutFailed
     if args.json:
         _json_line({"event": action, "outcome": "refused", "message": str(error)})
     else:
-        console.print(f"[red]{action} refused:[/red] {error}", highlight=False)
-    return EXIT_FAILED
+        console.print(f"[red]{action} refused:[/red] {escape(str(error))}", highlight=False)
+    return error.exit_code
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:

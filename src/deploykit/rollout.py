@@ -37,6 +37,7 @@ from typing import Any
 
 from rich.markup import escape
 
+from ansible_collections.deploykit.fleet.plugins.module_utils.release import serving
 from deploykit import inventory, runner
 from deploykit.errors import BadInput, DeploykitError
 from deploykit.release import verify
@@ -68,6 +69,13 @@ class RolloutFailed(DeploykitError):
     release not kept on every node). Exit code 1; a rollout that ran reports in its result."""
 
     exit_code = 1
+
+
+class ForeignApplication(RolloutFailed):
+    """The fleet serves another application: refused before anything changed (exit 2, bad input:
+    the wrong artifact or the wrong inventory)."""
+
+    exit_code = 2
 
 
 # --- batches ----------------------------------------------------------------------------------
@@ -128,6 +136,11 @@ class NodeStatus:
     haproxy: str | None = None
     releases: list[str] = field(default_factory=list)
     problem: str | None = None
+    #: Every application deploykit installed on the node (app clone, worker), whichever one the
+    #: survey is for: {app: {unit: {"active", "enabled"}}}.
+    apps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The path HAProxy checks the app servers on (balancer only).
+    check_path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,6 +154,8 @@ class NodeStatus:
             "haproxy": self.haproxy,
             "releases": self.releases,
             "problem": self.problem,
+            "apps": self.apps,
+            "check_path": self.check_path,
         }
 
 
@@ -184,6 +199,22 @@ class StatusReport:
         return reasons
 
     @property
+    def foreign(self) -> dict[str, dict[str, list[str]]]:
+        """{app: {unit: [hosts]}}: the other applications the fleet's clones and workers serve (a
+        unit that runs, starts or is enabled). A fleet serves one application."""
+        found: dict[str, dict[str, set[str]]] = {}
+        for node in self.nodes:
+            for name, units in node.apps.items():
+                if name == self.app or not serving(units):
+                    continue
+                for unit in units:
+                    found.setdefault(name, {}).setdefault(unit, set()).add(node.host)
+        return {
+            name: {unit: sorted(hosts) for unit, hosts in sorted(units.items())}
+            for name, units in sorted(found.items())
+        }
+
+    @property
     def live(self) -> str | None:
         """The release every app clone and worker runs, or None when they differ."""
         releases = {n.release for n in self.nodes if n.role in ("app", "worker")}
@@ -221,6 +252,8 @@ def _runner_node(
         node.problem = str(report.get(f"{role}_error") or "no answer")[:300]
         return node
     state = (survey.get("units") or {}).get(unit) or {}
+    apps = report.get("apps")
+    node.apps = dict(apps) if isinstance(apps, Mapping) else {}
     node.current = survey.get("current")
     node.checksum = survey.get("checksum")
     node.releases = [str(r) for r in survey.get("releases") or []]
@@ -247,6 +280,7 @@ def _runner_node(
 def _balancer_node(host: str, report: Mapping[str, Any]) -> NodeStatus:
     groups = [str(g) for g in report.get("groups") or []]
     node = NodeStatus(host=host, role="lb", groups=groups, current=report.get("static"))
+    node.check_path = report.get("check_path")
     node.release = node.current
     lb = report.get("lb")
     if not isinstance(lb, Mapping):
@@ -328,7 +362,7 @@ class RolloutResult:
     app: str
     release: str
     previous: str | None
-    outcome: str = "failed"  # succeeded, unchanged, rolled_back, failed
+    outcome: str = "failed"  # succeeded, unchanged, rolled_back, failed, refused
     seconds: float = 0.0
     batches: list[list[str]] = field(default_factory=list)
     nodes: dict[str, NodeOutcome] = field(default_factory=dict)
@@ -797,7 +831,7 @@ class Rollouts:
                 outcome.outcome = "failed"
                 outcome.message = (
                     f"{outcome.message or 'unreachable'}: left as it is (out of service when it "
-                    "was drained); once it answers, deploy again"
+                    f"was drained); once it answers, return it: {self._return_command(outcome)}"
                 )
                 continue
             if outcome.before is None:
@@ -806,10 +840,7 @@ class Rollouts:
                 back[outcome.host] = outcome.before
         self.log("returning to the previous release: " + (", ".join(sorted(back)) or "nothing"))
         if unknown:
-            self.log(
-                f"[yellow]no previous release on {', '.join(sorted(unknown))}[/yellow]: "
-                "left out of service"
-            )
+            self._retire(result, unknown)
         if not back:
             result.outcome = "failed" if unknown else "rolled_back"
             return
@@ -831,6 +862,44 @@ class Rollouts:
             result.failure = (
                 f"{result.failure}; the return to the previous release failed too: {undo_message}"
             )
+
+    def _return_command(self, outcome: NodeOutcome) -> str:
+        """The command that puts a node the automatic return could not reach back in service."""
+        inventory_option = f" -i {self.inventory}"
+        if outcome.before:
+            return f"deploykit rollback{inventory_option} --to {outcome.before}"
+        return f"deploykit deploy{inventory_option} --artifact <a release of the app that works>"
+
+    def _retire(self, result: RolloutResult, hosts: set[str]) -> None:
+        """The nodes that ran no release of the application before: what the failed rollout
+        started there is stopped and disabled (nothing left running or restarting); a clone stays
+        out of service (it has nothing to serve)."""
+        self.log(
+            f"[yellow]no previous release of {result.app} on {', '.join(sorted(hosts))}[/yellow]: "
+            "stopping and disabling what this rollout started there"
+        )
+        run = self._run(
+            "retire.yml",
+            {"rollout_app": result.app, "rollout_stop_timeout": RETURN_STOP_TIMEOUT},
+            limit=",".join(sorted(hosts)),
+        )
+        stopped = {r.host for r in run.results_of("activate") if r.ok}
+        for outcome in result.nodes.values():
+            if outcome.host not in hosts:
+                continue
+            outcome.outcome = "failed"
+            if outcome.host in stopped and outcome.host not in run.failed_hosts:
+                note = (
+                    f"ran no release of {result.app} before: its units are stopped and disabled; "
+                    "out of service until a release of it succeeds there "
+                    f"({self._return_command(outcome)})"
+                )
+            else:
+                note = (
+                    f"ran no release of {result.app} before, and its units could not be stopped: "
+                    f"systemctl disable --now {result.app}-web.service {result.app}-worker.service"
+                )
+            outcome.message = f"{outcome.message}; {note}" if outcome.message else note
 
     # -- the commands
 
@@ -854,6 +923,7 @@ class Rollouts:
             action="deploy", app=app, release=release, previous=status.live, holder=holder
         )
         try:
+            self._refuse_foreign(result, status)
             if all(
                 is_settled(n, release) for n in status.nodes if n.role in ("app", "worker", "lb")
             ):
@@ -898,6 +968,34 @@ class Rollouts:
         finally:
             result.seconds = time.monotonic() - started
             self._finish(result)
+
+    def _refuse_foreign(self, result: RolloutResult, status: StatusReport) -> None:
+        """A fleet serves one application: deploying another one onto clones that serve the
+        first would take its port (and leave its units fighting over it)."""
+        app, release = result.app, result.release
+        foreign = status.foreign
+        if foreign:
+            where = "; ".join(
+                f"{unit} on {', '.join(hosts)}"
+                for units in foreign.values()
+                for unit, hosts in units.items()
+            )
+            refusal = ForeignApplication(
+                f"the fleet serves {', '.join(foreign)}, not {app} ({where}): deploying {release} "
+                "would take its place on the clones; nothing was changed",
+                hint=f"deploy {app} with an inventory of its own (deploykit deploy -i ...), or "
+                f"deploy a release of {', '.join(foreign)} here",
+            )
+            result.outcome, result.failure = "refused", refusal.message
+            raise refusal
+        check_paths = {n.check_path for n in status.of("lb") if n.check_path}
+        if not any(n.current for n in status.of("app")) and check_paths:
+            self.log(
+                f"[yellow]note[/yellow]: no clone runs {app} yet, and HAProxy checks the clones on "
+                f"{', '.join(sorted(check_paths))}: {app} must answer 200 there, or its clones "
+                "never come into service (set haproxy_backend_health_path and converge the "
+                "balancers)"
+            )
 
     def rollback(self, *, to: str | None = None, app_name: str | None = None, wait: float = 0,
                  batch: str = DEFAULT_BATCH) -> RolloutResult:  # fmt: skip

@@ -747,3 +747,59 @@ def test_a_node_lost_mid_deploy_is_named_and_the_touched_clones_return(
         if key in ("worker1/worker", "lb1/lb") and node["outcome"] != "untouched"
     }
     assert not went_on, f"roll.yml went on past the unreachable clone: {went_on}"
+
+
+# --- 7. another application deployed onto the fleet -----------------------------------------------
+
+# A second application, written only to the contract (tests/fixtures/minimal_app): its own name,
+# health path and settings; its gunicorn would bind the port the shop's holds.
+FOREIGN_APP = ROOT / "tests" / "fixtures" / "minimal_app"
+FOREIGN = "minimal"
+
+
+def test_another_application_is_refused_before_anything_changes(
+    site: str, lab_shell: LabShell, tmp_path: Path
+) -> None:
+    before = status_report()
+    assert before["live"] and before["drift"] is False, before
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploykit", "build", "--app", str(FOREIGN_APP),
+         "--version", f"0.1.0-foreign{time.strftime('%H%M%S')}", "--out", str(tmp_path), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    artifact = json.loads(proc.stdout)
+    load = loaded(site, "foreign")
+    with load:
+        load.phase("foreign deploy")
+        rc, lines, stderr = deploykit("deploy", "--artifact", artifact["path"], "--json")
+        load.phase("after")
+        time.sleep(2)
+    report = load.report()
+    show("a foreign application's deploy under load", report)
+    assert rc == 2, (lines, stderr[-3000:])
+    refusal = lines[-1]
+    print(json.dumps(refusal, indent=1))
+    assert refusal["outcome"] == "refused", refusal
+    assert f"the fleet serves {APP}, not {FOREIGN}" in refusal["message"], refusal
+    assert "nothing was changed" in refusal["message"], refusal
+    assert report.failures == 0, report.format_table()
+    # Nothing of the foreign application reached a clone: no release, no unit, nothing looping.
+    for clone in CLONES:
+        left = lab_shell.run(
+            clone,
+            f"ls -d /srv/{FOREIGN} /etc/systemd/system/{FOREIGN}-web.service 2>/dev/null; "
+            f"systemctl list-units --all --plain --no-legend '{FOREIGN}-*' || true",
+        )
+        assert left == "", f"{clone}: {left}"
+    after = status_report()
+    assert clone_releases(after) == clone_releases(before), after
+    assert {n["haproxy"] for n in after["nodes"] if n["role"] == "app"} == {"UP"}, after
+    assert all_clones_up(lab_shell), clone_states(lab_shell)
+    # The attempt is in the history, as refused, and the lock is free for the next deploy.
+    rc, history, stderr = deploykit("releases", "--json", timeout=300)
+    assert rc == 0 and history, stderr[-3000:]
+    last = history[-1]["records"][-1]
+    assert (last["action"], last["outcome"], last["app"]) == ("deploy", "refused", FOREIGN), last
+    rc, lock, stderr = deploykit("lock", "status", "--json", timeout=300)
+    assert rc == 0 and lock and lock[-1].get("held") is False, (lock, stderr[-2000:])

@@ -50,3 +50,31 @@ def test_a_check_in_progress_drops_the_code_haproxy_has_reset(helper: ModuleType
 
 def test_paused_checks_report_nothing(helper: ModuleType) -> None:
     assert helper.check_result(row("")) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (
+            ["\toption httpchk", "\thttp-check send meth GET uri /livez ver HTTP/1.1 hdr Host x"],
+            "/livez",
+        ),
+        (["\toption httpchk", "\thttp-check send meth GET uri /healthz"], "/healthz"),
+        (["\toption httpchk GET /status"], "/status"),
+        (["\toption httpchk"], None),
+    ],
+)
+def test_the_path_haproxy_checks_the_app_servers_on_is_read_from_its_backend(
+    helper: ModuleType, tmp_path: Path, lines: list[str], expected: str | None
+) -> None:
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        "\n".join(
+            ["backend static", "\thttp-check send meth GET uri /static-only",
+             "backend app", *lines, "\tserver app1 10.0.0.1:8000",
+             "backend other", "\thttp-check send meth GET uri /other"]
+        ) + "\n",
+        encoding="utf-8",
+    )  # fmt: skip
+    assert helper.check_path(str(config), "app") == expected
+    assert helper.check_path(str(tmp_path / "missing.cfg"), "app") is None

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from ansible_collections.deploykit.fleet.plugins.module_utils.release import deploykit_apps
 from deploykit import release
 from deploykit.errors import BadInput, BuildError
 
@@ -580,3 +581,19 @@ def test_the_wheelhouse_is_judged_with_the_nodes_markers(tmp_path: Path) -> None
     )
     _fake_wheel(tmp_path, "present", [])
     assert release.missing_for_nodes(tmp_path) == ["async-timeout>=4.0.3"]
+
+
+def test_the_applications_deploykit_installed_are_found_by_their_units(tmp_path: Path) -> None:
+    helper = "/usr/local/libexec/deploykit-release exec "
+    (tmp_path / "shop-web.service").write_text(f"ExecStart={helper}/srv/shop gunicorn @wsgi@\n")
+    (tmp_path / "shop-worker.service").write_text(f"ExecStart={helper}/srv/shop celery\n")
+    (tmp_path / "notes-web.service").write_text(f"ExecStart={helper}/srv/notes gunicorn\n")
+    # Not deploykit's: another web unit on the host, and a unit of another kind.
+    (tmp_path / "nginx-web.service").write_text("ExecStart=/usr/sbin/nginx\n")
+    (tmp_path / "shop-beat.service").write_text(f"ExecStart={helper}/srv/shop celery beat\n")
+    apps = deploykit_apps(str(tmp_path))
+    assert {name: sorted(units) for name, units in apps.items()} == {
+        "notes": ["notes-web.service"],
+        "shop": ["shop-web.service", "shop-worker.service"],
+    }
+    assert deploykit_apps(str(tmp_path / "missing")) == {}

@@ -12,6 +12,10 @@ import pytest
 
 from deploykit.errors import BadInput
 from deploykit.rollout import (
+    ForeignApplication,
+    NodeOutcome,
+    RolloutResult,
+    Rollouts,
     is_settled,
     parse_batch,
     plan_batches,
@@ -119,6 +123,87 @@ def test_a_clone_left_out_of_service_is_not_settled_though_its_release_is_right(
     report = status_from_survey("shop", _nodes(app2_haproxy=view))
     settled = {node.host: is_settled(node, "r2") for node in report.of("app")}
     assert settled == {"app1": True, "app2": False}
+
+
+def _units(app: str, active: str, enabled: str) -> dict[str, Any]:
+    return {f"{app}-web.service": {"active": active, "enabled": enabled}}
+
+
+@pytest.mark.parametrize(
+    ("active", "enabled", "serves"),
+    [
+        ("active", "enabled", True),
+        # A unit in a restart loop holds, or will take, the port.
+        ("activating", "enabled", True),
+        ("failed", "enabled", True),
+        ("active", "disabled", True),
+        # What a retired application leaves: its unit file, stopped and disabled.
+        ("inactive", "disabled", False),
+        ("failed", "disabled", False),
+    ],
+)
+def test_another_application_on_a_clone_is_foreign_while_its_units_serve(
+    active: str, enabled: str, serves: bool
+) -> None:
+    nodes = _nodes()
+    nodes["app2"]["apps"] = {
+        "shop": _units("shop", "active", "enabled"),
+        "notes": _units("notes", active, enabled),
+    }
+    report = status_from_survey("shop", nodes)
+    assert report.foreign == ({"notes": {"notes-web.service": ["app2"]}} if serves else {})
+    # Seen from notes' side, shop is the foreign one wherever it runs.
+    assert status_from_survey("notes", nodes).foreign == {"shop": {"shop-web.service": ["app2"]}}
+
+
+def _rollouts(tmp_path: Path) -> tuple[Rollouts, list[str]]:
+    lines: list[str] = []
+    return Rollouts(ROOT, tmp_path / "hosts.yml", log=lines.append), lines
+
+
+def test_a_deploy_onto_a_fleet_that_serves_another_application_is_refused_naming_it(
+    tmp_path: Path,
+) -> None:
+    nodes = _nodes()
+    for host in ("app1", "app2"):
+        nodes[host]["apps"] = {"shop": _units("shop", "active", "enabled")}
+    status = status_from_survey("notes", nodes)
+    result = RolloutResult(action="deploy", app="notes", release="notes-1", previous=None)
+    rollouts, _ = _rollouts(tmp_path)
+    with pytest.raises(ForeignApplication) as refused:
+        rollouts._refuse_foreign(result, status)
+    assert refused.value.exit_code == 2
+    message = str(refused.value)
+    assert "the fleet serves shop, not notes" in message
+    assert "shop-web.service on app1, app2" in message
+    assert "nothing was changed" in message
+    # The attempt is recorded as refused in the history.
+    assert result.outcome == "refused"
+    assert result.record()["failure"] == refused.value.message
+
+
+def test_a_first_deploy_says_up_front_which_path_haproxy_checks(tmp_path: Path) -> None:
+    nodes = _nodes()
+    nodes["lb1"]["check_path"] = "/livez"
+    for host in ("app1", "app2"):
+        nodes[host]["app"]["current"] = None
+    status = status_from_survey("notes", nodes)
+    result = RolloutResult(action="deploy", app="notes", release="notes-1", previous=None)
+    rollouts, lines = _rollouts(tmp_path)
+    rollouts._refuse_foreign(result, status)
+    assert any("HAProxy checks the clones on /livez" in line for line in lines), lines
+
+
+def test_a_clone_the_return_could_not_reach_is_reported_with_the_command_that_returns_it(
+    tmp_path: Path,
+) -> None:
+    rollouts, _ = _rollouts(tmp_path)
+    known = NodeOutcome(host="app1", role="app", before="r1", target="r2")
+    first = NodeOutcome(host="app1", role="app", before=None, target="r2")
+    assert (
+        rollouts._return_command(known) == f"deploykit rollback -i {tmp_path / 'hosts.yml'} --to r1"
+    )
+    assert "deploykit deploy -i" in rollouts._return_command(first)
 
 
 def test_a_deploy_with_a_bad_batch_is_refused_before_any_host(tmp_path: Path) -> None:

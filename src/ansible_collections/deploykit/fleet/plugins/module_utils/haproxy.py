@@ -135,6 +135,31 @@ class Parser(argparse.ArgumentParser):
         self.exit(EX_USAGE, f"{self.prog}: {message} (see --help)\n")
 
 
+def check_path(config: str, backend: str) -> str | None:
+    """The path HAProxy's health check asks in ``backend`` (``http-check send ... uri PATH`` or
+    ``option httpchk [METHOD] PATH``), or None (no HTTP check, or no such backend)."""
+    try:
+        with open(config, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    inside = False
+    for line in lines:
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if not line[:1].isspace():
+            inside = words[:2] == ["backend", backend]
+            continue
+        if not inside:
+            continue
+        if words[:2] == ["http-check", "send"] and "uri" in words[:-1]:
+            return words[words.index("uri") + 1]
+        if words[:2] == ["option", "httpchk"] and len(words) > 2:
+            return words[-1] if words[-1].startswith("/") else None
+    return None
+
+
 def runtime(path: str, command: str) -> str:
     """Send one command to the runtime API and return its whole answer (HAProxy closes the
     connection after answering a command sent without `prompt`)."""

@@ -564,6 +564,48 @@ def unit_state(unit: str) -> dict:
     return {"active": answer["active"], "pid": answer["pid"], "release": answer["release"]}
 
 
+#: Where the app and worker roles install their units, and the command every one of them runs.
+UNIT_DIR = "/etc/systemd/system"
+UNIT_SUFFIXES = ("-web.service", "-worker.service")
+HELPER_EXEC = "/usr/local/libexec/deploykit-release exec "
+
+
+def deploykit_apps(unit_dir: str = UNIT_DIR) -> dict:
+    """Every application deploykit installed on this node, from its units (the app role's web
+    unit, the worker role's worker unit: both run ``deploykit-release exec``):
+    {app: {unit: {"active", "enabled"}}}. A clone serves the apps whose units are active or
+    enabled (a unit in a restart loop is enabled and activating)."""
+    apps: dict[str, dict] = {}
+    try:
+        names = sorted(os.listdir(unit_dir))
+    except OSError:
+        return apps
+    for name in names:
+        suffix = next((s for s in UNIT_SUFFIXES if name.endswith(s)), None)
+        if suffix is None:
+            continue
+        try:
+            with open(os.path.join(unit_dir, name), encoding="utf-8") as handle:
+                if HELPER_EXEC not in handle.read(65536):
+                    continue
+        except OSError:
+            continue
+        shown = systemctl_show(name, "ActiveState", "UnitFileState")
+        apps.setdefault(name[: -len(suffix)], {})[name] = {
+            "active": shown.get("ActiveState") or "unknown",
+            "enabled": shown.get("UnitFileState") or "unknown",
+        }
+    return apps
+
+
+def serving(units: dict) -> bool:
+    """Whether units of :func:`deploykit_apps` serve: one runs, starts or is enabled."""
+    return any(
+        u.get("active") in ("active", "activating", "reloading") or u.get("enabled") == "enabled"
+        for u in units.values()
+    )
+
+
 def health(url: str, timeout: float = 5.0) -> dict:
     """One request to a health URL: {"status", "release" (its JSON's), "error"?, "body"}."""
     # Straight to the node's own address: no proxy of the environment takes part.

@@ -7,6 +7,9 @@ DOCUMENTATION = r"""
 module: activate
 short_description: Switch current to a staged release, restart its unit, wait until it is healthy
 description:
+  - With O(state=retired), only stops (bounded as below) and disables O(unit): what a failed
+    rollout started on a node that ran no release of the application before is not left running
+    or restarting.
   - Switches C(current) to C(releases/<release_id>) atomically (a new link renamed over the old).
   - Restarts the unit when its process does not run the release, or when one of O(files) (its
     settings, its unit) changed since it started; starts it when it is not running; enables it.
@@ -20,7 +23,8 @@ description:
     last journal lines.
 options:
   app_root: {description: Where the application lives., type: path, required: true}
-  release_id: {description: The release to make live (staged on the node)., type: str, required: true}
+  release_id: {description: "The release to make live (staged on the node); required unless O(state=retired).", type: str}
+  state: {description: "live: the release runs and is healthy; retired: the unit is stopped and disabled.", type: str, choices: [live, retired], default: live}
   unit: {description: The systemd unit that runs it., type: str, required: true}
   files: {description: Files whose change since the process started calls for a restart., type: list, elements: path, default: []}
   health_url: {description: The readiness URL on the node's own address., type: str}
@@ -78,6 +82,36 @@ def wait_stopped(unit: str, deadline: float) -> bool:
     return systemctl_show(unit, "ActiveState").get("ActiveState") in STOPPED
 
 
+def bounded_stop(module: AnsibleModule, unit: str, timeout: float) -> bool:
+    """SIGTERM (the unit's own graceful stop), then SIGKILL at the deadline; True when killed."""
+    systemctl(module, "stop", "--no-block", unit)
+    if wait_stopped(unit, time.monotonic() + timeout):
+        return False
+    systemctl(module, "kill", "--signal=SIGKILL", unit)
+    wait_stopped(unit, time.monotonic() + 10)
+    return True
+
+
+def retire(module: AnsibleModule, unit: str, timeout: float) -> None:
+    """Stop (bounded) and disable ``unit``, and forget that it failed."""
+    shown = systemctl_show(unit, "ActiveState", "UnitFileState", "LoadState")
+    if shown.get("LoadState") in (None, "not-found"):
+        module.exit_json(changed=False, unit=unit, killed=False, state="retired")
+    running_now = shown.get("ActiveState") not in STOPPED
+    enabled = shown.get("UnitFileState") == "enabled"
+    failed = shown.get("ActiveState") == "failed"
+    if module.check_mode:
+        module.exit_json(changed=running_now or enabled or failed, unit=unit, killed=False)
+    killed = bounded_stop(module, unit, module.params["stop_timeout"]) if running_now else False
+    if enabled:
+        systemctl(module, "disable", unit)
+    if failed or killed:
+        systemctl(module, "reset-failed", unit)
+    module.exit_json(
+        changed=running_now or enabled or failed, unit=unit, killed=killed, state="retired"
+    )
+
+
 def journal(unit: str, lines: int, since: float) -> list[str]:
     shown = subprocess.run(
         ["journalctl", f"--unit={unit}", f"--lines={lines}", "--no-pager", "--output=cat",
@@ -91,7 +125,8 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "app_root": {"type": "path", "required": True},
-            "release_id": {"type": "str", "required": True},
+            "release_id": {"type": "str"},
+            "state": {"type": "str", "choices": ["live", "retired"], "default": "live"},
             "unit": {"type": "str", "required": True},
             "files": {"type": "list", "elements": "path", "default": []},
             "health_url": {"type": "str"},
@@ -103,10 +138,13 @@ def main() -> None:
             "journal_lines": {"type": "int", "default": 15},
         },
         mutually_exclusive=[("health_url", "health_command", "health_address")],
+        required_if=[("state", "live", ["release_id"])],
         supports_check_mode=True,
     )
     p = module.params
     unit, release_id = p["unit"], p["release_id"]
+    if p["state"] == "retired":
+        retire(module, unit, p["stop_timeout"])
     release_dir = os.path.join(p["app_root"], "releases", release_id)
     try:
         contract = load_manifest(release_dir).get("contract") or {}
@@ -152,11 +190,7 @@ def main() -> None:
     if must_restart and state["pid"]:
         # A bounded stop: SIGTERM (the unit's graceful stop), then SIGKILL at the deadline.
         started = time.monotonic()
-        systemctl(module, "stop", "--no-block", unit)
-        if not wait_stopped(unit, started + p["stop_timeout"]):
-            systemctl(module, "kill", "--signal=SIGKILL", unit)
-            result["killed"] = True
-            wait_stopped(unit, time.monotonic() + 10)
+        result["killed"] = bounded_stop(module, unit, p["stop_timeout"])
         seconds["stop"] = round(time.monotonic() - started, 3)
     if must_restart or not state["pid"]:
         # --no-block: a start that hangs (a unit that never notifies) is the health gate's to

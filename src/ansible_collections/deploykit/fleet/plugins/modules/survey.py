@@ -20,19 +20,25 @@ options:
   worker_unit: {description: The worker unit, on a worker., type: str}
   backend: {description: The HAProxy backend of the app servers, on a balancer., type: str}
   socket: {description: HAProxy's admin socket., type: path, default: /run/haproxy/admin.sock}
+  config: {description: "HAProxy's configuration, where the backend's check path is read.", type: path, default: /etc/haproxy/haproxy.cfg}
 """
 
 RETURN = r"""
-report: {description: "{app, app_error, worker, worker_error, lb, lb_error, static}", returned: always, type: dict}
+report: {description: "{app, app_error, worker, worker_error, apps, lb, lb_error, static, check_path}; apps: every application deploykit installed on an app clone or worker, {app: {unit: {active, enabled}}}; check_path: the path HAProxy checks the app servers on", returned: always, type: dict}
 """
 
 import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.deploykit.fleet.plugins.module_utils.haproxy import Failure, list_servers
+from ansible_collections.deploykit.fleet.plugins.module_utils.haproxy import (
+    Failure,
+    check_path,
+    list_servers,
+)
 from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
     ReleaseProblem,
+    deploykit_apps,
     live_release,
     load_manifest,
     survey,
@@ -48,6 +54,7 @@ def main() -> None:
             "worker_unit": {"type": "str"},
             "backend": {"type": "str"},
             "socket": {"type": "path", "default": "/run/haproxy/admin.sock"},
+            "config": {"type": "path", "default": "/etc/haproxy/haproxy.cfg"},
         },
         supports_check_mode=True,
     )
@@ -76,7 +83,12 @@ def main() -> None:
             report[role] = survey(p["app_root"], [unit], health_url)
         except Exception as error:  # a report, not a failure: the rollout decides
             report[role], report[f"{role}_error"] = None, str(error)[:300]
+    if p["app_unit"] or p["worker_unit"]:
+        # Which applications this node serves, whichever one the rollout is for: a fleet serves
+        # one application, and another one's deploy must not take its port.
+        report["apps"] = deploykit_apps()
     if p["backend"]:
+        report["check_path"] = check_path(p["config"], p["backend"])
         try:
             report["lb"] = {"servers": list_servers(p["socket"], p["backend"])}
         except Failure as error:
