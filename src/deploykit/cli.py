@@ -289,6 +289,12 @@ def _print_rollout(args: argparse.Namespace, result: rollout.RolloutResult) -> i
                 (node.message or "")[:400],
             )
         console.print(table)
+        for node in sorted(result.nodes.values(), key=lambda n: (n.role, n.host)):
+            if node.journal:
+                # The cause, as the service said it: its unit's last journal lines.
+                console.print(f"{node.host} ({node.role}): the unit's last log lines", style="bold")
+                for line in node.journal:
+                    console.print(f"  {escape(line)}", highlight=False)
         words = {
             "succeeded": "[green]done[/green]",
             "unchanged": "[green]nothing to do[/green]",

@@ -343,6 +343,8 @@ class NodeOutcome:
     #: Seconds each step took on this node (stage, drain, switch, ready, pages; "return ..." for
     #: the steps of a return after a failure).
     seconds: dict[str, float] = field(default_factory=dict)
+    #: The failed unit's last journal lines (bounded), oldest first: the cause, as it said it.
+    journal: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -353,6 +355,7 @@ class NodeOutcome:
             "step": self.step,
             "message": self.message,
             "seconds": dict(self.seconds),
+            "journal": list(self.journal),
         }
 
 
@@ -400,7 +403,13 @@ class RolloutResult:
             "seconds": round(self.seconds, 1),
             "failure": self.failure,
             "nodes": {
-                key: {"outcome": n.outcome, "step": n.step, "seconds": dict(n.seconds)}
+                key: {
+                    "outcome": n.outcome,
+                    "step": n.step,
+                    "seconds": dict(n.seconds),
+                    **({"message": n.message[:MESSAGE_CHARS]} if n.message else {}),
+                    **({"journal": n.journal[-JOURNAL_LINES:]} if n.journal else {}),
+                }
                 for key, n in sorted(self.nodes.items())
             },
         }
@@ -464,6 +473,9 @@ STEP_OF: dict[str, str] = {
     f"{runner.FLEET}.ready": "ready",
     f"{runner.FLEET}.pages": "pages",
 }
+#: What the history keeps of a failed node: its message, and its unit's last journal lines.
+MESSAGE_CHARS = 1000
+JOURNAL_LINES = 15
 #: The steps of roll.yml, in the order a node goes through them.
 ROLL_STEPS = ("drain", "switch", "ready", "pages")
 #: The steps each role's switch goes through (a host's durations are recorded for these).
@@ -803,9 +815,14 @@ class Rollouts:
         step = tracker.step.get(host or "", step)
         result.failure = f"{host or '?'}: step {step or '?'}: {message}"
         self.log(f"[red]failed[/red] {escape(result.failure)}")
+        journal = next(
+            (r.res.get("journal") for r in run.results if r.host == host and not r.ok), None
+        )
         for outcome in result.nodes.values():
             if outcome.host == host:
                 outcome.outcome, outcome.step, outcome.message = "failed", step, message
+                if isinstance(journal, list) and step in _ROLE_STEPS[outcome.role]:
+                    outcome.journal = [str(line)[:300] for line in journal[-JOURNAL_LINES:]]
         self._return_touched(result, tracker, layout, batch=batch)
 
     @staticmethod

@@ -152,6 +152,9 @@ def test_a_release_failing_on_the_last_batch_is_rolled_back_everywhere(
     # The message names the node, the step and the cause, with the service's last log lines.
     assert "app3" in summary["failure"] and "step switch" in summary["failure"]
     assert "503" in nodes["app3/app"]["message"] and "Its log:" in nodes["app3/app"]["message"]
+    # ... and those lines as data: what the unit logged since this deploy restarted it.
+    assert nodes["app3/app"]["journal"], nodes["app3/app"]
+    assert not nodes["app1/app"]["journal"], "only the failed node's log is reported"
     # The workers switch after every clone: they never left the release they ran.
     assert nodes["worker1/worker"]["outcome"] == "untouched"
     report = status()
@@ -257,4 +260,7 @@ def test_the_history_records_every_attempt(artifacts: dict[str, dict[str, Any]])
     assert bad["to"] == artifacts["bad"]["release_id"]
     assert bad["from"] == artifacts["a"]["release_id"]
     assert bad["nodes"]["app3/app"]["step"] == "switch"
+    # The history keeps the cause too: the failed node's message and its unit's last log lines.
+    assert "503" in bad["nodes"]["app3/app"]["message"]
+    assert bad["nodes"]["app3/app"]["journal"]
     assert all(r["who"] and r["recorded"] and "seconds" in r for r in mine)

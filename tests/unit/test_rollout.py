@@ -214,3 +214,18 @@ def test_a_deploy_with_a_bad_batch_is_refused_before_any_host(tmp_path: Path) ->
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "--batch '0': expected a number of clones" in proc.stderr
+
+
+def test_the_history_keeps_a_failed_nodes_cause_bounded() -> None:
+    result = RolloutResult(action="deploy", app="shop", release="r2", previous="r1")
+    journal = [f"line {n}" for n in range(40)]
+    result.nodes["app1/app"] = NodeOutcome(
+        host="app1", role="app", before="r1", target="r2", outcome="failed", step="switch",
+        message="x" * 5000, journal=journal,
+    )  # fmt: skip
+    result.nodes["app2/app"] = NodeOutcome(host="app2", role="app", before="r1", target="r2")
+    nodes = result.record()["nodes"]
+    assert len(nodes["app1/app"]["message"]) == 1000
+    assert nodes["app1/app"]["journal"] == journal[-15:]
+    assert "message" not in nodes["app2/app"] and "journal" not in nodes["app2/app"]
+    assert result.to_dict()["nodes"]["app1/app"]["journal"] == journal
