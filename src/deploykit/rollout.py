@@ -1041,6 +1041,7 @@ class Rollouts:
                         "name one with --to (deploykit releases lists them)"
                     )
             result.release = to
+            self._refuse_foreign(result, status)
             missing = [
                 n.host for n in status.nodes if n.role in ("app", "worker") and to not in n.releases
             ]
@@ -1054,7 +1055,8 @@ class Rollouts:
             return result
         except RolloutFailed as error:
             result.failure = str(error)
-            result.outcome = "failed"
+            if result.outcome != "refused":
+                result.outcome = "failed"
             raise
         finally:
             result.seconds = time.monotonic() - started

@@ -803,3 +803,46 @@ def test_another_application_is_refused_before_anything_changes(
     assert (last["action"], last["outcome"], last["app"]) == ("deploy", "refused", FOREIGN), last
     rc, lock, stderr = deploykit("lock", "status", "--json", timeout=300)
     assert rc == 0 and lock and lock[-1].get("held") is False, (lock, stderr[-2000:])
+
+
+def test_a_unit_left_restarting_blocks_rollouts_until_it_is_retired(
+    site: str, lab_shell: LabShell
+) -> None:
+    """What a failed first deploy of another application used to leave: its unit enabled, in a
+    restart loop, waiting to take the port. Rollouts see it and refuse; the activate module's
+    `retired` state (what the return runs on such a node) stops and disables it."""
+    live = status_report()["live"]
+    assert live, "the shop is not live on every clone"
+    unit = "loopy-web.service"
+    lab_shell.run(
+        "app1",
+        f"printf '%s\\n' '[Unit]' 'Description=loopy web (gunicorn, deploykit)' '[Service]' "
+        f"'ExecStart=/usr/local/libexec/deploykit-release exec /srv/loopy gunicorn @wsgi@' "
+        f"'Restart=always' 'RestartSec=1' > /etc/systemd/system/{unit} && "
+        f"systemctl daemon-reload && systemctl enable --now {unit}",
+    )
+    try:
+        rc, lines, stderr = deploykit("rollback", "--to", live, "--json")
+        assert rc == 2, (lines, stderr[-3000:])
+        assert f"{unit} on app1" in lines[-1]["message"], lines[-1]
+        proc = subprocess.run(
+            ["ansible", "app1", "-m", "deploykit.fleet.activate",
+             "-a", f"app_root=/srv/loopy unit={unit} state=retired stop_timeout=5"],
+            cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+        assert "CHANGED" in proc.stdout, proc.stdout[-2000:]
+        state = lab_shell.run(
+            "app1", f"systemctl show -P ActiveState -P UnitFileState {unit}"
+        ).split()
+        assert state == ["inactive", "disabled"], state
+        # A retired unit serves nothing: rollouts go on.
+        rc, lines, stderr = deploykit("rollback", "--to", live, "--json")
+        assert rc == 0, (lines, stderr[-3000:])
+        assert lines[-1]["outcome"] == "unchanged", lines[-1]
+    finally:
+        lab_shell.run(
+            "app1",
+            f"systemctl disable --now {unit} 2>/dev/null; rm -f /etc/systemd/system/{unit}; "
+            "systemctl daemon-reload; systemctl reset-failed",
+        )
