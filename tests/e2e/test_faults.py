@@ -846,3 +846,56 @@ def test_a_unit_left_restarting_blocks_rollouts_until_it_is_retired(
             f"systemctl disable --now {unit} 2>/dev/null; rm -f /etc/systemd/system/{unit}; "
             "systemctl daemon-reload; systemctl reset-failed",
         )
+
+
+# --- 8. a clone's whole host lost under load ------------------------------------------------------
+
+
+def test_a_clone_host_lost_under_load_costs_no_idempotent_request(
+    site: str, lab_shell: LabShell
+) -> None:
+    """A power cut, not a crash: the clone's container is killed, so no RST ever answers for it
+    (the kernel that would send one is gone). HAProxy must take every GET elsewhere: those in
+    flight on the lost clone (no answer within haproxy_timeout_idempotent: retried on another
+    clone), those sent on its idle connections, and new ones (no connection within
+    haproxy_timeout_connect: redispatched)."""
+    container = f"{lab.CONTAINER_PREFIX}app2"
+    load = LoadGenerator(
+        site, paths=[("/products?limit=20", 1)], concurrency=16, rate=150, seed="hostloss"
+    )
+    # The lab's containers come back by themselves (restart unless-stopped): not this one, until
+    # the test says so.
+    assert docker("update", "--restart=no", container).returncode == 0
+    killed_at = None
+    try:
+        with load:
+            load.phase("steady")
+            time.sleep(5)
+            load.phase("host lost")
+            killed = docker("kill", "--signal=KILL", container)
+            assert killed.returncode == 0, killed.stderr
+            killed_at = time.monotonic()
+            down = wait_until(
+                "HAProxy marks app2 DOWN",
+                lambda: clone_states(lab_shell)["app2"]["status"] == "DOWN",
+                timeout=30,
+                every=0.2,
+            )
+            print(f"app2's host lost: HAProxy marked it DOWN after {down:.1f} s")
+            time.sleep(5)
+            load.phase("after")
+            time.sleep(3)
+        report = load.report()
+        show("a clone's host lost under load (16 connections, GET /products)", report)
+        assert report.total.requests > 200, report.format_table()
+        # Every request here is a GET: not one may fail, in flight on the lost host or not.
+        assert report.failures == 0, report.format_table()
+    finally:
+        if killed_at is not None:
+            started = docker("start", container)
+            assert started.returncode == 0, started.stderr
+        docker("update", "--restart=unless-stopped", container)
+        wait_until("app2 answers over SSH", lambda: lab_shell.succeeds("app2", "true"),
+                   timeout=120, every=1)  # fmt: skip
+        restore_clones(lab_shell)
+    assert all_clones_up(lab_shell), clone_states(lab_shell)
