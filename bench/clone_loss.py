@@ -2,6 +2,7 @@
 takes the clone out.
 
     .venv/bin/python bench/clone_loss.py [--short] [--rounds N] [--clone app2] [--json]
+                                         [--fault process|host] [--lost SECONDS]
 
 Needs the lab up with the stack converged and the example shop deployed (`deploykit up`); it says
 so and exits 2 when that is not the case. Each round takes the steps of the killed-clone fault in
@@ -13,6 +14,11 @@ tests/e2e/test_faults.py:
      the kill; on the clone, `systemctl kill -s KILL <app>-web.service` (systemd restarts it after
      its RestartSec); polling goes on until HAProxy has marked the clone DOWN and then UP again;
   c) the load runs an "after" phase, then stops.
+
+With --fault host, the clone's whole host is lost instead of its process (a power cut): its
+container is killed (`docker kill`, with its restart policy off), so no RST ever answers for it;
+after --lost seconds (8) it is started again and boots. The requests that may fail are then those
+in flight on that host that are not GET or HEAD: HAProxy retries those on another clone.
 
 It prints per round the requests and failures (by kind) of the load, the requests in flight at
 the kill (the most that may fail: the contract is that only those do), the seconds from the kill
@@ -137,6 +143,39 @@ def find_lab(root: Path, clone: str) -> Lab:
     )
 
 
+def docker(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def lose_host(clone: str) -> tuple[float, float]:
+    """Kill the clone's container (a power cut: nothing answers for it any more, not even an
+    RST); (before, after) on the wall clock."""
+    container = f"{lab.CONTAINER_PREFIX}{clone}"
+    # The lab's containers restart by themselves (unless-stopped): not this one, until restore.
+    docker("update", "--restart=no", container)
+    before = time.time()
+    killed = docker("kill", "--signal=KILL", container)
+    after = time.time()
+    if killed.returncode != 0:
+        raise DeploykitError(f"docker kill {container}: {killed.stderr.strip()}")
+    return before, after
+
+
+def bring_host_back(found: Lab, clone: str) -> None:
+    """Start the clone's container again, its restart policy back, and wait until it answers."""
+    container = f"{lab.CONTAINER_PREFIX}{clone}"
+    docker("start", container)
+    docker("update", "--restart=unless-stopped", container)
+    deadline = time.monotonic() + 120
+    while subprocess.run([*found.ssh(clone), "true"], capture_output=True, check=False,
+                         timeout=30).returncode != 0:  # fmt: skip
+        if time.monotonic() > deadline:
+            raise DeploykitError(f"{clone} does not answer over SSH 120 s after its restart")
+        time.sleep(1)
+
+
 def restore(found: Lab, app: str, clone: str) -> None:
     """The clone's web service running, and its server ready and UP in HAProxy."""
     found.run(clone, f"systemctl start {app}-web.service")
@@ -200,11 +239,16 @@ def one_round(found: Lab, args: argparse.Namespace, number: int) -> tuple[Round,
             load.phase("steady")
             time.sleep(args.steady)
             load.phase("fault")
-            stamp = found.run(
-                args.clone,
-                f"date +%s.%N; systemctl kill -s KILL {args.app}-web.service; date +%s.%N",
-            )
-            killed_at, kill_done = (float(line) for line in stamp.split()[:2])
+            if args.fault == "host":
+                killed_at, kill_done = lose_host(args.clone)
+                time.sleep(args.lost)
+                bring_host_back(found, args.clone)
+            else:
+                stamp = found.run(
+                    args.clone,
+                    f"date +%s.%N; systemctl kill -s KILL {args.app}-web.service; date +%s.%N",
+                )
+                killed_at, kill_done = (float(line) for line in stamp.split()[:2])
             rest, _ = poller.communicate(timeout=ROUND_LIMIT + 30)
             load.phase("after")
             time.sleep(args.after)
@@ -212,6 +256,8 @@ def one_round(found: Lab, args: argparse.Namespace, number: int) -> tuple[Round,
         if poller.poll() is None:
             poller.kill()
             poller.communicate()
+        if args.fault == "host":
+            bring_host_back(found, args.clone)
         restore(found, args.app, args.clone)
     samples: list[dict[str, Any]] = [
         json.loads(line) for line in [first, *rest.splitlines()] if line.strip()
@@ -276,9 +322,12 @@ def spread(values: Sequence[float | None], digits: int = 2) -> str:
 def run(args: argparse.Namespace, say: Out, emit: Callable[[dict[str, Any]], None]) -> int:
     root = project_root(Path(__file__).parent)
     found = find_lab(root, args.clone)
-    say(
-        f"lab: balancer {found.url}; killing {args.app}-web on {args.clone}, {args.rounds} round(s)"
+    what = (
+        f"the host of {args.clone} (its container), back after {args.lost:g} s"
+        if args.fault == "host"
+        else f"{args.app}-web on {args.clone}"
     )
+    say(f"lab: balancer {found.url}; killing {what}, {args.rounds} round(s)")
     say(
         f"load: {args.concurrency} keep-alive connections, {args.rate:g} requests/s; "
         f"steady {args.steady:g} s, after {args.after:g} s"
@@ -288,7 +337,10 @@ def run(args: argparse.Namespace, say: Out, emit: Callable[[dict[str, Any]], Non
         result, _ = one_round(found, args, number)
         print_round(number, result, say)
         rounds.append(result)
-    say(f"\n== {args.clone} killed under load, {len(rounds)} round(s) (min / median / max)")
+    say(
+        f"\n== {args.clone} ({args.fault}) killed under load, {len(rounds)} round(s) "
+        "(min / median / max)"
+    )
     say(f"requests           {spread([float(r.requests) for r in rounds], 0)}")
     say(f"failures           {spread([float(r.failures) for r in rounds], 0)}")
     say(f"in flight at kill  {spread([float(r.in_flight_at_kill) for r in rounds], 0)}")
@@ -298,6 +350,7 @@ def run(args: argparse.Namespace, say: Out, emit: Callable[[dict[str, Any]], Non
         {
             "balancer": found.url,
             "clone": args.clone,
+            "fault": args.fault,
             "load": {"concurrency": args.concurrency, "rate": args.rate},
             "rounds": [asdict(r) for r in rounds],
         }
@@ -313,6 +366,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="kills, one after the other (3)")
     parser.add_argument("--clone", default="app2", help="the clone to kill (default app2)")
     parser.add_argument("--app", default="shop", help="the application's name (default shop)")
+    parser.add_argument(
+        "--fault", choices=["process", "host"], default="process",
+        help="what is lost: the web process (systemctl kill, the default) or the clone's whole "
+        "host (its container killed: no RST)",
+    )  # fmt: skip
+    parser.add_argument("--lost", type=float, default=8.0,
+                        help="--fault host: seconds before the host comes back (8)")  # fmt: skip
     parser.add_argument("--rate", type=float, default=90.0, help="requests/s in all (90)")
     parser.add_argument("--concurrency", type=int, default=6, help="connections (6)")
     parser.add_argument("--json", action="store_true", help="print one JSON object with it all")
