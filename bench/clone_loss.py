@@ -16,7 +16,7 @@ tests/e2e/test_faults.py:
   c) the load runs an "after" phase, then stops.
 
 With --fault host, the clone's whole host is lost instead of its process (a power cut): its
-container is killed (`docker kill`, with its restart policy off), so no RST ever answers for it;
+container loses its network, then is killed (its restart policy off), so no RST ever answers for it;
 after --lost seconds (8) it is started again and boots. The requests that may fail are then those
 in flight on that host that are not GET or HEAD: HAProxy retries those on another clone.
 
@@ -156,16 +156,21 @@ def lose_host(clone: str) -> tuple[float, float]:
     # The lab's containers restart by themselves (unless-stopped): not this one, until restore.
     docker("update", "--restart=no", container)
     before = time.time()
+    # The network goes first: killed with its link up, the kernel would close the processes'
+    # sockets with an RST.
+    cut = docker("network", "disconnect", "--force", lab.NETWORK_NAME, container)
     killed = docker("kill", "--signal=KILL", container)
     after = time.time()
-    if killed.returncode != 0:
-        raise DeploykitError(f"docker kill {container}: {killed.stderr.strip()}")
+    if cut.returncode != 0 or killed.returncode != 0:
+        raise DeploykitError(f"losing {container}: {cut.stderr.strip()} {killed.stderr.strip()}")
     return before, after
 
 
 def bring_host_back(found: Lab, clone: str) -> None:
     """Start the clone's container again, its restart policy back, and wait until it answers."""
     container = f"{lab.CONTAINER_PREFIX}{clone}"
+    # Connected again with its own address (a no-op when it never lost it).
+    docker("network", "connect", "--ip", found.addresses[clone], lab.NETWORK_NAME, container)
     docker("start", container)
     docker("update", "--restart=unless-stopped", container)
     deadline = time.monotonic() + 120

@@ -295,6 +295,9 @@ def render_inventory(
                 # The balancer checks the shop's liveness path, not its readiness (/healthz, which
                 # gates deploys): a docstore outage must not take every clone out at once.
                 "haproxy_backend_health_path": "/livez",
+                # The shop answers every GET well within 3 s: one in flight on a clone whose host
+                # is lost is retried on another clone after 3 s (roles/haproxy).
+                "haproxy_timeout_idempotent": "3s",
             },
             "hosts": {
                 p.name: {"ansible_host": p.address, "deploykit_private_address": p.address}

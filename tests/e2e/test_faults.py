@@ -818,7 +818,8 @@ def test_a_unit_left_restarting_blocks_rollouts_until_it_is_retired(
         "app1",
         f"printf '%s\\n' '[Unit]' 'Description=loopy web (gunicorn, deploykit)' '[Service]' "
         f"'ExecStart=/usr/local/libexec/deploykit-release exec /srv/loopy gunicorn @wsgi@' "
-        f"'Restart=always' 'RestartSec=1' > /etc/systemd/system/{unit} && "
+        f"'Restart=always' 'RestartSec=1' '[Install]' 'WantedBy=multi-user.target' "
+        f"> /etc/systemd/system/{unit} && "
         f"systemctl daemon-reload && systemctl enable --now {unit}",
     )
     try:
@@ -854,15 +855,13 @@ def test_a_unit_left_restarting_blocks_rollouts_until_it_is_retired(
 def test_a_clone_host_lost_under_load_costs_no_idempotent_request(
     site: str, lab_shell: LabShell
 ) -> None:
-    """A power cut, not a crash: the clone's container is killed, so no RST ever answers for it
-    (the kernel that would send one is gone). HAProxy must take every GET elsewhere: those in
+    """A power cut, not a crash: the clone's container loses its network, then is killed, so no
+    RST ever answers for it. HAProxy must take every GET elsewhere: those in
     flight on the lost clone (no answer within haproxy_timeout_idempotent: retried on another
     clone), those sent on its idle connections, and new ones (no connection within
     haproxy_timeout_connect: redispatched)."""
     container = f"{lab.CONTAINER_PREFIX}app2"
-    load = LoadGenerator(
-        site, paths=[("/products?limit=20", 1)], concurrency=16, rate=150, seed="hostloss"
-    )
+    load = LoadGenerator(site, paths=[("/products?limit=20", 1)], concurrency=16, seed="hostloss")
     # The lab's containers come back by themselves (restart unless-stopped): not this one, until
     # the test says so.
     assert docker("update", "--restart=no", container).returncode == 0
@@ -872,9 +871,12 @@ def test_a_clone_host_lost_under_load_costs_no_idempotent_request(
             load.phase("steady")
             time.sleep(5)
             load.phase("host lost")
+            # The network goes first, then the processes: a kill alone lets the kernel close
+            # their sockets with an RST while the namespace still has its link.
+            cut = docker("network", "disconnect", "--force", lab.NETWORK_NAME, container)
             killed = docker("kill", "--signal=KILL", container)
-            assert killed.returncode == 0, killed.stderr
             killed_at = time.monotonic()
+            assert cut.returncode == 0 and killed.returncode == 0, cut.stderr + killed.stderr
             down = wait_until(
                 "HAProxy marks app2 DOWN",
                 lambda: clone_states(lab_shell)["app2"]["status"] == "DOWN",
@@ -892,6 +894,8 @@ def test_a_clone_host_lost_under_load_costs_no_idempotent_request(
         assert report.failures == 0, report.format_table()
     finally:
         if killed_at is not None:
+            address = lab_shell.addresses["app2"]
+            docker("network", "connect", "--ip", address, lab.NETWORK_NAME, container)
             started = docker("start", container)
             assert started.returncode == 0, started.stderr
         docker("update", "--restart=unless-stopped", container)
