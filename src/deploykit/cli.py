@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -219,10 +220,16 @@ def cmd_down(args: argparse.Namespace) -> int:
 # --- rollouts ---------------------------------------------------------------------------------
 
 
+#: One JSON line at a time: the lease's renewal thread logs too.
+_JSON_LINES = threading.Lock()
+
+
 def _json_line(obj: object) -> None:
     """One JSON object on one line of stdout (JSON lines: a script reads the last line)."""
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+    line = json.dumps(obj) + "\n"
+    with _JSON_LINES:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def _rollouts(args: argparse.Namespace) -> rollout.Rollouts:
