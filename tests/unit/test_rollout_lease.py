@@ -5,6 +5,7 @@ age, last renewal, the way forward), and the command line's exit codes."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ansible_collections.deploykit.fleet.plugins.module_utils import ledger
 from deploykit import cli, rollout, runner
 from deploykit.errors import BadInput, DeploykitError
 from deploykit.rollout import LeaseRenewer, RolloutFailed, RolloutResult, Rollouts
@@ -362,3 +364,54 @@ def test_lock_status_says_stale_with_its_figures(
     monkeypatch.setattr(Rollouts, "ledger", lambda self, *argv: stale)
     assert cli.main(["lock", "status"]) == 0
     assert "STALE: not renewed for 75 s (stale after 60 s)" in capsys.readouterr().out
+
+
+# --- through the real playbook and module, on localhost ---------------------------------------
+
+
+def test_renew_and_release_go_through_ledger_yml_and_the_module(tmp_path: Path) -> None:
+    """ledger.yml passes the token, force and who to the module; renewal runs are kept apart."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "playbooks").symlink_to(ROOT / "playbooks")
+    directory = tmp_path / "ledger"
+    directory.mkdir()
+    inventory = project / "hosts.yml"
+    inventory.write_text(
+        "all:\n  children:\n    lb:\n      hosts:\n        localhost:\n"
+        "          ansible_connection: local\n"
+        "          ansible_python_interpreter: '{{ ansible_playbook_python }}'\n"
+        "          ansible_become: false\n"
+        f"          ledger_dir: {directory}\n"
+    )
+    made = Rollouts(project, inventory, log=print, lease=20)
+    ledger.lock_acquire(str(directory), {"who": "ada@ctl", "token": "t1", "lease": 20})
+    old = time.time() - 15
+    os.utime(directory / "deploy.lock", (old, old))
+    answer = made._renew("t1")
+    assert answer["extended"] is True and answer["renewed"] < 5
+    runs = project / ".cache" / "runs"
+    assert [p.parent for p in runs.rglob("artifacts")] and all(
+        p.parent.parent == runs / "lease" for p in runs.rglob("artifacts")
+    )
+    released = (
+        made._run("ledger.yml", {"rollout_ledger": {"command": "lock release", "who": "carol@ctl"}})
+        .results_of("ledger")[-1]
+        .res["ledger"]
+    )
+    assert (released["released"], released["refused"]) == (False, "live")
+    released = (
+        made._run(
+            "ledger.yml",
+            {"rollout_ledger": {"command": "lock release", "who": "carol@ctl", "force": True}},
+        )
+        .results_of("ledger")[-1]
+        .res["ledger"]
+    )
+    assert (released["released"], released["forced"]) == (True, True)
+    (record,) = ledger.history_show(str(directory))["records"]
+    assert (record["who"], record["forced"], record["holder"]["who"]) == (
+        "carol@ctl",
+        True,
+        "ada@ctl",
+    )
