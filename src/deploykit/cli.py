@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -219,10 +220,16 @@ def cmd_down(args: argparse.Namespace) -> int:
 # --- rollouts ---------------------------------------------------------------------------------
 
 
+#: One JSON line at a time: the lease's renewal thread logs too.
+_JSON_LINES = threading.Lock()
+
+
 def _json_line(obj: object) -> None:
     """One JSON object on one line of stdout (JSON lines: a script reads the last line)."""
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+    line = json.dumps(obj) + "\n"
+    with _JSON_LINES:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def _rollouts(args: argparse.Namespace) -> rollout.Rollouts:
@@ -264,6 +271,7 @@ def _rollouts(args: argparse.Namespace) -> rollout.Rollouts:
         drain_timeout=args.drain_timeout,
         ready_timeout=args.ready_timeout,
         health_timeout=args.health_timeout,
+        lease=args.lease,
     )
 
 
@@ -319,6 +327,7 @@ def _refused(args: argparse.Namespace, action: str, error: rollout.RolloutFailed
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     rollout.parse_batch(args.batch)
+    rollout.check_lease(args.lease)
     if args.artifact is not None and args.app is not None:
         raise BadInput("give --app (build it now) or --artifact (a built release), not both")
     artifact = args.artifact
@@ -335,8 +344,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     rollouts = _rollouts(args)
     try:
         result = rollouts.deploy(
-            artifact.resolve(), batch=args.batch, canary=not args.no_canary, wait=args.wait
-        )
+            artifact.resolve(), batch=args.batch, canary=not args.no_canary, wait=args.wait,
+            take_over=args.take_over,
+        )  # fmt: skip
     except rollout.RolloutFailed as error:
         return _refused(args, "deploy", error)
     return _print_rollout(args, result)
@@ -344,11 +354,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     rollout.parse_batch(args.batch)
+    rollout.check_lease(args.lease)
     rollouts = _rollouts(args)
     try:
         result = rollouts.rollback(
-            to=args.to, app_name=args.app_name, wait=args.wait, batch=args.batch
-        )
+            to=args.to, app_name=args.app_name, wait=args.wait, batch=args.batch,
+            take_over=args.take_over,
+        )  # fmt: skip
     except rollout.RolloutFailed as error:
         return _refused(args, "rollback", error)
     return _print_rollout(args, result)
@@ -408,33 +420,63 @@ def cmd_releases(args: argparse.Namespace) -> int:
             str(record.get("to") or "-"),
             str(record.get("outcome", "")),
             str(record.get("seconds", "")),
-            str(record.get("failure") or "")[:200],
+            str(record.get("failure") or _lock_record_note(record))[:200],
         )
     out.print(table)
     return EXIT_OK
 
 
+def _lock_record_note(record: Mapping[str, Any]) -> str:
+    """What a "lock release" or "lock take-over" record removed: the holder, its last renewal."""
+    holder = record.get("holder")
+    if not isinstance(holder, Mapping):
+        return ""
+    return (
+        f"removed {holder.get('who', '?')}'s lock ({holder.get('command', '?')} "
+        f"{holder.get('release') or ''}), last renewed {record.get('renewed', '?')} s before"
+        + (" (stale)" if record.get("stale", True) else " (live)")
+    )
+
+
 def cmd_lock(args: argparse.Namespace) -> int:
+    """``lock status``: the lease in words (holder, age, last renewal, live or STALE). ``lock
+    release``: a stale lease is released; a live one is refused (exit 1) unless --force; either
+    release is recorded in the history."""
+    if args.force and args.lock_action != "release":
+        raise BadInput(f"--force is for lock release, not lock {args.lock_action}")
     rollouts = _rollouts(args)
-    answer = rollouts.ledger("lock", args.lock_action)
+    if args.lock_action == "status":
+        answer = rollouts.ledger("lock", "status")
+        if args.json:
+            _json_line(answer)
+        else:
+            out.print(rollout.describe_lease(answer), highlight=False, soft_wrap=True)
+        return EXIT_OK
+    answer = rollouts.release_lock(force=args.force)
+    refused = not answer.get("released") and answer.get("holder") is not None
     if args.json:
         _json_line(answer)
-        return EXIT_OK
-    holder = answer.get("holder") or {}
-    if args.lock_action == "status":
-        if answer.get("held"):
-            out.print(
-                f"held by {holder.get('who')} ({holder.get('command')} {holder.get('release')}) "
-                f"since {holder.get('since')}",
-                highlight=False,
-            )
-        else:
-            out.print("free")
     elif answer.get("released"):
-        out.print(f"released (it was held by {holder.get('who')} since {holder.get('since')})")
+        how = "forced: " if answer.get("forced") else ""
+        out.print(
+            f"released ({how}it was {rollout.describe_lease({'held': True, **answer})}); "
+            "recorded in the history",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif refused:
+        console.print(
+            f"[red]not released:[/red] the deploy lock is "
+            f"{escape(rollout.describe_lease({'held': True, **answer}))}\n"
+            "  hint: its controller renews it, so its rollout is running; if you know that "
+            "controller is dead, wait until the lease is stale (deploykit lock status), or "
+            "release it now: deploykit lock release --force (recorded in the history)",
+            highlight=False,
+            soft_wrap=True,
+        )
     else:
         out.print("the lock was free")
-    return EXIT_OK
+    return EXIT_FAILED if refused else EXIT_OK
 
 
 # --- parser ---------------------------------------------------------------------------------
@@ -488,7 +530,9 @@ def _add_inventory_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--inventory", help="inventory file (default: the lab's)")
     parser.add_argument("--vault-password-file", type=Path, help="file holding the vault password")
     parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.set_defaults(drain_timeout=30.0, ready_timeout=60.0, health_timeout=30.0)
+    parser.set_defaults(
+        drain_timeout=30.0, ready_timeout=60.0, health_timeout=30.0, lease=rollout.DEFAULT_LEASE
+    )
 
 
 def _add_rollout_options(parser: argparse.ArgumentParser) -> None:
@@ -509,6 +553,23 @@ def _add_rollout_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="queue behind a rollout that holds the lock (default: refuse at once; "
         "--wait alone waits up to an hour)",
+    )
+    parser.add_argument(
+        "--take-over",
+        action="store_true",
+        help="take over the deploy lock if its lease is STALE (its controller stopped renewing "
+        "it: presumed dead), never a live one; recorded in the history. The rollout then returns "
+        "the clones the dead one left out of service. With --wait: wait for a live holder, take "
+        "over once its lease turns stale",
+    )
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=rollout.DEFAULT_LEASE,
+        metavar="SECONDS",
+        help="the deploy lock's lease: renewed every SECONDS/4 while this rollout runs, stale "
+        f"(taken over by --take-over) once not renewed for SECONDS (default "
+        f"{rollout.DEFAULT_LEASE:.0f}, at least {rollout.MIN_LEASE:.0f})",
     )
     parser.add_argument(
         "--drain-timeout",
@@ -573,8 +634,17 @@ def _add_rollout_commands(commands: argparse._SubParsersAction[argparse.Argument
     _add_inventory_options(releases)
     releases.set_defaults(func=cmd_releases)
 
-    lock = commands.add_parser("lock", help="the deploy lock on the balancer")
+    lock = commands.add_parser(
+        "lock",
+        help="the deploy lock on the balancer: its holder, age, last renewal, live or STALE",
+    )
     lock.add_argument("lock_action", choices=["status", "release"], metavar="status|release")
+    lock.add_argument(
+        "--force",
+        action="store_true",
+        help="release: release a LIVE lease too (default: only a stale one); recorded in the "
+        "history",
+    )
     _add_inventory_options(lock)
     lock.set_defaults(func=cmd_lock)
 

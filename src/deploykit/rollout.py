@@ -4,7 +4,8 @@ The controller plans and reports; Ansible acts on the hosts (``playbooks/rollout
 one task carried out by a module of deploykit's collection (deploykit.fleet):
 
 1. ``begin.yml`` takes the deploy lock on the first balancer (ledger) and surveys every node
-   (survey: what each runs);
+   (survey: what each runs); the lock is a lease, which a thread of the controller renews
+   (:class:`LeaseRenewer`, every lease/4 seconds) from the moment it is taken until ``finish.yml``;
 2. ``stage.yml`` (a deploy of a release not yet everywhere) stages the release on every node in
    parallel (stage), configures the nodes for it, and runs its migration once, before any clone
    switches;
@@ -28,6 +29,7 @@ import math
 import os
 import re
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -44,12 +46,17 @@ from deploykit.release import verify
 
 __all__ = [
     "DEFAULT_BATCH",
+    "DEFAULT_LEASE",
+    "MIN_LEASE",
+    "LeaseRenewer",
     "NodeOutcome",
     "NodeStatus",
     "RolloutFailed",
     "RolloutResult",
     "Rollouts",
     "StatusReport",
+    "check_lease",
+    "describe_lease",
     "parse_batch",
     "plan_batches",
     "previous_release",
@@ -57,6 +64,12 @@ __all__ = [
 
 #: A quarter of the clones at a time (at least one, never all of them at once): the rest serve.
 DEFAULT_BATCH = "25%"
+#: The deploy lock's lease, in seconds: a lease not renewed for longer is stale (its controller is
+#: presumed dead). The controller renews it every lease/4 seconds; one renewal is one short run of
+#: ledger.yml (about 1.5 s of the controller's CPU, 2-4 s of wall time).
+DEFAULT_LEASE = 60.0
+#: The shortest lease a rollout may state: four renewals a lease, each taking seconds, must fit.
+MIN_LEASE = 20.0
 
 _BATCH = re.compile(r"^(?:(?P<count>[1-9]\d*)|(?P<percent>[1-9]\d?|100)%)$")
 
@@ -79,6 +92,16 @@ class ForeignApplication(RolloutFailed):
 
 
 # --- batches ----------------------------------------------------------------------------------
+
+
+def check_lease(lease: float) -> float:
+    """The lease, in seconds, or BadInput (before any host is contacted)."""
+    if not math.isfinite(lease) or lease < MIN_LEASE:
+        raise BadInput(
+            f"--lease {lease:g}: the deploy lock's lease must be at least {MIN_LEASE:.0f} seconds "
+            f"(default {DEFAULT_LEASE:.0f}): the controller renews it every lease/4 seconds"
+        )
+    return float(lease)
 
 
 def parse_batch(text: str) -> tuple[int | None, int | None]:
@@ -571,6 +594,7 @@ class Rollouts:
         drain_timeout: float = 30,
         ready_timeout: float = 60,
         health_timeout: float = 30,
+        lease: float = DEFAULT_LEASE,
     ) -> None:
         self.root = root
         self.inventory = inventory_path
@@ -580,6 +604,11 @@ class Rollouts:
         self.drain_timeout = drain_timeout
         self.ready_timeout = ready_timeout
         self.health_timeout = health_timeout
+        #: The deploy lock's lease (seconds) this controller states and renews every lease/4.
+        self.lease = lease
+        #: Seconds between renewals; None: a quarter of the lease.
+        self.renew_interval: float | None = None
+        self._renewer: LeaseRenewer | None = None
         self._groups: dict[str, list[str]] = {}
 
     # -- helpers
@@ -606,7 +635,7 @@ class Rollouts:
 
     def _run(
         self, playbook: str, extravars: Mapping[str, Any], *, limit: str | None = None,
-        on_event: Callable[[dict[str, Any]], None] | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None, runs_subdir: str | None = None,
     ) -> runner.RunResult:  # fmt: skip
         return runner.run_playbook(
             f"playbooks/rollout/{playbook}",
@@ -616,6 +645,7 @@ class Rollouts:
             limit=limit,
             vault_password_file=self.vault_password_file,
             on_event=on_event,
+            runs_subdir=runs_subdir,
         )
 
     @staticmethod
@@ -665,22 +695,35 @@ class Rollouts:
         return nodes
 
     def _begin(
-        self, app: str, holder: Mapping[str, Any], *, wait: float
+        self, app: str, holder: Mapping[str, Any], *, wait: float, take_over: bool = False
     ) -> tuple[StatusReport, list[dict[str, Any]]]:
-        result = self._run(
-            "begin.yml",
-            {"rollout_app": app, "rollout_holder": dict(holder), "rollout_wait": int(wait)},
-        )
+        token = str(holder.get("token", ""))
+        try:
+            result = self._run(
+                "begin.yml",
+                {"rollout_app": app, "rollout_holder": dict(holder), "rollout_wait": int(wait),
+                 "rollout_take_over": take_over},
+                on_event=lambda event: self._on_lock_event(event, token),
+            )  # fmt: skip
+        except BaseException:
+            self._stop_renewing()
+            raise
         locks = [r.res.get("ledger") for r in result.results_of("ledger")]
         lock = next((a for a in locks if isinstance(a, Mapping) and "acquired" in a), None)
         history_answer = next((a for a in locks if isinstance(a, Mapping) and "records" in a), {})
+        if isinstance(lock, Mapping) and isinstance(lock.get("took_over"), Mapping):
+            old = lock["took_over"]
+            self.log(
+                f"[yellow]took over a stale deploy lock[/yellow]: "
+                f"{escape(describe_lease({'held': True, **old, 'stale': True}))}; "
+                "recorded in the history"
+            )
         if isinstance(lock, Mapping) and not lock.get("acquired"):
-            held = lock.get("holder") or {}
+            described = describe_lease({"held": True, **lock})
             refused = RolloutResult(
                 action=str(holder.get("command")), app=app, release=str(holder.get("release", "")),
                 previous=None, outcome="refused", holder=dict(holder),
-                failure=f"the deploy lock is held by {held.get('who', '?')} "
-                f"since {held.get('since', '?')}",
+                failure=f"the deploy lock is {described}",
             )  # fmt: skip
             # Every attempt goes into the history, a refused one too (the lock stays its holder's).
             self._run(
@@ -691,13 +734,24 @@ class Rollouts:
                     "rollout_release_lock": False,
                 },
             )
-            raise RolloutFailed(
-                f"the deploy lock is held by {held.get('who', '?')} ({held.get('command', '?')} "
-                f"{held.get('release', '')}) since {held.get('since', '?')} "
-                f"({_age(lock.get('age'))} ago); nothing was changed",
-                hint="wait for it (deploykit deploy --wait), or, if that rollout is dead, "
-                "release the lock: deploykit lock release",
-            )
+            command = str(holder.get("command") or "deploy")
+            if lock.get("stale"):
+                hint = (
+                    f"its controller is presumed dead: check that nothing is deploying, then take "
+                    f"the lock over: deploykit {command} --take-over ... (it also returns the "
+                    "clones that rollout left out of service); or release it: deploykit lock "
+                    "release"
+                )
+            else:
+                hint = (
+                    f"wait for it (deploykit {command} --wait); a live lease is renewed by its "
+                    f"controller: if that controller is dead, its lease turns stale "
+                    f"{_age(lock.get('stale_after'))} after its last renewal, and then "
+                    f"deploykit {command} --take-over takes it over"
+                )
+                if take_over:
+                    hint = f"--take-over takes over a stale lease only, never a live one: {hint}"
+            raise RolloutFailed(f"the deploy lock is {described}; nothing was changed", hint=hint)
         if not result.ok:
             host, _, message = self._failure(result)
             if isinstance(lock, Mapping) and lock.get("acquired"):
@@ -715,7 +769,48 @@ class Rollouts:
         history = [r for r in records or [] if isinstance(r, dict)]
         return status, history
 
+    # -- the lease
+
+    def _on_lock_event(self, event: Mapping[str, Any], token: str) -> None:
+        """Start renewing the lease the moment begin.yml reports the lock taken (the survey that
+        follows may take a while)."""
+        data = event.get("event_data") or {}
+        if event.get("event") != "runner_on_ok" or step_of(data) != "lock":
+            return
+        res = data.get("res")
+        answer = res.get("ledger") if isinstance(res, Mapping) else None
+        if isinstance(answer, Mapping) and answer.get("acquired") and token:
+            self._start_renewing(token)
+
+    def _start_renewing(self, token: str) -> None:
+        self._stop_renewing()
+        self._renewer = LeaseRenewer(
+            lambda: self._renew(token), lease=self.lease, log=self.log,
+            interval=self.renew_interval,
+        )  # fmt: skip
+        self._renewer.start()
+
+    def _stop_renewing(self) -> None:
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None:
+            renewer.stop()
+
+    def _renew(self, token: str) -> Mapping[str, Any]:
+        """One renewal of the lease (ledger.yml; its runs are kept apart from the rollout's)."""
+        result = self._run(
+            "ledger.yml", {"rollout_ledger": {"command": "lock renew", "token": token}},
+            runs_subdir="lease",
+        )  # fmt: skip
+        answers = result.results_of("ledger")
+        answer = answers[-1].res.get("ledger") if answers else None
+        if not result.ok or not isinstance(answer, Mapping):
+            _, _, message = self._failure(result)
+            raise DeploykitError(message)
+        return answer
+
     def _finish(self, result: RolloutResult) -> None:
+        # Renewals stop first: the release below is token-checked and serialized with them anyway.
+        self._stop_renewing()
         finished = self._run(
             "finish.yml",
             {"rollout_record": result.record(), "rollout_token": result.holder.get("token", "")},
@@ -733,6 +828,7 @@ class Rollouts:
             "command": command,
             "release": release,
             "token": uuid.uuid4().hex,
+            "lease": self.lease,
             "pid": os.getpid(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -927,15 +1023,17 @@ class Rollouts:
         batch: str = DEFAULT_BATCH,
         canary: bool = True,
         wait: float = 0,
+        take_over: bool = False,
     ) -> RolloutResult:
         parse_batch(batch)
+        check_lease(self.lease)
         layout = self._check_inventory()
         manifest = verify(artifact)
         app = str(manifest["name"])
         release = str(manifest["release_id"])
         holder = self._holder("deploy", release)
         started = time.monotonic()
-        status, _ = self._begin(app, holder, wait=wait)
+        status, _ = self._begin(app, holder, wait=wait, take_over=take_over)
         result = RolloutResult(
             action="deploy", app=app, release=release, previous=status.live, holder=holder
         )
@@ -1015,13 +1113,14 @@ class Rollouts:
             )
 
     def rollback(self, *, to: str | None = None, app_name: str | None = None, wait: float = 0,
-                 batch: str = DEFAULT_BATCH) -> RolloutResult:  # fmt: skip
+                 batch: str = DEFAULT_BATCH, take_over: bool = False) -> RolloutResult:  # fmt: skip
         parse_batch(batch)
+        check_lease(self.lease)
         layout = self._check_inventory()
         app = self._app_name(layout, app_name)
         holder = self._holder("rollback", to or "")
         started = time.monotonic()
-        status, history = self._begin(app, holder, wait=wait)
+        status, history = self._begin(app, holder, wait=wait, take_over=take_over)
         live = status.live
         result = RolloutResult(
             action="rollback", app=app, release=to or "", previous=live, holder=holder
@@ -1079,12 +1178,12 @@ class Rollouts:
 
     def ledger(self, *argv: str) -> dict[str, Any]:
         """One ledger command, as its command line says it (``"lock", "release"``, ``"history",
-        "show", "--limit=20"``, ``--token=...``)."""
+        "show", "--limit=20"``, ``--token=...``, ``--force``)."""
         self._check_inventory()
         command: dict[str, Any] = {"command": " ".join(argv[:2])}
         for option in argv[2:]:
-            key, _, value = option.removeprefix("--").partition("=")
-            command[key] = int(value) if key == "limit" else value
+            key, has_value, value = option.removeprefix("--").partition("=")
+            command[key] = int(value) if key == "limit" else value if has_value else True
         result = self._run("ledger.yml", {"rollout_ledger": command})
         answers = result.results_of("ledger")
         answer = answers[-1].res.get("ledger") if answers else None
@@ -1092,6 +1191,12 @@ class Rollouts:
             _, _, message = self._failure(result)
             raise DeploykitError(f"could not read the deploy ledger: {message}")
         return answer
+
+    def release_lock(self, *, force: bool = False) -> dict[str, Any]:
+        """An operator's release of the deploy lock: a stale lease is released, a live one only
+        with ``force``; the ledger records either in the history, with who released it. The
+        answer carries "released" and, refused, "refused": "live" with the lease's state."""
+        return self.ledger("lock", "release", f"--who={_who()}", *(["--force"] if force else []))
 
 
 def _age(seconds: Any) -> str:
@@ -1104,3 +1209,115 @@ def _age(seconds: Any) -> str:
     if value < 7200:
         return f"{value / 60:.0f} min"
     return f"{value / 3600:.1f} h"
+
+
+def describe_lease(lock: Mapping[str, Any]) -> str:
+    """The deploy lock's state in words, with its figures: ``free``, or ``held by WHO (COMMAND
+    RELEASE) since SINCE (taken AGE ago), live: renewed N s ago (stale after L s without
+    renewal)``, or ``..., STALE: not renewed for N s (stale after L s)``. ``lock`` is the ledger's
+    answer (lock status; a refused acquire, with "held" added)."""
+    if not lock.get("held"):
+        return "free"
+    holder = lock.get("holder") or {}
+    if "unreadable" in holder:
+        what = f"held, but its holder's record is unreadable ({holder['unreadable']})"
+    else:
+        what = (
+            f"held by {holder.get('who', '?')} ({holder.get('command', '?')} "
+            f"{holder.get('release') or ''}".rstrip()
+            + f") since {holder.get('since', '?')} (taken {_age(lock.get('age'))} ago)"
+        )
+    stale_after = _age(lock.get("stale_after"))
+    if lock.get("renewed") is None:
+        return f"{what}, last renewal unknown"
+    if lock.get("stale"):
+        return (
+            f"{what}, STALE: not renewed for {_age(lock.get('renewed'))} "
+            f"(stale after {stale_after})"
+        )
+    return (
+        f"{what}, live: renewed {_age(lock.get('renewed'))} ago "
+        f"(stale after {stale_after} without renewal)"
+    )
+
+
+class LeaseRenewer:
+    """Renews a rollout's lease in a daemon thread, every ``interval`` seconds (default: a quarter
+    of the lease), from :meth:`start` until :meth:`stop`.
+
+    ``renew`` is one renewal: it returns the ledger's answer (``{"extended": bool, ...}``) or
+    raises. A renewal that fails is logged and retried at the next interval, never fatal: the
+    lease stays live for its length after the last renewal that succeeded. A lease that is no
+    longer this rollout's (taken over while this controller could not renew it, or released by
+    hand) is logged once, loudly, and renewing stops; the rollout's own release is token-checked,
+    so it never releases the new holder's lock."""
+
+    def __init__(
+        self,
+        renew: Callable[[], Mapping[str, Any]],
+        *,
+        lease: float,
+        log: Log,
+        interval: float | None = None,
+    ) -> None:
+        self.lease = lease
+        self.interval = lease / 4 if interval is None else interval
+        self.log = log
+        self.renewals = 0
+        self.failures = 0
+        #: The ledger's answer when the lease was found to be another holder's (or free).
+        self.lost: Mapping[str, Any] | None = None
+        self._renew = renew
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="deploykit-lease", daemon=True)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop renewing; a renewal under way is waited for up to ``timeout`` seconds."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self.log(
+                    f"[yellow]a renewal of the deploy lock's lease still runs after "
+                    f"{timeout:.0f} s[/yellow]: left to finish in the background"
+                )
+
+    def _loop(self) -> None:
+        last_ok = time.monotonic()
+        next_at = last_ok + self.interval
+        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+            next_at = time.monotonic() + self.interval
+            try:
+                answer = self._renew()
+            except Exception as error:  # a renewal that fails is logged, never fatal
+                if self._stop.is_set():
+                    return
+                self.failures += 1
+                self.log(
+                    f"[yellow]could not renew the deploy lock's lease[/yellow] "
+                    f"({escape(str(error))[:300]}); last renewed "
+                    f"{time.monotonic() - last_ok:.0f} s ago, stale after {self.lease:.0f} s: "
+                    f"trying again in {self.interval:.0f} s"
+                )
+                continue
+            if self._stop.is_set():
+                return
+            if answer.get("extended"):
+                self.renewals += 1
+                last_ok = time.monotonic()
+                continue
+            self.lost = answer
+            self.log(
+                "[red]the deploy lock is no longer this rollout's[/red]: it is "
+                f"{escape(describe_lease(answer))} (this controller could not renew it in time, "
+                "and it was taken over or released); the rollout goes on, but another may run "
+                "alongside it: check deploykit status once it ends"
+            )
+            return

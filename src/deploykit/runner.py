@@ -738,6 +738,7 @@ def run_playbook(
     vault_password_file: Path | None = None,
     on_event: EventSink | Callable[[dict[str, Any]], None] | None = None,
     verbosity: int = 0,
+    runs_subdir: str | None = None,
 ) -> RunResult:
     """Run ``playbook`` (relative to the project ``root``) against ``inventory``.
 
@@ -745,6 +746,9 @@ def run_playbook(
     with the returned result. Input is checked (BadInput) before anything runs. The run's private
     data dir, ``<root>/.cache/runs/<UTC timestamp>-<playbook stem>/``, is kept for post-mortems
     (artifacts/<ident>/stdout and job_events); only the last :data:`KEEP_RUNS` are kept.
+    ``runs_subdir`` keeps the run under ``<root>/.cache/runs/<runs_subdir>/`` instead, pruned
+    among its own (a rollout's lease renewals, every few seconds, never push out or remove the
+    rollout's own runs, a running one included).
     """
     root = root.resolve()
     playbook_arg = _resolve_playbook(playbook, root)
@@ -758,6 +762,9 @@ def run_playbook(
     runs = root / ".cache" / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     runs.chmod(0o700)
+    if runs_subdir is not None:
+        runs = runs / _UNSAFE_NAME_CHARS.sub("_", runs_subdir)
+        runs.mkdir(mode=0o700, exist_ok=True)
     private = _new_run_dir(runs, Path(playbook_arg).stem)
     _prune_runs(runs, KEEP_RUNS, private)
     # ansible-runner would create env/ itself (0700 today); owning it here keeps that guarantee.

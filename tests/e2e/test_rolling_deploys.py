@@ -1,16 +1,23 @@
 """Rolling deploys on the lab, through the command line a user runs: a bad release is returned on
 every clone it touched (batches already switched included) without a failed request, a concurrent
-deploy is refused naming its holder (and --wait queues behind it), `status` sees a clone switched by
-hand, and the history keeps every attempt. The tests run in order, each from the state the previous
-one left."""
+deploy is refused naming its holder (and --wait queues behind it), a SIGKILLed deploy's lease
+turns stale and the next deploy with --take-over returns its half-switched clone to service,
+`status` sees a clone switched by hand, and the history keeps every attempt. The tests run in
+order, each from the state the previous one left."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import queue
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +38,9 @@ HEALTH_LINE = "200 if healthy else 503,"
 # A release that is healthy everywhere but on app3: the canary and the second batch pass, the third
 # batch fails, and everything already switched must come back.
 BAD_ON_APP3 = '200 if healthy and host != "app3" else 503,  # e2e: broken on app3 only'
+# The killed deploy's lease (deploykit deploy --lease): stale this many seconds after its last
+# renewal. Short, so the test does not wait the default minute; at least rollout.MIN_LEASE.
+LEASE = 30
 
 
 @dataclass
@@ -200,6 +210,160 @@ def test_a_concurrent_deploy_is_refused_naming_the_holder_and_wait_queues(
     assert deploykit("lock", "status", "--json").summary["held"] is False
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (its ansible-playbook, their workers and ssh), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        children.setdefault(int(stat.rpartition(")")[2].split()[1]), []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def follow(proc: subprocess.Popen[str]) -> queue.Queue[dict[str, Any] | None]:
+    """The JSON lines of ``proc``'s stdout as they come (None once it closes)."""
+    lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("{"):
+                with contextlib.suppress(json.JSONDecodeError):
+                    lines.put(json.loads(line))
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def clones_serving(base_url: str, release: str, *, within: float = 60) -> set[str]:
+    """The clones that answered the balancer's /healthz with ``release`` (200), within a
+    deadline of ``within`` seconds, until every clone has."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + within
+    while set(CLONES) - seen and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base_url}/healthz", timeout=10) as response:
+                answer = json.loads(response.read())
+        except OSError:
+            time.sleep(0.5)
+            continue
+        if answer.get("release") == release:
+            seen.add(str(answer.get("clone")))
+    return seen
+
+
+def test_a_killed_deploys_stale_lease_is_taken_over_and_its_clone_returned(
+    artifacts: dict[str, dict[str, Any]], shop: str, tmp_path: Path
+) -> None:
+    a, b = artifacts["a"], artifacts["b"]
+    # B runs everywhere (the previous test). A deploy of A with a short lease is SIGKILLed, with
+    # every process it started (its controller dies), the moment the canary's switch starts: app1
+    # is drained and half switched, and the lock stays on the balancer, no longer renewed.
+    with (tmp_path / "killed.stderr").open("w") as stderr:
+        killed = subprocess.Popen(
+            [sys.executable, "-m", "deploykit", "deploy", "--artifact", a["path"], "--batch", "1",
+             "--lease", str(LEASE), "--json"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )  # fmt: skip
+    events = follow(killed)
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 600
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no clone's switch started within 600 s: {seen[-10:]}"
+            try:
+                event = events.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            assert event is not None, (
+                f"the deploy ended before a switch started: {seen[-10:]}\n"
+                + (tmp_path / "killed.stderr").read_text()[-3000:]
+            )
+            seen.append(event)
+            started = event.get("event") == "step" and "status" not in event
+            if started and event.get("step") == "switch":
+                break
+    finally:
+        for pid in [killed.pid, *descendants(killed.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed.wait(timeout=60)
+    killed_at = time.monotonic()
+    half_switched = event["host"]
+    assert half_switched == "app1", seen[-10:]  # the canary
+
+    # Right after the kill the lease is live (the controller was renewing it); once not renewed
+    # for LEASE seconds, `lock status` reports it stale, naming its holder. Deadline: LEASE + 120 s.
+    first = deploykit("lock", "status", "--json", timeout=120).summary
+    assert first["held"] is True, first
+    assert first["holder"]["release"] == a["release_id"] and first["holder"]["lease"] == LEASE
+    assert first["stale"] is False, f"stale already: was the lease renewed at all? {first}"
+    lock = first
+    while not lock["stale"]:
+        assert time.monotonic() < killed_at + LEASE + 120, (
+            f"the lease is not stale {LEASE + 120} s after the kill (lease {LEASE} s): {lock}"
+        )
+        time.sleep(2)
+        lock = deploykit("lock", "status", "--json", timeout=120).summary
+        assert lock["held"] is True, lock
+    assert lock["holder"]["token"] == first["holder"]["token"]
+    assert lock["renewed"] > LEASE and lock["stale_after"] == LEASE
+    assert lock["age"] >= lock["renewed"]
+    text = subprocess.run(
+        [sys.executable, "-m", "deploykit", "lock", "status"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert "STALE: not renewed for" in text.stdout and f"(stale after {LEASE} s)" in text.stdout
+    assert lock["holder"]["who"] in text.stdout
+
+    # A plain deploy is refused: the lease is stale, and the message says how to take it over.
+    refused = deploykit("deploy", "--artifact", b["path"], "--json")
+    assert refused.rc == 1, refused.summary
+    assert refused.summary["outcome"] == "refused"
+    message = refused.summary["message"]
+    assert lock["holder"]["who"] in message and "STALE: not renewed for" in message, message
+    assert "deploykit deploy --take-over" in message, message
+    still = deploykit("lock", "status", "--json").summary
+    assert still["holder"]["token"] == first["holder"]["token"], still
+
+    # The documented way forward: --take-over takes the stale lease and the deploy returns the
+    # half-switched clone to service (it is not settled: drained, maybe on the other release).
+    taken = deploykit("deploy", "--artifact", b["path"], "--take-over", "--json")
+    summary = taken.summary
+    assert taken.rc == 0, (summary, taken.stderr[-3000:])
+    assert summary["outcome"] == "succeeded", summary
+    logs = [line["message"] for line in taken.lines if line.get("event") == "log"]
+    assert any("took over a stale deploy lock" in line and lock["holder"]["who"] in line
+               for line in logs), logs  # fmt: skip
+    assert summary["nodes"][f"{half_switched}/app"]["outcome"] == "switched", summary["nodes"]
+    report = status()
+    assert releases_on_clones(report) == dict.fromkeys(CLONES, b["release_id"])
+    assert {n["haproxy"] for n in report["nodes"] if n["role"] == "app"} == {"UP"}
+    assert report["drift"] is False
+    assert clones_serving(shop, b["release_id"]) == set(CLONES)
+    assert deploykit("lock", "status", "--json").summary["held"] is False
+    # The take-over is in the history, with the holder it replaced.
+    records = deploykit("releases", "--limit", "10", "--json").summary["records"]
+    takeovers = [r for r in records if r.get("action") == "lock take-over"]
+    assert takeovers, records
+    assert takeovers[-1]["holder"]["who"] == lock["holder"]["who"]
+    assert takeovers[-1]["holder"]["release"] == a["release_id"]
+    assert "token" not in takeovers[-1]["holder"]
+
+
 def test_status_reports_drift_after_one_clone_is_switched_by_hand(
     artifacts: dict[str, dict[str, Any]], lab_up: lab.LabUpResult
 ) -> None:
@@ -245,14 +409,17 @@ def test_the_history_records_every_attempt(artifacts: dict[str, dict[str, Any]])
     mine = [r for r in records if "e2e" in str(r.get("to")) or "e2e" in str(r.get("from"))]
     outcomes = [(r["action"], r["outcome"]) for r in mine]
     # Every attempt, in the order each ended: deploy A; deploy BAD (rolled back); the deploy refused
-    # while B's held the lock; B; the one queued behind B (nothing left to do); the deploy that
-    # put the hand-switched clone back; the rollback.
-    assert outcomes[-7:] == [
+    # while B's held the lock; B; the one queued behind B (nothing left to do); (the SIGKILLed
+    # deploy records nothing: it never ended) the deploy refused by its stale lease; the one that
+    # took it over; the deploy that put the hand-switched clone back; the rollback.
+    assert outcomes[-9:] == [
         ("deploy", "succeeded"),
         ("deploy", "rolled_back"),
         ("deploy", "refused"),
         ("deploy", "succeeded"),
         ("deploy", "unchanged"),
+        ("deploy", "refused"),
+        ("deploy", "succeeded"),
         ("deploy", "succeeded"),
         ("rollback", "succeeded"),
     ], outcomes

@@ -29,9 +29,10 @@ def ledger(host: Any, *args: str) -> tuple[int, dict[str, Any]]:
 
 @pytest.fixture(autouse=True)
 def free_lock(host: Any) -> Any:
-    host.run(f"{HELPER} lock release")
+    # --force: the lease a test took is live (a release without it is refused).
+    host.run(f"{HELPER} lock release --force --who testinfra")
     yield
-    host.run(f"{HELPER} lock release")
+    host.run(f"{HELPER} lock release --force --who testinfra")
 
 
 def test_the_helper_and_the_directory_belong_to_root(host: Any) -> None:
@@ -65,3 +66,20 @@ def test_the_history_appends_records_in_order(host: Any) -> None:
     records = ledger(host, "history", "show")[1]["records"]
     assert [r["to"] for r in records[before:]] == ["r1", "r2"]
     assert ledger(host, "history", "show", "--limit", "1")[1]["records"][0]["to"] == "r2"
+
+
+def test_a_lease_not_renewed_is_stale_and_taken_over_only_then(host: Any) -> None:
+    holder = json.dumps({"who": "ada@ctl", "token": "t1", "command": "deploy", "lease": 30})
+    assert ledger(host, "lock", "acquire", "--holder", holder)[0] == 0
+    other = json.dumps({"who": "bob@ctl", "token": "t2", "command": "deploy"})
+    rc, live = ledger(host, "lock", "acquire", "--holder", other, "--take-over")
+    assert (rc, live["stale"]) == (1, False)
+    assert ledger(host, "lock", "renew", "--token", "t1")[1]["extended"] is True
+    # The last renewal 45 s ago: the lock file's mtime, as the ledger reads it.
+    assert host.run(f"touch -d '45 seconds ago' {LEDGER_DIR}/deploy.lock").rc == 0
+    status = ledger(host, "lock", "status")[1]
+    assert (status["stale"], status["stale_after"]) == (True, 30)
+    rc, taken = ledger(host, "lock", "acquire", "--holder", other, "--take-over")
+    assert (rc, taken["took_over"]["holder"]["who"]) == (0, "ada@ctl")
+    record = ledger(host, "history", "show", "--limit", "1")[1]["records"][0]
+    assert (record["action"], record["holder"]["who"]) == ("lock take-over", "ada@ctl")

@@ -1,15 +1,22 @@
 """The deploy ledger's helper (roles/ledger/files/deploykit-ledger), run as the balancer runs it,
 on a temporary directory: one holder at a time, its own lock released only by its token, the
-history kept line by line and readable past a torn last line."""
+history kept line by line and readable past a torn last line; the lock is a lease, renewed by its
+holder's token, stale once not renewed for its length, released by hand only when stale (or with
+--force), taken over only when stale, every operator release and take-over recorded."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from ansible_collections.deploykit.fleet.plugins.module_utils import ledger as ledger_module
 
 ROOT = Path(__file__).resolve().parents[2]
 HELPER = ROOT / "roles" / "ledger" / "files" / "deploykit-ledger"
@@ -23,8 +30,24 @@ def ledger(directory: Path, *args: str) -> tuple[int, dict[str, Any]]:
     return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else {}
 
 
-def holder(who: str, token: str) -> str:
-    return json.dumps({"who": who, "token": token, "command": "deploy", "release": "r2"})
+def holder(who: str, token: str, **more: Any) -> str:
+    return json.dumps({"who": who, "token": token, "command": "deploy", "release": "r2", **more})
+
+
+def age_lock(directory: Path, seconds: float) -> None:
+    """The lease's last renewal ``seconds`` ago (its lock file's mtime)."""
+    lock = directory / "deploy.lock"
+    at = time.time() - seconds
+    os.utime(lock, (at, at))
+
+
+def history(directory: Path) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = ledger(directory, "history", "show")[1]["records"]
+    return records
+
+
+FREE = {"held": False, "holder": None, "age": None, "renewed": None, "stale": False,
+        "stale_after": None}  # fmt: skip
 
 
 def test_a_second_holder_is_refused_with_the_first_ones_record(tmp_path: Path) -> None:
@@ -45,13 +68,164 @@ def test_only_the_holders_token_releases_the_lock(tmp_path: Path) -> None:
     assert ledger(tmp_path, "lock", "status")[1]["held"] is True
     rc, answer = ledger(tmp_path, "lock", "release", "--token", "t1")
     assert (rc, answer["released"]) == (0, True)
-    assert ledger(tmp_path, "lock", "status")[1] == {"held": False, "holder": None, "age": None}
+    assert ledger(tmp_path, "lock", "status")[1] == FREE
 
 
-def test_an_operator_release_without_token_clears_a_dead_holders_lock(tmp_path: Path) -> None:
-    ledger(tmp_path, "lock", "acquire", "--holder", holder("dead@ctl", "t1"))
-    rc, answer = ledger(tmp_path, "lock", "release")
+def test_an_operator_release_without_token_clears_a_dead_holders_stale_lease(
+    tmp_path: Path,
+) -> None:
+    ledger(tmp_path, "lock", "acquire", "--holder", holder("dead@ctl", "t1", lease=30))
+    age_lock(tmp_path, 45)
+    rc, answer = ledger(tmp_path, "lock", "release", "--who", "carol@ctl")
     assert (rc, answer["released"], answer["holder"]["who"]) == (0, True, "dead@ctl")
+    assert answer["forced"] is False
+    assert ledger(tmp_path, "lock", "status")[1] == FREE
+    (record,) = history(tmp_path)
+    assert (record["action"], record["outcome"], record["who"]) == (
+        "lock release", "released", "carol@ctl",
+    )  # fmt: skip
+    assert record["holder"]["who"] == "dead@ctl" and record["stale"] is True
+
+
+def test_an_operator_release_of_a_live_lease_is_refused_without_force(tmp_path: Path) -> None:
+    ledger(tmp_path, "lock", "acquire", "--holder", holder("ada@ctl", "t1"))
+    rc, answer = ledger(tmp_path, "lock", "release", "--who", "carol@ctl")
+    assert (rc, answer["released"], answer["refused"]) == (1, False, "live")
+    assert answer["holder"]["who"] == "ada@ctl" and answer["stale"] is False
+    assert ledger(tmp_path, "lock", "status")[1]["held"] is True
+    assert history(tmp_path) == []
+
+
+def test_a_forced_release_of_a_live_lease_is_recorded_in_the_history(tmp_path: Path) -> None:
+    ledger(tmp_path, "lock", "acquire", "--holder", holder("ada@ctl", "t1"))
+    rc, answer = ledger(tmp_path, "lock", "release", "--force", "--who", "carol@ctl")
+    assert (rc, answer["released"], answer["forced"]) == (0, True, True)
+    assert ledger(tmp_path, "lock", "status")[1]["held"] is False
+    (record,) = history(tmp_path)
+    assert record["action"] == "lock release"
+    assert (record["outcome"], record["forced"], record["who"]) == ("forced", True, "carol@ctl")
+    assert record["holder"]["who"] == "ada@ctl" and record["stale"] is False
+    # The token is a capability to release: the history keeps who held the lock, not it.
+    assert "token" not in record["holder"]
+    assert record["recorded"].endswith("Z")
+
+
+def test_since_is_when_the_lock_was_taken_not_when_waiting_began(tmp_path: Path) -> None:
+    ledger(tmp_path, "lock", "acquire", "--holder", holder("ada@ctl", "t1"))
+    began = time.time()
+    timer = threading.Timer(2.5, lambda: ledger(tmp_path, "lock", "release", "--token", "t1"))
+    timer.start()
+    rc, answer = ledger(
+        tmp_path, "lock", "acquire", "--holder", holder("bob@ctl", "t2"), "--wait", "20"
+    )
+    timer.join()
+    assert rc == 0
+    since = datetime.fromisoformat(answer["holder"]["since"].replace("Z", "+00:00")).timestamp()
+    # "since" has whole seconds: taken at least 2.5 s after the wait began, not when it began.
+    assert since >= int(began) + 2, (answer["holder"]["since"], began)
+
+
+def test_a_lease_is_renewed_only_by_its_holders_token(tmp_path: Path) -> None:
+    ledger(tmp_path, "lock", "acquire", "--holder", holder("ada@ctl", "t1", lease=30))
+    age_lock(tmp_path, 20)
+    rc, answer = ledger(tmp_path, "lock", "renew", "--token", "someone-else")
+    assert (rc, answer["extended"], answer["holder"]["who"]) == (1, False, "ada@ctl")
+    assert ledger(tmp_path, "lock", "status")[1]["renewed"] >= 20
+    rc, answer = ledger(tmp_path, "lock", "renew", "--token", "t1")
+    assert (rc, answer["extended"]) == (0, True)
+    status = ledger(tmp_path, "lock", "status")[1]
+    assert status["renewed"] < 5
+    # A renewal moves the last renewal, never the moment the lock was taken.
+    assert status["holder"]["since"] == answer["holder"]["since"]
+    ledger(tmp_path, "lock", "release", "--token", "t1")
+    rc, answer = ledger(tmp_path, "lock", "renew", "--token", "t1")
+    assert (rc, answer["extended"], answer["held"]) == (1, False, False)
+
+
+def test_a_lease_not_renewed_for_its_length_is_stale_with_its_figures(tmp_path: Path) -> None:
+    rc, taken = ledger(tmp_path, "lock", "acquire", "--holder", holder("ada@ctl", "t1", lease=30))
+    assert rc == 0
+    assert taken["holder"]["lease"] == 30
+    status = ledger(tmp_path, "lock", "status")[1]
+    assert (status["held"], status["stale"], status["stale_after"]) == (True, False, 30)
+    assert status["renewed"] < 5 and status["age"] < 5
+    age_lock(tmp_path, 29)
+    assert ledger(tmp_path, "lock", "status")[1]["stale"] is False
+    age_lock(tmp_path, 31)
+    status = ledger(tmp_path, "lock", "status")[1]
+    assert status["stale"] is True and 31 <= status["renewed"] < 40
+    assert status["holder"]["who"] == "ada@ctl"
+    # A renewal by its holder makes it live again (a controller that was only cut off).
+    assert ledger(tmp_path, "lock", "renew", "--token", "t1")[0] == 0
+    assert ledger(tmp_path, "lock", "status")[1]["stale"] is False
+
+
+def test_a_holder_that_states_no_lease_gets_the_default(tmp_path: Path) -> None:
+    # A lock written before leases (no "lease"): stale after the default.
+    (tmp_path / "deploy.lock").write_text(json.dumps({"who": "old@ctl", "token": "t0"}))
+    age_lock(tmp_path, ledger_module.DEFAULT_LEASE - 5)
+    status = ledger(tmp_path, "lock", "status")[1]
+    assert (status["stale"], status["stale_after"]) == (False, ledger_module.DEFAULT_LEASE)
+    age_lock(tmp_path, ledger_module.DEFAULT_LEASE + 5)
+    assert ledger(tmp_path, "lock", "status")[1]["stale"] is True
+
+
+def test_take_over_never_takes_a_live_lease(tmp_path: Path) -> None:
+    ledger(tmp_path, "lock", "acquire", "--holder", holder("ada@ctl", "t1", lease=30))
+    age_lock(tmp_path, 25)
+    rc, answer = ledger(
+        tmp_path, "lock", "acquire", "--holder", holder("bob@ctl", "t2"), "--take-over"
+    )
+    assert (rc, answer["acquired"], answer["stale"]) == (1, False, False)
+    assert answer["holder"]["who"] == "ada@ctl"
+    assert ledger(tmp_path, "lock", "status")[1]["holder"]["who"] == "ada@ctl"
+    assert history(tmp_path) == []
+
+
+def test_take_over_of_a_stale_lease_replaces_it_and_is_recorded(tmp_path: Path) -> None:
+    ledger(tmp_path, "lock", "acquire", "--holder", holder("ada@ctl", "t1", lease=30))
+    age_lock(tmp_path, 45)
+    # Without --take-over a stale lease is refused like a live one, naming it stale.
+    rc, answer = ledger(tmp_path, "lock", "acquire", "--holder", holder("bob@ctl", "t2"))
+    assert (rc, answer["acquired"], answer["stale"]) == (1, False, True)
+    assert answer["renewed"] >= 45 and answer["stale_after"] == 30
+    rc, answer = ledger(
+        tmp_path, "lock", "acquire", "--holder", holder("bob@ctl", "t2"), "--take-over"
+    )
+    assert (rc, answer["acquired"], answer["holder"]["who"]) == (0, True, "bob@ctl")
+    assert answer["took_over"]["holder"]["who"] == "ada@ctl"
+    assert answer["took_over"]["renewed"] >= 45
+    status = ledger(tmp_path, "lock", "status")[1]
+    assert (status["holder"]["who"], status["stale"]) == ("bob@ctl", False)
+    (record,) = history(tmp_path)
+    assert (record["action"], record["who"], record["holder"]["who"]) == (
+        "lock take-over", "bob@ctl", "ada@ctl",
+    )  # fmt: skip
+    assert "token" not in record["holder"]
+    # The old holder, back from the dead, neither renews nor releases the new holder's lease.
+    assert ledger(tmp_path, "lock", "renew", "--token", "t1")[0] == 1
+    assert ledger(tmp_path, "lock", "release", "--token", "t1")[0] == 1
+    assert ledger(tmp_path, "lock", "status")[1]["holder"]["who"] == "bob@ctl"
+
+
+def test_of_many_simultaneous_take_overs_exactly_one_wins(tmp_path: Path) -> None:
+    ledger(tmp_path, "lock", "acquire", "--holder", holder("dead@ctl", "t0", lease=30))
+    age_lock(tmp_path, 60)
+    results: list[int] = []
+
+    def attempt(n: int) -> None:
+        answer = ledger(
+            tmp_path, "lock", "acquire", "--holder", holder(f"c{n}", f"t{n}"), "--take-over"
+        )
+        results.append(answer[0])
+
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in range(1, 7)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [0] + [1] * 5
+    assert [r["action"] for r in history(tmp_path)] == ["lock take-over"]
 
 
 def test_of_many_simultaneous_deploys_exactly_one_gets_the_lock(tmp_path: Path) -> None:
@@ -99,5 +273,9 @@ def test_the_history_keeps_every_record_in_order_past_a_torn_line(tmp_path: Path
 
 def test_bad_input_and_a_missing_directory_exit_2(tmp_path: Path) -> None:
     assert ledger(tmp_path, "lock", "acquire", "--holder", "not json")[0] == 2
+    assert ledger(tmp_path, "lock", "acquire", "--holder", holder("a", "t", lease=-1))[0] == 2
+    assert ledger(tmp_path, "lock", "acquire", "--holder", holder("a", "t", lease="x"))[0] == 2
+    assert ledger(tmp_path, "lock", "renew")[0] == 2  # no --token
+    assert ledger(tmp_path, "lock", "renew", "--token", "")[0] == 2
     assert ledger(tmp_path, "history", "append", "--record", "[1, 2]")[0] == 2
     assert ledger(tmp_path / "missing", "lock", "status")[0] == 2

@@ -5,30 +5,57 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: ledger
-short_description: Take, release or read the deploy lock; append to or read the deploy history
+short_description: Take, renew, release or read the deploy lock; append to or read the history
 description:
   - One deploy at a time per inventory. The lock is a file created atomically with link(2); the
     history is a JSON-lines file appended one write(2) per record.
+  - The lock is a lease. Its holder renews it (C(lock renew), every lease/4 seconds); a lease not
+    renewed for more than its length (the holder's C(lease), default 60 s) is stale. C(lock status)
+    reports C(held), C(holder), C(age) (seconds since it was taken), C(renewed) (seconds since its
+    last renewal), C(stale) and C(stale_after).
+  - Renew, release and take-over are serialized by flock(2) in the ledger's directory, each
+    token-checked against the holder it read.
   - The same code as C(deploykit-ledger) on the balancer (module_utils/ledger.py).
 options:
   command:
     description: What to do.
     type: str
     required: true
-    choices: [lock acquire, lock release, lock status, history append, history show]
+    choices: [lock acquire, lock renew, lock release, lock status, history append, history show]
   dir:
     description: The ledger's directory (the ledger role creates it).
     type: path
     default: /var/lib/deploykit-ledger
   holder:
-    description: The holder's record (who, command, release, token); C(lock acquire) adds since.
+    description:
+      - The holder's record (who, command, release, token, lease in seconds); C(lock acquire) adds
+        since (the moment the lock is taken) and lease (default 60) when missing.
     type: dict
   wait:
     description: C(lock acquire) waits up to this many seconds (wall clock) for the holder.
     type: float
     default: 0
+  take_over:
+    description:
+      - C(lock acquire) takes over a STALE lease (never a live one), atomically; the answer carries
+        C(took_over) (the old holder) and the history a C(lock take-over) record.
+    type: bool
+    default: false
   token:
-    description: C(lock release) releases only the lock whose holder carries this token.
+    description:
+      - C(lock renew) renews, and C(lock release) releases, only the lease whose holder carries
+        this token. Required by C(lock renew).
+    type: str
+    default: ""
+  force:
+    description:
+      - C(lock release) without a token releases a stale lease; a live one only with I(force).
+        Every release without a token is recorded in the history (who, the holder it removed,
+        forced or not).
+    type: bool
+    default: false
+  who:
+    description: Who releases (user@controller), for the history's record of a release.
     type: str
     default: ""
   record:
@@ -55,7 +82,7 @@ from ansible_collections.deploykit.fleet.plugins.module_utils.ledger import (
     run,
 )
 
-CHANGING = ("lock acquire", "lock release", "history append")
+CHANGING = ("lock acquire", "lock renew", "lock release", "history append")
 
 
 def main() -> None:
@@ -66,6 +93,7 @@ def main() -> None:
                 "required": True,
                 "choices": [
                     "lock acquire",
+                    "lock renew",
                     "lock release",
                     "lock status",
                     "history append",
@@ -75,12 +103,16 @@ def main() -> None:
             "dir": {"type": "path", "default": "/var/lib/deploykit-ledger"},
             "holder": {"type": "dict"},
             "wait": {"type": "float", "default": 0},
+            "take_over": {"type": "bool", "default": False},
             "token": {"type": "str", "default": "", "no_log": False},
+            "force": {"type": "bool", "default": False},
+            "who": {"type": "str", "default": ""},
             "record": {"type": "dict"},
             "limit": {"type": "int", "default": 0},
         },
         required_if=[
             ("command", "lock acquire", ["holder"]),
+            ("command", "lock renew", ["token"]),
             ("command", "history append", ["record"]),
         ],
         supports_check_mode=False,
@@ -92,7 +124,10 @@ def main() -> None:
     except (LedgerError, OSError) as error:
         module.fail_json(msg=f"deploy ledger: {error}")
     changed = command in CHANGING and bool(
-        answer.get("acquired") or answer.get("released") or answer.get("appended")
+        answer.get("acquired")
+        or answer.get("extended")
+        or answer.get("released")
+        or answer.get("appended")
     )
     module.exit_json(changed=changed, ledger=answer)
 
