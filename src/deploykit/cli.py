@@ -189,6 +189,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     console.rule(f"deploy: release {artifact.release_id}")
     args.vault_password_file = getattr(args, "vault_password_file", None)
     args.drain_timeout, args.ready_timeout, args.health_timeout = 30.0, 60.0, 30.0
+    args.lease = rollout.DEFAULT_LEASE
     try:
         deployed = _rollouts(args).deploy(artifact.path)
     except rollout.RolloutFailed as error:
