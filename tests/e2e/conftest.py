@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from verify_skips import VERIFY_ACCOUNTING, terminal_lines
 
 from deploykit import lab
 from deploykit.errors import LabError
@@ -110,6 +111,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lab_teardown: removes the shared lab; runs last")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The skip accounting of every molecule scenario's verify that ran (test_molecule.py): shown
+    even when every scenario passed, so that no skip of a verify is invisible in CI's output."""
+    accountings = terminalreporter.config.stash.get(VERIFY_ACCOUNTING, [])
+    if accountings:
+        terminalreporter.write_sep("=", "molecule verify: tests run and skipped, by scenario")
+        for line in terminal_lines(accountings):
+            terminalreporter.write_line(line)
 
 
 class LabShell:
