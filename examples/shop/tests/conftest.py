@@ -47,7 +47,7 @@ def postgres_url() -> str:
 @pytest.fixture(scope="session")
 def mongodb_url() -> str:
     if not MONGODB_URL:
-        unavailable("MongoDB", "no server to test against: MONGODB_URL is not set", url_given=False)
+        unavailable("MongoDB", "MONGODB_URL is not set", url_given=False)
     problem = mongodb_problem(MONGODB_URL)
     if problem:
         unavailable("MongoDB", f"not reachable at MONGODB_URL={MONGODB_URL}: {problem}")

@@ -56,7 +56,7 @@ def unavailable(service: str, problem: str, *, url_given: bool = True) -> NoRetu
     SHOP_REQUIRE_SERVICES=1, unless NOT_PROVIDED lists the service and no URL was given."""
     message = f"{service}: {problem}"
     if not url_given and service in NOT_PROVIDED:
-        pytest.skip(f"{message}: not provided here: {NOT_PROVIDED[service]}")
+        pytest.skip(f"{message}; not provided here: {NOT_PROVIDED[service]}")
     if REQUIRE_SERVICES:
         pytest.fail(f"{message} (SHOP_REQUIRE_SERVICES=1)", pytrace=False)
     pytest.skip(message)
