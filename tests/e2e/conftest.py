@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from verify_skips import VERIFY_ACCOUNTING, terminal_lines
 
 from deploykit import lab
 from deploykit.errors import LabError
@@ -53,11 +56,52 @@ def lab_up(lab_image: str) -> Iterator[lab.LabUpResult]:
     if not keep and lab.status(root=ROOT):
         print("e2e: removing the lab a previous run left (set DEPLOYKIT_KEEP_LAB=1 to reuse it)")
         lab.down(root=ROOT, log=print)
+    if not lab.status(root=ROOT):
+        # A new lab: its first converge is still to come, and will be kept (FIRST_CONVERGE).
+        shutil.rmtree(FIRST_CONVERGE, ignore_errors=True)
+        _first_converge_pending[0] = True
     result = lab.up(lab.LabSpec(), root=ROOT, log=print)
     yield result
     if keep:  # a developer's re-runs: keep the lab for the next
         return
     lab.down(root=ROOT, log=print)
+    shutil.rmtree(FIRST_CONVERGE, ignore_errors=True)
+
+
+# The first converge of a lab this session created (the first `deploykit up` or `provision`): its
+# output and ansible-runner's run directories, kept for test_security_matrix.py's secrets scan
+# (the runner keeps only its last KEEP_RUNS runs, and the tests after it make many). Root-only, as
+# .cache/runs is; removed with the lab. record.json: {"command", "started", "ended", "runs"}.
+FIRST_CONVERGE = ROOT / ".cache" / "e2e-first-converge"
+_first_converge_pending = [False]
+
+
+def deploykit(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`deploykit ARGS` as a user runs it. When it is the new lab's first converge, its output and
+    run directories are kept in FIRST_CONVERGE."""
+    first = _first_converge_pending[0]
+    _first_converge_pending[0] = False
+    runs = ROOT / ".cache" / "runs"
+    before = set(runs.iterdir()) if runs.is_dir() else set()
+    started = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploykit", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    if first:
+        made = sorted(set(runs.iterdir()) - before) if runs.is_dir() else []
+        FIRST_CONVERGE.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for run in made:
+            shutil.copytree(run, FIRST_CONVERGE / run.name, symlinks=True)
+        (FIRST_CONVERGE / "output.txt").write_text(proc.stdout + proc.stderr)
+        record = {
+            "command": f"deploykit {' '.join(args)}",
+            "started": started,
+            "ended": time.time(),
+            "runs": [run.name for run in made],
+        }
+        (FIRST_CONVERGE / "record.json").write_text(json.dumps(record))
+    return proc
 
 
 @pytest.fixture(scope="session")
@@ -68,10 +112,7 @@ def site_converged(lab_up: lab.LabUpResult) -> dict[str, object]:
 
 def provision(*extra: str) -> dict[str, object]:
     """Run `deploykit provision --json`; return the final recap line, checked for shape."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "deploykit", "provision", "--json", *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False,
-    )  # fmt: skip
+    proc = deploykit("provision", "--json", *extra, timeout=1800)
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     assert lines, f"no JSON output; stderr:\n{proc.stderr[-3000:]}"
     recap: dict[str, object] = lines[-1]
@@ -84,10 +125,7 @@ def provision(*extra: str) -> dict[str, object]:
 def shop(lab_up: lab.LabUpResult) -> str:
     """The whole stack with examples/shop deployed by `deploykit up` (once per run); the balancer's
     URL."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "deploykit", "up"],
-        cwd=ROOT, capture_output=True, text=True, timeout=2400, check=False,
-    )  # fmt: skip
+    proc = deploykit("up", timeout=2400)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-5000:]
     assert "ok health" in output and "ok home page" in output
@@ -110,6 +148,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lab_teardown: removes the shared lab; runs last")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The skip accounting of every molecule scenario's verify that ran (test_molecule.py): shown
+    even when every scenario passed, so that no skip of a verify is invisible in CI's output."""
+    accountings = terminalreporter.config.stash.get(VERIFY_ACCOUNTING, [])
+    if accountings:
+        terminalreporter.write_sep("=", "molecule verify: tests run and skipped, by scenario")
+        for line in terminal_lines(accountings):
+            terminalreporter.write_line(line)
 
 
 class LabShell:

@@ -1,6 +1,9 @@
 """Every molecule scenario (one per role): create, converge, idempotence, testinfra verify, destroy.
 
 Run from pytest so that `make test` has one runner and one closing line; each scenario is a test.
+Each verify writes a JUnit report; a scenario passes only when every test of it passed or was
+skipped with a reason ALLOWED_SKIPS (verify_skips.py) lists, and the final summary shows each
+scenario's accounting (passed, skipped, and why each skip is allowed).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from verify_skips import VERIFY_ACCOUNTING, account
 
 from deploykit.project import project_root
 
@@ -39,10 +43,17 @@ JOBS = max(1, int(os.environ.get("DEPLOYKIT_MOLECULE_JOBS", "2")))
 LONGEST_FIRST = ("app", "haproxy", "rabbitmq", "postgresql", "static", "release", "worker")
 
 
-def run_scenario(scenario: str) -> subprocess.CompletedProcess[str]:
+def run_scenario(scenario: str, report: Path) -> subprocess.CompletedProcess[str]:
+    """`molecule test -s SCENARIO`; its verify's pytest writes a JUnit report to REPORT."""
     venv_bin = Path(sys.executable).parent
     # molecule looks up ansible-config and ansible-playbook on PATH: put the venv's first.
-    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # The verifier's pytest inherits the environment: PYTEST_ADDOPTS reaches it (and only it).
+    addopts = f"{os.environ.get('PYTEST_ADDOPTS', '')} --junitxml={report}".strip()
+    env = {
+        **os.environ,
+        "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTEST_ADDOPTS": addopts,
+    }
     return subprocess.run(
         [str(venv_bin / "molecule"), "test", "-s", scenario],
         env=env,
@@ -55,8 +66,14 @@ def run_scenario(scenario: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
+def reports(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where each scenario's verify writes its JUnit report (SCENARIO.xml)."""
+    return tmp_path_factory.mktemp("molecule-verify")
+
+
+@pytest.fixture(scope="module")
 def scenario_runs(
-    request: pytest.FixtureRequest, lab_image: str
+    request: pytest.FixtureRequest, lab_image: str, reports: Path
 ) -> Iterator[dict[str, Future[subprocess.CompletedProcess[str]]]]:
     """The selected scenarios (-k applies) started on a pool of JOBS; each test waits for its
     own. The lab image is built before any of them starts."""
@@ -69,18 +86,30 @@ def scenario_runs(
     order = sorted(selected, key=lambda s: LONGEST_FIRST.index(s) if s in LONGEST_FIRST else 99)
     pool = ThreadPoolExecutor(max_workers=JOBS, thread_name_prefix="molecule")
     try:
-        yield {scenario: pool.submit(run_scenario, scenario) for scenario in order}
+        yield {
+            scenario: pool.submit(run_scenario, scenario, reports / f"{scenario}.xml")
+            for scenario in order
+        }
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_molecule_scenario(
-    scenario: str, scenario_runs: dict[str, Future[subprocess.CompletedProcess[str]]]
+    scenario: str,
+    scenario_runs: dict[str, Future[subprocess.CompletedProcess[str]]],
+    reports: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     proc = scenario_runs[scenario].result()
+    accounting = account(scenario, reports / f"{scenario}.xml")
+    # Shown in the run's final summary (conftest.py), passed or not.
+    request.config.stash.setdefault(VERIFY_ACCOUNTING, []).append(accounting)
     if proc.returncode != 0:
         pytest.fail(f"molecule test -s {scenario} exited {proc.returncode}:\n{why(proc)}")
+    if accounting.problems:
+        lines = [*accounting.problems, "--- the accounting ---", *accounting.summary()]
+        pytest.fail("\n".join(lines), pytrace=False)
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

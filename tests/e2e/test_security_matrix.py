@@ -1,8 +1,10 @@
 """The security matrix of the converged lab, measured rather than assumed: which TCP ports each
 host accepts and from whom (from the balancer, from a host outside every group and from the
 controller), which listeners are wider than they need to be, where the secrets live and who may
-read them, that a full run at the highest verbosity leaves no secret in any output or log, and that
-the application runs unprivileged under systemd's hardening.
+read them, that no run leaves a secret in any output or log (a no-op re-run at the highest
+verbosity, the lab's first converge, and every secret changed and changed back at the highest
+verbosity, scanned for the old and the new values), and that the application runs unprivileged
+under systemd's hardening.
 
 test_stack_security.py proves each service's own access rules (logins, ACLs); this file covers
 the whole of every host, one table per claim, declared once below.
@@ -26,7 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, LabShell
+from conftest import FIRST_CONVERGE, ROOT, LabShell
 
 from deploykit import lab, runner
 
@@ -294,7 +296,8 @@ print(json.dumps(found))
 """
 
 # Preceded by `DATA = "<base64 of JSON>"` (the secrets travel on stdin, never on a command line):
-# {"needles": [[label, hex], ...], "paths": [...], "journal_since": epoch | null}. Prints JSON
+# {"needles": [[label, hex], ...], "paths": [...], "journal_since": epoch | null,
+# "journal_until": epoch | null}. Prints JSON
 # {"findings": [{where, secret, count, context}], "files": n, "journal_entries": n}. A context
 # never holds a needle: each occurrence is replaced by <label> (a base64 one with the 2 characters
 # either side that mix its bits with its neighbours'), and the window is widened so that it never
@@ -355,9 +358,11 @@ for top in DATA["paths"]:
             except OSError:
                 continue
 if DATA.get("journal_since") is not None:
-    journal = subprocess.run(
-        ["journalctl", "--no-pager", "-o", "json", "--since", "@%d" % DATA["journal_since"]],
-        capture_output=True, check=True).stdout
+    window = ["--since", "@%d" % DATA["journal_since"]]
+    if DATA.get("journal_until") is not None:
+        window += ["--until", "@%d" % DATA["journal_until"]]
+    journal = subprocess.run(["journalctl", "--no-pager", "-o", "json", *window],
+                             capture_output=True, check=True).stdout
     for line in journal.splitlines():
         entry = json.loads(line)
         counts["journal_entries"] += 1
@@ -686,12 +691,17 @@ def needles(secrets: dict[str, str]) -> list[tuple[str, bytes]]:
 
 
 def _scan_code(
-    secrets: dict[str, str], paths: Iterable[str], journal_since: float | None = None
+    secrets: dict[str, str],
+    paths: Iterable[str],
+    journal_since: float | None = None,
+    journal_until: float | None = None,
 ) -> str:
     data = {
         "needles": [[label, needle.hex()] for label, needle in needles(secrets)],
         "paths": list(paths),
         "journal_since": None if journal_since is None else int(journal_since),
+        # Whole seconds, rounded up: the window holds the run's last second.
+        "journal_until": None if journal_until is None else int(journal_until) + 1,
     }
     return f"DATA = {base64.b64encode(json.dumps(data).encode()).decode()!r}\n" + SECRET_SCAN
 
@@ -913,4 +923,152 @@ def test_no_secret_in_the_hosts_journals_or_logs(
         # that nothing was scanned, not that nothing leaked.
         assert scan["journal_entries"] > 0, f"{host.name}: no journal entry since the run"
         findings += [{**f, "where": f"{host.name}: {f['where']}"} for f in found]
+    assert not findings, "secrets in the hosts' logs:\n" + _report(findings)
+
+
+# --- the first converge, and a password change, leave no secret either --------------------------
+# The no-op re-run above shows what an unchanged task prints; the tasks that create an account or
+# set a password print on the paths a re-run never takes. Those are scanned here: the lab's first
+# converge (kept by conftest.py when this run created the lab), and every secret changed and then
+# changed back, at the highest verbosity.
+
+
+def test_no_secret_in_the_first_converges_output_and_journals(
+    deployed: None,
+    lab_shell: LabShell,
+    hosts: dict[str, Host],
+    lab_secrets: dict[str, str],
+) -> None:
+    record_file = FIRST_CONVERGE / "record.json"
+    if not record_file.exists():
+        reason = (
+            "the lab's first converge was not made by this run (a lab kept with "
+            "DEPLOYKIT_KEEP_LAB, or converged outside the tests): its output is not kept"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    record = json.loads(record_file.read_text())
+    events = list(FIRST_CONVERGE.glob("*/artifacts/*/job_events/*.json"))
+    scan = json.loads(_run_local(_scan_code(lab_secrets, [str(FIRST_CONVERGE)])))
+    print(
+        f"first converge ({record['command']}, {record['ended'] - record['started']:.0f} s): "
+        f"scanned {scan['files']} files: its output and {len(record['runs'])} runs "
+        f"({', '.join(record['runs'])}), {len(events)} job events"
+    )
+    assert any("-site" in run for run in record["runs"]), f"no site.yml run: {record}"
+    assert len(events) > 100, f"the first converge left {len(events)} job events"
+    findings = scan["findings"]
+    code = _scan_code(
+        lab_secrets, [], journal_since=record["started"] - 2, journal_until=record["ended"]
+    )
+    for host in hosts.values():
+        journal = json.loads(lab_shell.python(host.name, code))
+        print(f"{host.name}: {journal['journal_entries']} journal entries during the converge")
+        assert journal["journal_entries"] > 0, f"{host.name}: no journal entry during it"
+        findings += [{**f, "where": f"{host.name}: {f['where']}"} for f in journal["findings"]]
+    assert not findings, "secrets in the first converge's output:\n" + _report(findings)
+
+
+# Only the tiers site.yml converges with the secrets (the application's settings are the deploy's):
+# the baseline (common) holds none of them.
+SECRET_TIERS = "cache,docstore,queue,lb"
+
+
+@dataclass(frozen=True)
+class PasswordChange:
+    old: dict[str, str]  # the lab's secrets (secrets.yml), as before and after
+    new: dict[str, str]  # what they were changed to, in between
+    runs: tuple[runner.RunResult, runner.RunResult]  # old -> new, new -> old
+    started: float
+    ended: float
+
+
+@pytest.fixture(scope="module")
+def password_change(
+    deployed: None, lab_up: lab.LabUpResult, lab_secrets: dict[str, str]
+) -> Iterator[PasswordChange]:
+    """Every secret of secrets.yml changed (site.yml -vvvv on the tiers, new values as extra
+    vars), then changed back (secrets.yml again): two runs that set passwords. The lab ends as it
+    began; the clones, whose settings still hold the old values, only lose new connections to
+    Redis in between."""
+    old: dict[str, str] = yaml.safe_load(lab.secrets_file(ROOT).read_text())
+    new = {name: make() for name, make in lab.LAB_SECRETS.items() if name in old}
+    started = time.time() - 2
+    runs = []
+    try:
+        for extravars in (new, None):
+            runs.append(
+                runner.run_playbook(
+                    "site.yml",
+                    root=ROOT,
+                    inventory=lab_up.inventory,
+                    extravars=extravars,
+                    tags=SECRET_TIERS,
+                    verbosity=4,
+                )
+            )
+    finally:
+        if len(runs) < 2:  # the change back did not run: leave the lab as it was
+            runner.run_playbook("site.yml", root=ROOT, inventory=lab_up.inventory)
+    yield PasswordChange(old, new, (runs[0], runs[1]), started, time.time())
+
+
+def _changed_secrets(change: PasswordChange, lab_secrets: dict[str, str]) -> dict[str, str]:
+    """The needles of a password change: every secret as it was, and as it was in between."""
+    return {**lab_secrets, **{f"{name} (changed)": value for name, value in change.new.items()}}
+
+
+def test_a_password_change_and_back_converge_and_change_something(
+    password_change: PasswordChange,
+) -> None:
+    for label, result in zip(("changed", "changed back"), password_change.runs, strict=True):
+        changed = {h: r.changed for h, r in result.recap.items() if r.changed}
+        print(f"site.yml -vvvv --tags {SECRET_TIERS}, secrets {label}: {result.status}, {changed}")
+        assert result.ok, "\n".join(f"{f.host}: {f.task}: {f.message}" for f in result.failures)
+        assert changed, f"secrets {label}: nothing changed, so no password was set"
+
+
+def test_no_secret_old_or_new_in_a_password_changes_output(
+    password_change: PasswordChange, lab_secrets: dict[str, str]
+) -> None:
+    secrets = _changed_secrets(password_change, lab_secrets)
+    dirs = []
+    for result in password_change.runs:
+        assert result.artifacts_dir is not None, result.to_dict()
+        private = result.artifacts_dir.parent.parent
+        stdout = (result.artifacts_dir / "stdout").read_text()
+        assert "ESTABLISH SSH CONNECTION" in stdout, "the run was not verbose"
+        dirs.append(str(private))
+    scan = json.loads(_run_local(_scan_code(secrets, [*dirs, str(ROOT / ".cache" / "facts")])))
+    print(
+        f"scanned {scan['files']} files of the two runs and the fact cache for "
+        f"{len(needles(secrets))} forms of {len(secrets)} secrets (old and new)"
+    )
+    assert not scan["findings"], "secrets in a password change's output:\n" + _report(
+        scan["findings"]
+    )
+
+
+def test_no_secret_old_or_new_in_the_hosts_logs_after_a_password_change(
+    password_change: PasswordChange,
+    lab_shell: LabShell,
+    hosts: dict[str, Host],
+    lab_secrets: dict[str, str],
+) -> None:
+    code = _scan_code(
+        _changed_secrets(password_change, lab_secrets),
+        ["/var/log"],
+        journal_since=password_change.started,
+        journal_until=password_change.ended,
+    )
+    findings = []
+    for host in hosts.values():
+        scan = json.loads(lab_shell.python(host.name, code))
+        print(
+            f"{host.name}: {scan['journal_entries']} journal entries during the change, "
+            f"{scan['files']} files under /var/log: {len(scan['findings'])} finding(s)"
+        )
+        assert scan["journal_entries"] > 0, f"{host.name}: no journal entry during the change"
+        findings += [{**f, "where": f"{host.name}: {f['where']}"} for f in scan["findings"]]
     assert not findings, "secrets in the hosts' logs:\n" + _report(findings)

@@ -76,7 +76,7 @@ def test_a_slow_job_is_done_by_a_worker(shop: str) -> None:
         if status == 200:
             break
         time.sleep(1)
-    assert status == 200, report
+    assert status == 200, f"the report job is not done after 90 s: {report}"
     assert report["status"] == "done", report
     assert report["result"]["by_category"]
 

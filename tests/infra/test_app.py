@@ -106,6 +106,12 @@ def main_pid(web) -> int:
     return int(web.run("systemctl show --property=MainPID --value %s", UNIT).stdout.strip())
 
 
+def worker_pids(web) -> set[int]:
+    """The web unit's gunicorn workers: the children of its master."""
+    found = web.run("pgrep -P %s", str(main_pid(web)))
+    return {int(pid) for pid in found.stdout.split()}
+
+
 def environ(web, pid: int) -> dict[str, str]:
     raw = web.run("cat /proc/%s/environ | base64 -w0", str(pid)).stdout
     entries = base64.b64decode(raw).split(b"\0")
@@ -343,9 +349,19 @@ def test_a_switch_and_a_restart_report_the_new_release(lab, lb_address, releases
     )
     running = json.loads(web.run("%s running %s", HELPER, UNIT).stdout)
     assert running["release"] == releases["A"]
-    # A reload starts new workers in the same master: still A.
+    # A reload starts new workers in the same master: still A. The new workers, not a fixed
+    # pause, say that the reload has taken effect before /healthz is asked again.
+    master, workers = main_pid(web), worker_pids(web)
+    assert workers, f"gunicorn {master} has no worker"
     assert web.run("systemctl reload %s", UNIT).rc == 0
-    time.sleep(2)
+    started, deadline = time.monotonic(), time.monotonic() + 30
+    while (now := worker_pids(web)) & workers or len(now) != len(workers):
+        assert time.monotonic() < deadline, (
+            f"the reload's new workers: {sorted(now)} after {time.monotonic() - started:.0f} s "
+            f"(old: {sorted(workers)})"
+        )
+        time.sleep(0.5)
+    assert main_pid(web) == master, "the reload replaced gunicorn's master"
     assert (
         json.loads(request(lab[OTHER], f"http://{lb_address}/healthz")["body"])["release"]
         == (releases["A"])

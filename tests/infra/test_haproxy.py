@@ -437,12 +437,7 @@ def test_dead_clone_leaves_the_rotation_within_3s(lab, lb_address, both_clones_u
     assert stopped.rc == 0, stopped.stderr
     died_at = float(stopped.stdout.split()[0])
 
-    finished = lb.run(
-        "timeout 30 sh -c 'while systemctl is-active -q %s; do sleep 0.2; done'; cat %s",
-        WATCH_UNIT,
-        WATCH_OUTPUT,
-    )
-    seen = json.loads(finished.stdout)
+    seen = json.loads(output_when_done(lb, WATCH_UNIT, WATCH_OUTPUT, 30))
     assert seen["ok"], f"haproxy-app2 never went DOWN: {seen}"
     assert seen["at"] - died_at < 3.0, f"DOWN only after {seen['at'] - died_at:.1f} s"
 
@@ -508,17 +503,15 @@ def test_reload_answers_every_request(lab, lb_address, both_clones_up):
         f"https://{lb_address}/",
     )
     assert started.rc == 0, started.stderr
-    time.sleep(1)
+    time.sleep(1)  # a second of the client's requests before the first reload
     for _ in range(2):
         before = worker_pid(lb)
         assert lb.run("systemctl reload haproxy.service").rc == 0
         assert watch(lb, APP1, "UP", deadline=10, not_pid=before)["ok"]
-    finished = client.run(
-        "timeout 60 sh -c 'while systemctl is-active -q %s; do sleep 0.2; done'; cat %s",
-        CLIENT_UNIT,
-        CLIENT_OUTPUT,
-    )
-    responses = json.loads(finished.stdout)
+    # The reloads happened under the client's traffic only if it is still sending: say so if not.
+    still = client.run("systemctl is-active -q %s", CLIENT_UNIT)
+    assert still.rc == 0, "the client had finished before the reloads were done: nothing proved"
+    responses = json.loads(output_when_done(client, CLIENT_UNIT, CLIENT_OUTPUT, 60))
     assert len(responses) == 80
     assert served_by(responses) == CLONES
 
@@ -647,13 +640,20 @@ def start_in_background(client, unit: str, output: str, script: str, *args: str)
     assert started.rc == 0, started.stderr
 
 
-def background_output(client, unit: str, output: str) -> list[dict]:
-    finished = client.run(
-        "timeout 60 sh -c 'while systemctl is-active -q %s; do sleep 0.2; done'; cat %s",
-        unit,
-        output,
+def output_when_done(host, unit: str, output: str, seconds: int) -> str:
+    """What a background unit wrote to OUTPUT, once it has finished. Fails, saying how long it
+    waited, when the unit is still active after SECONDS (its output would be partial)."""
+    waited = host.run(
+        "timeout %s sh -c 'while systemctl is-active -q %s; do sleep 0.2; done'", str(seconds), unit
     )
-    return json.loads(finished.stdout)
+    assert waited.rc == 0, f"{unit} still running after {seconds} s (timeout exit {waited.rc})"
+    read = host.run("cat %s", output)
+    assert read.rc == 0, read.stderr
+    return read.stdout
+
+
+def background_output(client, unit: str, output: str) -> list[dict]:
+    return json.loads(output_when_done(client, unit, output, 60))
 
 
 def test_helper_is_installed_root_owned_0755(lab):
@@ -853,12 +853,7 @@ def test_helper_watch_follows_a_server_down_and_up_again(lab, both_clones_up):
         assert watch(lb, APP2, "DOWN", deadline=10)["ok"]
     finally:
         app2.run("systemctl start molecule-app.service")
-    finished = lb.run(
-        "timeout 40 sh -c 'while systemctl is-active -q %s; do sleep 0.2; done'; cat %s",
-        unit,
-        output,
-    )
-    lines = [json.loads(line) for line in finished.stdout.splitlines()]
+    lines = [json.loads(line) for line in output_when_done(lb, unit, output, 40).splitlines()]
     changes, end = lines[:-1], lines[-1]
     assert changes[0]["status"] == "UP", lines
     assert any(line["operational"] == "down" for line in changes), lines

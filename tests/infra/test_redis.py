@@ -454,11 +454,11 @@ def test_session_survives_a_crash_through_the_aof(lab, cache, address, login):
     pid = cache.run("systemctl show -p MainPID --value redis-server.service").stdout.strip()
     assert cache.run("kill -KILL %s", pid).rc == 0
     # Debian's unit has Restart=always: systemd starts Redis again, which replays the AOF.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        new_pid = cache.run("systemctl show -p MainPID --value redis-server.service").stdout.strip()
-        if new_pid not in ("0", pid):
-            break
+    show = "systemctl show -p MainPID --value redis-server.service"
+    started = time.monotonic()
+    while (new_pid := cache.run(show).stdout.strip()) in ("0", pid):
+        waited = time.monotonic() - started
+        assert waited < 30, f"systemd did not start Redis again in {waited:.0f} s ({new_pid})"
         time.sleep(0.5)
     wait_for_redis(cache)
     assert replies(app, address, login, ["GET", "session:molecule-crash"]) == ["OK", "user=7"]

@@ -32,7 +32,7 @@ from shop_test_support import (
 def redis_url() -> str:
     problem = redis_problem(REDIS_URL)
     if problem:
-        unavailable(f"Redis not reachable at {REDIS_URL}: {problem}; {HOW}")
+        unavailable("Redis", f"not reachable at {REDIS_URL}: {problem}; {HOW}")
     return REDIS_URL
 
 
@@ -40,21 +40,17 @@ def redis_url() -> str:
 def postgres_url() -> str:
     problem = postgres_problem(POSTGRES_URL)
     if problem:
-        unavailable(f"PostgreSQL not reachable at {POSTGRES_URL}: {problem}; {HOW}")
+        unavailable("PostgreSQL", f"not reachable at {POSTGRES_URL}: {problem}; {HOW}")
     return POSTGRES_URL
 
 
 @pytest.fixture(scope="session")
 def mongodb_url() -> str:
     if not MONGODB_URL:
-        pytest.skip(
-            "MongoDB: no server to test against: MONGODB_URL is not set (Debian does not package "
-            "MongoDB, so test-services cannot start one); set MONGODB_URL=mongodb://[user:pass@]"
-            "host:port/db to run the MongoDB backend's tests"
-        )
+        unavailable("MongoDB", "MONGODB_URL is not set", url_given=False)
     problem = mongodb_problem(MONGODB_URL)
     if problem:
-        unavailable(f"MongoDB not reachable at MONGODB_URL={MONGODB_URL}: {problem}")
+        unavailable("MongoDB", f"not reachable at MONGODB_URL={MONGODB_URL}: {problem}")
     return MONGODB_URL
 
 

@@ -138,7 +138,7 @@ def test_job_survives_the_death_of_its_worker(
             conn.ensure_connection(max_retries=0)
             conn.SimpleQueue("shop").clear()  # nothing left over from an earlier run
     except Exception as exc:
-        unavailable(f"broker not reachable at {broker}: {exc}")
+        unavailable("the Celery broker (Redis)", f"not reachable at {broker}: {exc}")
 
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
