@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_BATCH",
     "DEFAULT_LEASE",
     "MIN_LEASE",
+    "ForeignApplication",
     "LeaseRenewer",
     "NodeOutcome",
     "NodeStatus",
@@ -55,6 +56,7 @@ __all__ = [
     "RolloutResult",
     "Rollouts",
     "StatusReport",
+    "app_from_history",
     "check_lease",
     "describe_lease",
     "parse_batch",
@@ -330,6 +332,15 @@ def status_from_survey(app: str, nodes: Mapping[str, Any]) -> StatusReport:
         if "lb" in groups:
             result.append(_balancer_node(host, report))
     return StatusReport(app=app, nodes=result)
+
+
+def app_from_history(records: Sequence[Any]) -> str | None:
+    """The application the newest rollout that was carried out names (a refused attempt, for
+    another application or while the lock was held, names one the fleet may not serve)."""
+    for record in reversed(records):
+        if isinstance(record, Mapping) and record.get("app") and record.get("outcome") != "refused":
+            return str(record["app"])
+    return None
 
 
 def previous_release(
@@ -674,9 +685,9 @@ class Rollouts:
                 "in deploykit_app_name: pass --app-name"
             )
         records = self.ledger("history", "show", "--limit=50").get("records") or []
-        for record in reversed(records):
-            if isinstance(record, dict) and record.get("app"):
-                return str(record["app"])
+        served = app_from_history(records)
+        if served is not None:
+            return served
         raise BadInput(
             "which application? the deploy history on the balancer is empty: deploy one first "
             "(deploykit deploy), set deploykit_app_name in the inventory (group all), or pass "

@@ -16,6 +16,7 @@ from deploykit.rollout import (
     NodeOutcome,
     RolloutResult,
     Rollouts,
+    app_from_history,
     is_settled,
     parse_batch,
     plan_batches,
@@ -229,3 +230,15 @@ def test_the_history_keeps_a_failed_nodes_cause_bounded() -> None:
     assert nodes["app1/app"]["journal"] == journal[-15:]
     assert "message" not in nodes["app2/app"] and "journal" not in nodes["app2/app"]
     assert result.to_dict()["nodes"]["app1/app"]["journal"] == journal
+
+
+def test_the_application_comes_from_the_newest_rollout_carried_out_not_a_refused_one() -> None:
+    records = [
+        {"app": "shop", "outcome": "succeeded"},
+        {"app": "shop", "outcome": "rolled_back"},
+        {"app": "minimal", "outcome": "refused"},
+        {"corrupt": "history.jsonl:4"},
+    ]
+    assert app_from_history(records) == "shop"
+    assert app_from_history([{"app": "minimal", "outcome": "refused"}]) is None
+    assert app_from_history([]) is None
