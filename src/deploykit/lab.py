@@ -274,9 +274,12 @@ def render_inventory(
     private_key: Path,
     known_hosts: Path,
     docstore: str = DEFAULT_LAB_DOCSTORE,
+    subnet: str = DEFAULT_SUBNET,
 ) -> str:
     """inventories/lab/hosts.yml: every host once under all.hosts (its address), and each group
-    listing its members, so a host in several groups (the small profile) is defined once."""
+    listing its members, so a host in several groups (the small profile) is defined once. SSH is
+    admitted from the lab's network only (the controller reaches it through the bridge's gateway,
+    an address of that network), as a site admits it from its admin network."""
     plans = list(plans)
     groups: dict[str, dict[str, dict[str, None]]] = {}
     for plan in plans:
@@ -290,6 +293,7 @@ def render_inventory(
                 "ansible_ssh_private_key_file": str(private_key),
                 "ansible_ssh_common_args": ssh_args,
                 "deploykit_docstore_engine": docstore,
+                "common_firewall_ssh_sources": [str(ipaddress.ip_network(subnet))],
                 # Baked pages: HAProxy routes them to nginx beside it (the static role's port).
                 "haproxy_static_backend_port": 8081,
                 # The balancer checks the shop's liveness path, not its readiness (/healthz, which
@@ -729,7 +733,11 @@ def up(spec: LabSpec, *, root: Path | None = None, log: Log = print) -> LabUpRes
     changed |= _write_if_changed(
         inventory,
         render_inventory(
-            plans, private_key=private_key, known_hosts=known_hosts_file, docstore=spec.docstore
+            plans,
+            private_key=private_key,
+            known_hosts=known_hosts_file,
+            docstore=spec.docstore,
+            subnet=spec.subnet,
         ),
     )
     changed |= ensure_lab_secrets(root)[1]
