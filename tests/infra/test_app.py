@@ -248,6 +248,7 @@ def test_the_migration_ran_as_the_service_account_started_by_systemd(lab, releas
             "euid": uid,
             "gid": gid,
             "ppid": 1,
+            "parent": "systemd",
             "cwd": f"{APP}/releases/{releases['A']}",
             "release": releases["A"],
             "secret_key_set": True,
