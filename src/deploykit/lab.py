@@ -274,9 +274,12 @@ def render_inventory(
     private_key: Path,
     known_hosts: Path,
     docstore: str = DEFAULT_LAB_DOCSTORE,
+    subnet: str = DEFAULT_SUBNET,
 ) -> str:
     """inventories/lab/hosts.yml: every host once under all.hosts (its address), and each group
-    listing its members, so a host in several groups (the small profile) is defined once."""
+    listing its members, so a host in several groups (the small profile) is defined once. SSH is
+    admitted from the lab's network only (the controller reaches it through the bridge's gateway,
+    an address of that network), as a site admits it from its admin network."""
     plans = list(plans)
     groups: dict[str, dict[str, dict[str, None]]] = {}
     for plan in plans:
@@ -290,6 +293,7 @@ def render_inventory(
                 "ansible_ssh_private_key_file": str(private_key),
                 "ansible_ssh_common_args": ssh_args,
                 "deploykit_docstore_engine": docstore,
+                "common_firewall_ssh_sources": [str(ipaddress.ip_network(subnet))],
                 # Baked pages: HAProxy routes them to nginx beside it (the static role's port).
                 "haproxy_static_backend_port": 8081,
                 # The balancer checks the shop's liveness path, not its readiness (/healthz, which
@@ -318,14 +322,15 @@ def secrets_file(root: Path | None = None) -> Path:
 
 
 def ensure_lab_secrets(root: Path | None = None) -> tuple[Path, bool]:
-    """The lab's secrets, generated once and kept (mode 0600): a value already there is never
-    replaced, so services keep their passwords across `lab up` runs."""
+    """The lab's secrets, generated once and kept (mode 0600, created so: never readable by others,
+    whatever the umask): a value already there is never replaced, so services keep their
+    passwords across `lab up` runs."""
     path = secrets_file(root)
     current: dict[str, str] = {}
     if path.exists():
         current = yaml.safe_load(path.read_text()) or {}
     wanted = {name: current.get(name) or make() for name, make in LAB_SECRETS.items()}
-    if wanted == current:
+    if wanted == current and path.stat().st_mode & 0o7777 == 0o600:
         return path, False
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     header = (
@@ -336,13 +341,34 @@ def ensure_lab_secrets(root: Path | None = None) -> tuple[Path, bool]:
 
 
 def _write_if_changed(path: Path, content: str, mode: int = 0o644) -> bool:
-    if path.exists() and path.read_text() == content:
+    """Replace ``path`` with ``content`` atomically, the file never readable beyond ``mode``: a
+    new temporary file in the same directory is created exclusively with at most 0600 (whatever
+    the umask; never a file or link planted under its name), set to exactly ``mode`` before any
+    byte is written, synced, then renamed over ``path``."""
+    # A file left with another mode (an older deploykit's) is written again with this one.
+    if path.exists() and path.stat().st_mode & 0o7777 == mode and path.read_text() == content:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(content)
-    tmp.chmod(mode)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, mode & 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            # Exactly mode, not mode less the umask (the inventory is 0644 whatever the umask);
+            # on the open file, before anything is in it.
+            os.fchmod(handle.fileno(), mode)
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
     return True
 
 
@@ -710,7 +736,11 @@ def up(spec: LabSpec, *, root: Path | None = None, log: Log = print) -> LabUpRes
     changed |= _write_if_changed(
         inventory,
         render_inventory(
-            plans, private_key=private_key, known_hosts=known_hosts_file, docstore=spec.docstore
+            plans,
+            private_key=private_key,
+            known_hosts=known_hosts_file,
+            docstore=spec.docstore,
+            subnet=spec.subnet,
         ),
     )
     changed |= ensure_lab_secrets(root)[1]

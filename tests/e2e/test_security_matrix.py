@@ -42,7 +42,8 @@ ALL = "all"  # admitted from anywhere: any host of the network, in a group or no
 # of the SOURCE admitted}. Every host also reaches its own listeners on its private address (the
 # firewall admits `lo`, and traffic to a host's own address goes through it): that is why the
 # balancer alone reaches its stats port. Sources come from the roles' defaults, as the lab uses
-# them: common_firewall_ssh_sources is empty (SSH from everyone), haproxy_firewall_allowed_groups
+# them: common_firewall_ssh_sources is the lab's network (every source probed here is in it, so SSH
+# answers them all; the lab's inventory sets it), haproxy_firewall_allowed_groups
 # [all], haproxy_stats_allowed_groups [] (nobody but the balancer), app_firewall_allowed_groups
 # [lb], redis/postgresql/rabbitmq *_firewall_allowed_groups [app, worker].
 PORT_MATRIX: dict[str, dict[int, frozenset[str]]] = {
@@ -85,18 +86,18 @@ SECRET_FILES: tuple[SecretFile, ...] = (
     SecretFile(
         "app",
         APP_ENV,
-        SERVICE_ACCOUNT,
-        SERVICE_ACCOUNT,
+        "root",
+        "root",
         0o600,
-        "SECRET_KEY and the service URLs with their passwords",
+        "SECRET_KEY and the service URLs with their passwords (systemd reads it, as PID 1)",
     ),
     SecretFile(
         "worker",
         APP_ENV,
-        SERVICE_ACCOUNT,
-        SERVICE_ACCOUNT,
+        "root",
+        "root",
         0o600,
-        "the same settings as the web clones",
+        "the same settings as the web clones (systemd reads it, as PID 1)",
     ),
     SecretFile(
         "cache",

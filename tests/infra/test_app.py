@@ -189,12 +189,12 @@ def test_layout(lab, releases):
     for release in releases.values():
         assert web.file(f"{APP}/releases/{release}/venv/bin/gunicorn").is_file
     shared = web.file(f"{APP}/shared")
-    assert (shared.user, shared.group, shared.mode) == ("deploykit", "deploykit", 0o750)
+    assert (shared.user, shared.group, shared.mode) == ("root", "root", 0o700)
 
 
 def test_env_file_holds_only_the_contract_settings(lab):
     env = lab[WEB].file(f"{APP}/shared/env")
-    assert (env.user, env.group, env.mode) == ("deploykit", "deploykit", 0o600)
+    assert (env.user, env.group, env.mode) == ("root", "root", 0o600)
     lines = [line for line in env.content_string.splitlines() if line and not line.startswith("#")]
     # The minimal app's contract lists SECRET_KEY only: no REDIS_URL (set in the inventory), and
     # no DEPLOYKIT_RELEASE_ID (the unit sets it from the release it runs).
@@ -202,6 +202,65 @@ def test_env_file_holds_only_the_contract_settings(lab):
     # A shell reads it as systemd does.
     value = lab[WEB].run("sh -c 'set -a; . %s/shared/env; printf %%s \"$SECRET_KEY\"'", APP)
     assert value.stdout == SECRET
+
+
+def test_the_service_account_can_neither_read_nor_replace_the_settings(lab):
+    """systemd (PID 1) reads the settings for the units; the service account cannot read them,
+    nor put a file of its own in their place: the file and every directory above it are root's
+    and writable by root only (a directory it could write would let it rename its own file over
+    root's, which the next start, or a root shell reading it, would then trust)."""
+    web = lab[WEB]
+    path = f"{APP}/shared/env"
+    parts = path.strip("/").split("/")
+    for depth in range(len(parts)):
+        directory = web.file("/" + "/".join(parts[:depth]))
+        assert directory.user == "root", directory.path
+        assert directory.mode & 0o022 == 0, (directory.path, oct(directory.mode))
+    as_service = "runuser -u deploykit -- sh -c %s"
+    for attempt in [
+        f"cat {path}",
+        f"echo 'SECRET_KEY=planted' > {path}",
+        f"echo 'SECRET_KEY=planted' > {APP}/shared/planted",
+        f"echo 'SECRET_KEY=planted' > /tmp/planted && mv -f /tmp/planted {path}",
+        f"ln -sf /tmp/planted {path}",
+        f"mv {APP}/shared {APP}/shared.old",
+    ]:
+        result = web.run(as_service, attempt)
+        assert result.rc != 0, (attempt, result.stdout)
+    assert not web.file(f"{APP}/shared/planted").exists
+    env = web.file(path)
+    assert (env.user, env.mode, env.is_symlink) == ("root", 0o600, False)
+    assert "planted" not in env.content_string
+
+
+def test_the_migration_ran_as_the_service_account_started_by_systemd(lab, releases):
+    """deploy.yml ran release A's migration (minimal.migrate:migrate, which reports itself to the
+    journal) once, before the clone switched: as the service account, in a transient unit started
+    by systemd (its parent is PID 1: no root shell ran it, or read the settings for it), with the
+    settings (SECRET_KEY set: systemd read the root-only file) and the release's id."""
+    web = lab[WEB]
+    uid = int(web.run("id -u deploykit").stdout)
+    gid = int(web.run("id -g deploykit").stdout)
+    lines = web.run("journalctl --no-pager -o json SYSLOG_IDENTIFIER=minimal-migrate").stdout
+    entries = [json.loads(line) for line in lines.splitlines() if line.strip()]
+    assert entries, "the migration never reported: it did not run"
+    for entry in entries:
+        # Stamped by journald from the sending process's credentials, not claimed by it.
+        assert int(entry["_UID"]) == uid, entry
+        assert entry["_SYSTEMD_UNIT"].startswith("run-"), entry  # a transient unit
+        report = json.loads(entry["MESSAGE"])
+        assert report == {
+            "uid": uid,
+            "euid": uid,
+            "gid": gid,
+            "ppid": 1,
+            "parent": "systemd",
+            "cwd": f"{APP}/releases/{releases['A']}",
+            "release": releases["A"],
+            "secret_key_set": True,
+        }, report
+    # deploy.yml ran it once (the idempotence run found release A live: no second run).
+    assert len(entries) == 1, entries
 
 
 def test_process_environment(lab, releases, release_a_live):

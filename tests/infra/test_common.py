@@ -66,6 +66,13 @@ def lab(request):
     }
 
 
+def address_of(host) -> str:
+    """A host's address on the lab network: the one its default route leaves from."""
+    addresses = [a for a in host.interface.default().addresses if "." in a]
+    assert addresses, "no IPv4 address on the default interface"
+    return addresses[0]
+
+
 @pytest.fixture(scope="module")
 def target_address(lab) -> str:
     """fw-target's address on the lab network: the one its default route leaves from."""
@@ -183,5 +190,25 @@ def test_undeclared_port_is_dropped_even_for_admitted_group(lab, target_address)
     assert knock(lab[ALLOWED], target_address, 9090) == "timeout"
 
 
-def test_ssh_is_reachable_from_everywhere(lab, target_address):
-    assert knock(lab[OTHER], target_address, 22) == "open"
+def test_ssh_is_admitted_from_the_configured_sources_only(lab, target_address):
+    """fw-target admits SSH from fw-allowed only (common_firewall_ssh_sources: its address):
+    fw-other, on the same network, is dropped; fw-allowed admits the scenario's network."""
+    assert knock(lab[ALLOWED], target_address, 22) == "open"
+    assert knock(lab[OTHER], target_address, 22) == "timeout"
+    assert knock(lab[OTHER], address_of(lab[ALLOWED]), 22) == "open"
+    rules = lab[TARGET].run("nft list chain inet deploykit input").stdout
+    ssh = [line.strip() for line in rules.splitlines() if 'comment "ssh"' in line]
+    # One rule, from that address only (nft may print a one-element set without its braces).
+    assert len(ssh) == 1 and ssh[0].startswith("ip saddr "), ssh
+    assert ssh[0].replace("{", "").replace("}", "").split()[2] in {
+        address_of(lab[ALLOWED]),
+        f"{address_of(lab[ALLOWED])}/32",
+    }, ssh
+
+
+def test_ssh_from_everywhere_only_by_explicit_opt_in(lab):
+    """fw-other sets common_firewall_ssh_from_anywhere (no sources): SSH from every address."""
+    assert knock(lab[TARGET], address_of(lab[OTHER]), 22) == "open"
+    rules = lab[OTHER].run("nft list chain inet deploykit input").stdout
+    ssh = [line.strip() for line in rules.splitlines() if 'comment "ssh"' in line]
+    assert ssh == ['tcp dport 22 accept comment "ssh"'], ssh

@@ -368,6 +368,47 @@ def test_requests_reach_both_clones(lab, lb_address, both_clones_up):
     assert served_by(responses) == CLONES
 
 
+# Runs on a client: one GET with the given headers (a client forging its address), certificate
+# not verified; prints the JSON body (the stand-in app's /forwarded: what it received).
+FORGING_CLIENT = r"""
+import json, ssl, sys, urllib.request
+request = urllib.request.Request(sys.argv[1], headers=json.loads(sys.argv[2]))
+context = ssl._create_unverified_context()
+with urllib.request.urlopen(request, timeout=5, context=context) as response:
+    print(json.dumps({
+        "status": response.status,
+        "served_by": response.headers["X-Served-By"],
+        "received": json.loads(response.read()),
+    }))
+"""
+
+
+def test_a_forged_client_address_never_reaches_the_app(lab, lb_address, both_clones_up):
+    """A client that sends its own X-Forwarded-For (or Forwarded, X-Real-IP) to the balancer: the
+    app receives one X-Forwarded-For, the address the balancer saw, and none of the forged ones.
+    (Plain HTTP never reaches a backend: it is redirected, test_plain_http_redirects_to_https.)"""
+    client = lab[APP1]
+    forged = {"X-Forwarded-For": "6.6.6.6", "Forwarded": "for=6.6.6.6", "X-Real-IP": "6.6.6.6"}
+    seen_by = set()
+    for _ in range(4):  # both clones (round robin)
+        result = client.run(
+            "python3 -c %s %s %s",
+            FORGING_CLIENT,
+            f"https://{lb_address}/forwarded",
+            json.dumps(forged),
+        )
+        assert result.rc == 0, result.stderr
+        answer = json.loads(result.stdout)
+        assert answer["status"] == 200, answer
+        assert answer["received"] == {
+            "X-Forwarded-For": [address_of(client)],
+            "Forwarded": [],
+            "X-Real-IP": [],
+        }, answer
+        seen_by.add(answer["served_by"])
+    assert seen_by == CLONES
+
+
 def test_plain_http_redirects_to_https(lab, lb_address):
     [response] = requests(lab[APP1], f"http://{lb_address}/some/page?x=1")
     assert response["status"] == 301, response

@@ -68,7 +68,10 @@ def test_layout(node, releases):
     assert root.is_directory and root.user == "root" and root.mode == 0o755
     shared = node.file(f"{ROOT}/shared")
     assert shared.is_directory
-    assert (shared.user, shared.group, shared.mode) == ("deploykit", "deploykit", 0o750)
+    # Root's only: the settings file the app role writes there is read by systemd (PID 1); the
+    # service account can neither read it nor put another file in its place.
+    assert (shared.user, shared.group, shared.mode) == ("root", "root", 0o700)
+    assert node.run("runuser -u deploykit -- touch %s/shared/planted", ROOT).rc != 0
     artifacts = node.file(f"{ROOT}/artifacts")
     assert (artifacts.user, artifacts.mode) == ("root", 0o750)
     for release in releases.values():

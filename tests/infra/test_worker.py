@@ -107,7 +107,11 @@ def test_unit_stops_with_a_warm_shutdown_and_is_hardened(node):
 
 def test_env_file_holds_the_contract_settings(node):
     env = node.file(f"{APP}/shared/env")
-    assert (env.user, env.group, env.mode) == ("deploykit", "deploykit", 0o600)
+    assert (env.user, env.group, env.mode) == ("root", "root", 0o600)
+    # In root's directory: the service account can neither read the file nor replace it.
+    shared = node.file(f"{APP}/shared")
+    assert (shared.user, shared.group, shared.mode) == ("root", "root", 0o700)
+    assert node.run("runuser -u deploykit -- cat %s/shared/env", APP).rc != 0
     lines = [line for line in env.content_string.splitlines() if line and not line.startswith("#")]
     assert lines == [f'BROKER_URL="{BROKER}"', 'SECRET_KEY="molecule-worker-secret"']
 

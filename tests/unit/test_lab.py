@@ -6,7 +6,9 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -107,6 +109,90 @@ def test_key_pair_is_generated_once_and_private(tmp_path: Path) -> None:
         ["ssh-keygen", "-y", "-f", str(private)], capture_output=True, text=True, check=True
     )
     assert derived.stdout.split()[:2] == public.split()[:2]
+
+
+# --- the lab's secrets: created private, never widened then narrowed ------------------------------
+
+# What the process does to files, seen by Python's audit hooks (PEP 578): every open (the builtin
+# open's mode is a string, os.open's is None) and every chmod by path. A hook cannot be removed:
+# it records only while a test has pushed a list.
+_AUDIT_SINKS: list[list[tuple[str, tuple[Any, ...]]]] = []
+_AUDIT_HOOKED: list[bool] = []
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if _AUDIT_SINKS and event in ("open", "os.chmod"):
+        _AUDIT_SINKS[-1].append((event, args))
+
+
+@pytest.fixture
+def audited() -> Iterator[list[tuple[str, tuple[Any, ...]]]]:
+    if not _AUDIT_HOOKED:
+        sys.addaudithook(_audit)
+        _AUDIT_HOOKED.append(True)
+    events: list[tuple[str, tuple[Any, ...]]] = []
+    _AUDIT_SINKS.append(events)
+    try:
+        yield events
+    finally:
+        _AUDIT_SINKS.remove(events)
+
+
+def _in(directory: Path, path: object) -> bool:
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return False  # a file descriptor (os.fchmod on the open file)
+    return Path(os.fsdecode(path)).parent == directory
+
+
+def test_the_lab_secrets_are_created_private_whatever_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, audited: list[tuple[str, tuple[Any, ...]]]
+) -> None:
+    path = lab.secrets_file(tmp_path)
+    directory = path.parent
+    created: list[tuple[Path, int, int]] = []  # every os.open in the directory: path, flags, mode
+    real_open = os.open
+
+    def recording_open(file: Any, flags: int, mode: int = 0o777, **kwargs: Any) -> int:
+        if _in(directory, file):
+            created.append((Path(os.fsdecode(file)), flags, mode))
+        return real_open(file, flags, mode, **kwargs)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    umask = os.umask(0o000)  # nothing narrows what the code asks for
+    try:
+        written, changed = lab.ensure_lab_secrets(tmp_path)
+    finally:
+        os.umask(umask)
+    assert (written, changed) == (path, True)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert set(yaml.safe_load(path.read_text())) == set(lab.LAB_SECRETS)
+    assert [p.name for p in directory.iterdir()] == [path.name]  # no temporary file left
+    # Written through one new file only, created exclusively (never a file or a link planted
+    # under its name) with no permission beyond 0600 ...
+    writes = [
+        (event, args)
+        for event, args in audited
+        if event == "open" and _in(directory, args[0]) and args[2] & (os.O_WRONLY | os.O_RDWR)
+    ]
+    assert writes and all(args[1] is None for _, args in writes), writes  # os.open, not open()
+    assert len(created) == 1, created
+    temporary, flags, mode = created[0]
+    assert temporary != path and flags & os.O_CREAT and flags & os.O_EXCL
+    assert mode & ~0o600 == 0, oct(mode)
+    # ... and never chmod-ed by name after it was written.
+    assert not [args for event, args in audited if event == "os.chmod" and _in(directory, args[0])]
+
+
+def test_the_lab_secrets_are_kept_and_a_loose_file_is_made_private(tmp_path: Path) -> None:
+    path, changed = lab.ensure_lab_secrets(tmp_path)
+    first = yaml.safe_load(path.read_text())
+    assert changed
+    assert lab.ensure_lab_secrets(tmp_path) == (path, False)
+    # A file an older deploykit left readable by others is written again, 0600, same values.
+    path.chmod(0o644)
+    assert lab.ensure_lab_secrets(tmp_path) == (path, True)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert yaml.safe_load(path.read_text()) == first
 
 
 def test_image_tag_follows_the_recipe(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -58,6 +58,7 @@ def test_the_fixture_keeps_to_the_contract() -> None:
         health_path="/healthz",
         worker=None,
         bake="minimal.bake:bake",
+        migrate="minimal.migrate:migrate",
         settings=("SECRET_KEY",),
         root=FIXTURE,
     )

@@ -27,8 +27,6 @@ options:
   venv: {description: Build the release's virtualenv (false on the balancers, which run no app code)., type: bool, default: true}
   python: {description: The interpreter the virtualenv is made from., type: path, default: /usr/bin/python3}
   keep: {description: Releases kept on the node (the live one and this one always)., type: int, default: 5}
-  owner: {description: The service account that owns shared/., type: str, default: deploykit}
-  group: {description: Its group., type: str, default: deploykit}
 """
 
 RETURN = r"""
@@ -208,8 +206,6 @@ def main() -> None:
             "venv": {"type": "bool", "default": True},
             "python": {"type": "path", "default": "/usr/bin/python3"},
             "keep": {"type": "int", "default": 5},
-            "owner": {"type": "str", "default": "deploykit"},
-            "group": {"type": "str", "default": "deploykit"},
         },
         supports_check_mode=True,
     )
@@ -228,7 +224,10 @@ def main() -> None:
         (root, 0o755, "root", "root"),
         (os.path.join(root, "artifacts"), 0o750, "root", "root"),
         (releases, 0o755, "root", "root"),
-        (os.path.join(root, "shared"), 0o750, p["owner"], p["group"]),
+        # The settings file's directory (the app role's shared/env, read by systemd as PID 1):
+        # root's only, so the service account can neither read the file nor put another in its
+        # place (a directory it could write would let it rename its own file over root's).
+        (os.path.join(root, "shared"), 0o700, "root", "root"),
     ):
         changed |= ensure_dir(path, mode, owner, group)
     started = time.monotonic()
