@@ -9,18 +9,22 @@ PYTHON ?= python3
 
 SHOP_VENV ?= .venv-shop
 
+# Times a stage when DEPLOYKIT_STAGE_TIMES names a file (.ci/run prints them at the end); otherwise
+# it only runs the command.
+STAGE := scripts/stage-time
+
 .PHONY: up down test lint unit e2e engine venv clean shop-test
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(STAGE) venv $(PYTHON) -m venv $(VENV)
+	$(STAGE) venv $(BIN)/pip install --quiet --upgrade pip
+	$(STAGE) venv $(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
 engine:
-	scripts/ensure-docker-engine
+	$(STAGE) engine scripts/ensure-docker-engine
 
 up: venv engine
 	$(BIN)/deploykit up
@@ -29,14 +33,14 @@ down: venv
 	$(BIN)/deploykit down
 
 lint: venv
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
-	$(BIN)/mypy
-	$(BIN)/yamllint --strict .
-	$(BIN)/ansible-lint
+	$(STAGE) lint $(BIN)/ruff check src tests bench examples
+	$(STAGE) lint $(BIN)/ruff format --check src tests bench examples
+	$(STAGE) lint $(BIN)/mypy
+	$(STAGE) lint $(BIN)/yamllint --strict .
+	$(STAGE) lint $(BIN)/ansible-lint
 
 unit: venv
-	$(BIN)/pytest tests/unit
+	$(STAGE) unit $(BIN)/pytest tests/unit
 
 e2e: venv engine
 	$(BIN)/pytest tests/e2e
@@ -44,16 +48,16 @@ e2e: venv engine
 # The example application's own tests, against real Redis and PostgreSQL on loopback, in a
 # virtualenv of its own (its dependencies are the application's, not deploykit's).
 $(SHOP_VENV)/.installed: examples/shop/pyproject.toml
-	$(PYTHON) -m venv $(SHOP_VENV)
-	$(SHOP_VENV)/bin/pip install --quiet -e 'examples/shop[test]'
+	$(STAGE) shop-test $(PYTHON) -m venv $(SHOP_VENV)
+	$(STAGE) shop-test $(SHOP_VENV)/bin/pip install --quiet -e 'examples/shop[test]'
 	touch $@
 
 shop-test: $(SHOP_VENV)/.installed
-	examples/shop/scripts/test-services
-	SHOP_REQUIRE_SERVICES=1 $(SHOP_VENV)/bin/pytest examples/shop
+	$(STAGE) shop-test examples/shop/scripts/test-services
+	$(STAGE) shop-test env SHOP_REQUIRE_SERVICES=1 $(SHOP_VENV)/bin/pytest examples/shop
 
 test: venv engine lint shop-test
-	$(BIN)/pytest
+	$(STAGE) pytest $(BIN)/pytest
 
 clean:
 	rm -rf $(VENV) $(SHOP_VENV) .cache .mypy_cache .ruff_cache .pytest_cache

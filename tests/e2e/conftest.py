@@ -150,7 +150,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lab_teardown: removes the shared lab; runs last")
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+def _skip_accounting(terminalreporter: pytest.TerminalReporter) -> None:
     """The skip accounting of every molecule scenario's verify that ran (test_molecule.py): shown
     even when every scenario passed, so that no skip of a verify is invisible in CI's output."""
     accountings = terminalreporter.config.stash.get(VERIFY_ACCOUNTING, [])
@@ -158,6 +158,45 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_sep("=", "molecule verify: tests run and skipped, by scenario")
         for line in terminal_lines(accountings):
             terminalreporter.write_line(line)
+
+
+def _part(nodeid: str) -> str:
+    """A test's part of the run: unit, molecule (the scenarios), bench, or e2e (the rest)."""
+    path = nodeid.split("::", 1)[0]
+    if path.endswith("test_molecule.py"):
+        return "molecule"
+    if path.endswith("test_benches.py"):
+        return "bench"
+    directory = path.rsplit("/", 2)[-2] if path.count("/") else "other"
+    return directory  # unit, e2e
+
+
+def _time_per_part(terminalreporter: pytest.TerminalReporter) -> None:
+    """The time of each part of the run (every test's setup, call and teardown, as --durations
+    counts them: a session fixture such as the lab counts in the first test that asks for it),
+    and, when DEPLOYKIT_STAGE_TIMES names a file (.ci/run), the same lines in it for CI's table
+    of stage times (scripts/stage-time)."""
+    seconds: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if isinstance(report, pytest.TestReport):
+                part = _part(report.nodeid)
+                seconds[part] = seconds.get(part, 0.0) + report.duration
+    if not seconds:
+        return
+    terminalreporter.section("time per part")
+    for part, total in sorted(seconds.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{part:<12} {total:7.0f} s")
+    record = os.environ.get("DEPLOYKIT_STAGE_TIMES")
+    if record:
+        with open(record, "a", encoding="utf-8") as handle:
+            for part, total in seconds.items():
+                handle.write(f"  pytest: {part}\t{total:.1f}\t0\n")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    _skip_accounting(terminalreporter)
+    _time_per_part(terminalreporter)
 
 
 class LabShell:
