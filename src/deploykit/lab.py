@@ -69,6 +69,66 @@ MAX_APP_CLONES = 100
 
 # --- the base image recipe: anything that changes the image belongs here (it is hashed) --------
 
+# The packages the roles install are baked in too (BAKED_PACKAGES): a molecule scenario or a lab
+# host then spends no time downloading and unpacking them (CI ran apt in every container of every
+# scenario). Lab image only: the roles still install every one of them with apt, so a real server
+# gets them as before (the roles ask dpkg first and run apt when one is missing). Baked:
+# - the common role's base packages, the libraries the roles' Ansible modules need, and the
+#   services haproxy, redis, rabbitmq and static (nginx) configure. Their units are disabled in the
+#   image (BAKED_UNITS_DISABLED): each role writes its configuration, then enables and starts its
+#   service itself, so it finds the same state as on a server that has just installed the package,
+#   minus Debian's default configuration running for a moment. RabbitMQ's postinst writes the
+#   node's Erlang cookie: the image has none, each container writes its own at first boot.
+# - not PostgreSQL's server: installing it creates and starts the cluster 15/main and ssl-cert
+#   makes the snakeoil key pair that the cluster serves TLS with; baked, every lab host would share
+#   one cluster (its system identifier, made in a chroot) and one private key. Only its large
+#   dependencies are baked (no maintainer script of theirs makes anything host-specific).
+# - not MongoDB (not downloadable here; its role installs it from MongoDB's repository or .debs).
+# debootstrap installs from the suite only (not -updates or -security): a baked package is the
+# point release's version until a role or an upgrade replaces it.
+BAKED_PACKAGES = [
+    # common (common_packages, systemd-timesyncd)
+    "acl",
+    "curl",
+    "nftables",
+    "tzdata",
+    "systemd-timesyncd",
+    # haproxy (socat: its runtime API)
+    "haproxy",
+    "socat",
+    # redis
+    "redis-server",
+    "redis-tools",
+    # rabbitmq (python3-requests: community.rabbitmq's modules); the worker scenario's broker too;
+    # python3-pika: the rabbitmq scenario's AMQP probe
+    "rabbitmq-server",
+    "python3-requests",
+    "python3-pika",
+    # static
+    "nginx",
+    # postgresql: the library of community.postgresql's modules, and the server's dependencies
+    # without the server (see above); postgresql-client: the postgresql scenario's probe
+    "python3-psycopg2",
+    "postgresql-client",
+    "postgresql-client-15",
+    "libllvm14",
+    "libicu72",
+    "libxslt1.1",
+]
+# Enabled by the baked packages' maintainer scripts (in debootstrap's chroot nothing starts), and
+# disabled again: started at every boot with Debian's defaults they would run on every lab host,
+# before (or without) their role: nginx's default site would take port 80 from HAProxy, RabbitMQ
+# would create its database under the default node name before the role sets its own, epmd and
+# Redis would listen on hosts that have no business running them.
+BAKED_UNITS_DISABLED = [
+    "haproxy.service",
+    "nginx.service",
+    "redis-server.service",
+    "rabbitmq-server.service",
+    "epmd.socket",
+    "epmd.service",
+]
+
 IMAGE_RECIPE: dict[str, Any] = {
     "suite": "bookworm",
     "variant": "minbase",
@@ -84,14 +144,16 @@ IMAGE_RECIPE: dict[str, Any] = {
         "iproute2",
         "procps",
         "ca-certificates",
+        *BAKED_PACKAGES,
     ],
+    "disabled_units": BAKED_UNITS_DISABLED,
     "sources": [
         "deb {mirror} bookworm main",
         "deb {mirror} bookworm-updates main",
         "deb {security} bookworm-security main",
     ],
     # Bumped whenever _configure_rootfs changes what it writes.
-    "post_config": 2,
+    "post_config": 4,
 }
 MIRROR = os.environ.get("DEPLOYKIT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 SECURITY_MIRROR = os.environ.get(
@@ -114,6 +176,26 @@ ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 [Service]
 Type=oneshot
 ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+"""
+# RabbitMQ's postinst writes the Erlang cookie (the node's shared secret) when the package is
+# installed: baked, every lab host would share one. The image has none; each container writes its
+# own at first boot, as the postinst does (42 random bytes, base64), before RabbitMQ can start.
+_RABBITMQ_COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
+_COOKIE_UNIT = f"""\
+[Unit]
+Description=Generate this host's own Erlang cookie for RabbitMQ (deploykit lab)
+Before=rabbitmq-server.service
+ConditionPathExists=!{_RABBITMQ_COOKIE}
+
+[Service]
+Type=oneshot
+UMask=0077
+ExecStart=/usr/bin/openssl rand -base64 -out {_RABBITMQ_COOKIE} 42
+ExecStart=/bin/chown rabbitmq:rabbitmq {_RABBITMQ_COOKIE}
+ExecStart=/bin/chmod 0400 {_RABBITMQ_COOKIE}
 
 [Install]
 WantedBy=multi-user.target
@@ -472,19 +554,34 @@ def _configure_rootfs(rootfs: Path) -> None:
     dbus_id = rootfs / "var/lib/dbus/machine-id"
     if dbus_id.is_file() or dbus_id.is_symlink():
         dbus_id.unlink()
-    unit = rootfs / "etc/systemd/system/deploykit-ssh-hostkeys.service"
-    unit.write_text(_HOSTKEY_UNIT)
+    units = {"deploykit-ssh-hostkeys.service": _HOSTKEY_UNIT}
+    cookie = rootfs / _RABBITMQ_COOKIE.lstrip("/")
+    if cookie.parent.is_dir():  # rabbitmq-server is baked
+        cookie.unlink(missing_ok=True)
+        units["deploykit-rabbitmq-cookie.service"] = _COOKIE_UNIT
     wants = rootfs / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
-    link = wants / unit.name
-    if not link.is_symlink():
-        link.symlink_to(f"/etc/systemd/system/{unit.name}")
+    for name, content in units.items():
+        (rootfs / "etc/systemd/system" / name).write_text(content)
+        link = wants / name
+        if not link.is_symlink():
+            link.symlink_to(f"/etc/systemd/system/{name}")
+    _disable_units(rootfs, IMAGE_RECIPE["disabled_units"])
     (rootfs / "etc/ssh/sshd_config.d/deploykit-lab.conf").write_text(_SSHD_CONFIG)
     root_ssh = rootfs / "root/.ssh"
     root_ssh.mkdir(mode=0o700, exist_ok=True)
     # apt's lists and archives are rebuilt by the first `apt-get update`; they only bloat the image.
     shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
     (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
+
+
+def _disable_units(rootfs: Path, units: Iterable[str]) -> None:
+    """`systemctl disable` offline: remove the links under /etc/systemd/system (its .wants and
+    .requires directories, and aliases) that point at one of UNITS."""
+    names = set(units)
+    for link in (rootfs / "etc/systemd/system").rglob("*"):
+        if link.is_symlink() and (link.name in names or Path(os.readlink(link)).name in names):
+            link.unlink()
 
 
 def _import(rootfs: Path, tag: str) -> None:

@@ -202,6 +202,39 @@ def test_image_tag_follows_the_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
     assert lab.image_tag() != tag
 
 
+def test_the_image_leaves_baked_services_disabled_and_shares_no_cookie(tmp_path: Path) -> None:
+    """What debootstrap's maintainer scripts enabled for a baked service is disabled (its role
+    enables it), the other units stay; the baked Erlang cookie goes, a first-boot unit makes one."""
+    rootfs = tmp_path / "rootfs"
+    system = rootfs / "etc/systemd/system"
+    for directory in ("multi-user.target.wants", "sockets.target.wants"):
+        (system / directory).mkdir(parents=True)
+    for directory in ("etc/apt", "etc/ssh/sshd_config.d", "var/lib/dbus", "root"):
+        (rootfs / directory).mkdir(parents=True)
+    (rootfs / "var/lib/rabbitmq").mkdir(parents=True)
+    (rootfs / "var/lib/rabbitmq/.erlang.cookie").write_text("baked\n")
+    links = {
+        "multi-user.target.wants/nginx.service": "/lib/systemd/system/nginx.service",
+        "multi-user.target.wants/redis-server.service": "/lib/systemd/system/redis-server.service",
+        "redis.service": "/lib/systemd/system/redis-server.service",
+        "sockets.target.wants/epmd.socket": "/lib/systemd/system/epmd.socket",
+        "multi-user.target.wants/cron.service": "/lib/systemd/system/cron.service",
+    }
+    for link, target in links.items():
+        (system / link).symlink_to(target)
+    lab._configure_rootfs(rootfs)
+    left = sorted(str(p.relative_to(system)) for p in system.rglob("*") if p.is_symlink())
+    assert left == [
+        "multi-user.target.wants/cron.service",
+        "multi-user.target.wants/deploykit-rabbitmq-cookie.service",
+        "multi-user.target.wants/deploykit-ssh-hostkeys.service",
+    ]
+    assert not (rootfs / "var/lib/rabbitmq/.erlang.cookie").exists()
+    unit = (system / "deploykit-rabbitmq-cookie.service").read_text()
+    assert "ConditionPathExists=!/var/lib/rabbitmq/.erlang.cookie" in unit
+    assert "Before=rabbitmq-server.service" in unit
+
+
 def test_no_engine_says_how_to_start_one(tmp_path: Path) -> None:
     env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
     proc = subprocess.run(
