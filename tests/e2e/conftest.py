@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import molecule_runs as background_molecule
 import pytest
 from verify_skips import VERIFY_ACCOUNTING, terminal_lines
 
@@ -104,6 +105,50 @@ def deploykit(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+def _selected_scenarios(session: pytest.Session) -> set[str]:
+    return {
+        item.callspec.params["scenario"]
+        for item in session.items
+        if isinstance(item, pytest.Function) and item.originalname == "test_molecule_scenario"
+    }
+
+
+@pytest.fixture(scope="session")
+def molecule_reports(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where each scenario's verify writes its JUnit report (SCENARIO.xml)."""
+    return tmp_path_factory.mktemp("molecule-verify")
+
+
+@pytest.fixture(scope="session")
+def molecule_runs(
+    request: pytest.FixtureRequest, lab_image: str, molecule_reports: Path
+) -> Iterator[background_molecule.Runs]:
+    """The selected scenarios (-k applies), started in the background once the lab image is
+    built; test_molecule.py's tests wait for their results."""
+    del lab_image
+    pool, runs = background_molecule.start(_selected_scenarios(request.session), molecule_reports)
+    try:
+        yield runs
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def molecule_beside_the_e2e_tests(request: pytest.FixtureRequest) -> None:
+    """The molecule scenarios start with the first e2e test, after the lab is created (when a
+    selected test uses it: the lab's network is then made before any scenario's), and run while
+    the other e2e tests do (molecule_runs.py says why)."""
+    if not _selected_scenarios(request.session):
+        return
+    if any(
+        "lab_up" in item.fixturenames
+        for item in request.session.items
+        if not item.get_closest_marker("molecule")
+    ):
+        request.getfixturevalue("lab_up")
+    request.getfixturevalue("molecule_runs")
+
+
 @pytest.fixture(scope="session")
 def site_converged(lab_up: lab.LabUpResult) -> dict[str, object]:
     """site.yml converged once on the shared lab by `deploykit provision --json`; its recap."""
@@ -136,12 +181,16 @@ def shop(lab_up: lab.LabUpResult) -> str:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked `lab_teardown` tear the shared lab down: they run after every other test.
     The benches run just before them: they deploy releases of their own and take minutes, so
-    every other test has reported first (and sees the release `deploykit up` deployed)."""
+    every other test has reported first (and sees the release `deploykit up` deployed), and they
+    print times, so they run after the molecule scenarios (which run beside the other e2e tests,
+    see molecule_beside_the_e2e_tests) have ended."""
 
     def rank(item: pytest.Item) -> int:
         if item.get_closest_marker("lab_teardown"):
+            return 3
+        if item.get_closest_marker("bench"):
             return 2
-        return 1 if item.get_closest_marker("bench") else 0
+        return 1 if item.get_closest_marker("molecule") else 0
 
     items.sort(key=rank)
 
@@ -187,6 +236,14 @@ def _time_per_part(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("time per part")
     for part, total in sorted(seconds.items(), key=lambda item: -item[1]):
         terminalreporter.write_line(f"{part:<12} {total:7.0f} s")
+    # The scenarios ran beside the e2e tests: "molecule" above is only the wait for them at the
+    # end; here is each one's own time.
+    scenarios = background_molecule.summary_lines()
+    if scenarios:
+        terminalreporter.section("molecule scenarios (run in the background)")
+        for line in scenarios:
+            terminalreporter.write_line(line)
+        seconds["molecule (background span)"] = background_molecule.span_seconds()
     record = os.environ.get("DEPLOYKIT_STAGE_TIMES")
     if record:
         with open(record, "a", encoding="utf-8") as handle:
