@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from ansible_collections.deploykit.fleet.plugins.module_utils.release import NAME_RE
 from deploykit import __version__, inventory, lab, release, remote, rollout, runner, smoke
 from deploykit.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, DeploykitError
 from deploykit.project import project_root
@@ -346,7 +347,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     try:
         result = rollouts.deploy(
             artifact.resolve(), batch=args.batch, canary=not args.no_canary, wait=args.wait,
-            take_over=args.take_over,
+            take_over=args.take_over, replace=args.replace,
         )  # fmt: skip
     except rollout.RolloutFailed as error:
         return _refused(args, "deploy", error)
@@ -606,6 +607,15 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _application_name(text: str) -> str:
+    if not NAME_RE.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an application name ([tool.deploykit] name: lowercase letters, "
+            "digits and '-', starting with a letter)"
+        )
+    return text
+
+
 def _add_rollout_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     deploy = commands.add_parser(
         "deploy", help="roll a release onto every clone: canary, batches, drain, health gates"
@@ -615,6 +625,15 @@ def _add_rollout_commands(commands: argparse._SubParsersAction[argparse.Argument
     source.add_argument("--artifact", type=Path, help="deploy this artifact (deploykit build)")
     _add_rollout_options(deploy)
     deploy.add_argument("--no-canary", action="store_true", help="no single-clone canary first")
+    deploy.add_argument(
+        "--replace",
+        metavar="APP",
+        type=_application_name,
+        help="move the fleet from APP (the application it serves) to this one, through the same "
+        "drained, health-gated switch: on each clone APP is stopped and disabled as the new one "
+        "starts; a failure returns every touched clone to APP. Without it, a deploy of another "
+        "application than the fleet serves is refused",
+    )
     deploy.set_defaults(func=cmd_deploy)
 
     rollback = commands.add_parser(

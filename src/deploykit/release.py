@@ -126,12 +126,15 @@ _EXCLUDED_SUFFIXES = (".pyc", ".pyo")
 
 # --- the application contract ---------------------------------------------------------------
 
-CONTRACT_KEYS = ("name", "wsgi", "health_path", "worker", "bake", "migrate", "settings")
+CONTRACT_KEYS = (
+    "name", "wsgi", "health_path", "live_path", "worker", "bake", "migrate", "settings",
+)  # fmt: skip
 _REQUIRED_KEYS = ("name", "wsgi", "health_path")
 _EXAMPLES = {
     "name": 'name = "shop"',
     "wsgi": 'wsgi = "shop.web:app"',
     "health_path": 'health_path = "/healthz"',
+    "live_path": 'live_path = "/livez"',
     "worker": 'worker = "shop.jobs:celery_app"',
     "bake": 'bake = "shop.bake:bake"',
     "migrate": 'migrate = "shop.migrate:main"',
@@ -159,6 +162,9 @@ class AppContract:
     root: Path
     # migrate(): run once per deploy, with the new release's code, before any node switches to it.
     migrate: str | None = None
+    # Liveness: answers 200 while the process serves, asking no shared service (what the
+    # balancer's check should ask); None: the application has only health_path.
+    live_path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The contract as the manifest records it (without the controller's path)."""
@@ -166,6 +172,7 @@ class AppContract:
             "name": self.name,
             "wsgi": self.wsgi,
             "health_path": self.health_path,
+            "live_path": self.live_path,
             "worker": self.worker,
             "bake": self.bake,
             "migrate": self.migrate,
@@ -273,6 +280,12 @@ def load_contract(app_dir: Path) -> AppContract:
             f"{where}: health_path = {health_path!r}: give a URL path starting with / (no "
             f"spaces, query or fragment), e.g. {_EXAMPLES['health_path']}"
         )
+    live_path = _string(where, table, "live_path")
+    if live_path is not None and not _HEALTH_PATH_RE.match(live_path):
+        raise BadInput(
+            f"{where}: live_path = {live_path!r}: give a URL path starting with / (no spaces, "
+            f"query or fragment), e.g. {_EXAMPLES['live_path']}"
+        )
     worker = _entry_point(where, table, "worker", "the Celery application")
     bake = _entry_point(where, table, "bake", "the callable bake(out_dir)")
     migrate = _entry_point(where, table, "migrate", "the callable migrate()")
@@ -287,6 +300,7 @@ def load_contract(app_dir: Path) -> AppContract:
         settings=settings,
         root=root,
         migrate=migrate,
+        live_path=live_path,
     )
 
 

@@ -339,6 +339,10 @@ def app_from_history(records: Sequence[Any]) -> str | None:
     another application or while the lock was held, names one the fleet may not serve)."""
     for record in reversed(records):
         if isinstance(record, Mapping) and record.get("app") and record.get("outcome") != "refused":
+            # A replace (deploy --replace) that did not succeed returned the fleet to the
+            # application it was replacing.
+            if record.get("replaced") and record.get("outcome") not in ("succeeded", "unchanged"):
+                return str(record["replaced"])
             return str(record["app"])
     return None
 
@@ -405,6 +409,10 @@ class RolloutResult:
     nodes: dict[str, NodeOutcome] = field(default_factory=dict)
     failure: str | None = None
     holder: dict[str, Any] = field(default_factory=dict)
+    #: deploy --replace: the application this rollout replaces on the fleet (None: a plain one),
+    #: and its release there.
+    replaced: str | None = None
+    replaced_release: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -417,6 +425,8 @@ class RolloutResult:
             "app": self.app,
             "release": self.release,
             "previous": self.previous,
+            "replaced": self.replaced,
+            "replaced_release": self.replaced_release,
             "seconds": round(self.seconds, 1),
             "batches": self.batches,
             "failure": self.failure,
@@ -429,6 +439,11 @@ class RolloutResult:
         return {
             "action": self.action,
             "app": self.app,
+            **(
+                {"replaced": self.replaced, "replaced_release": self.replaced_release}
+                if self.replaced
+                else {}
+            ),
             "from": self.previous,
             "to": self.release,
             "outcome": self.outcome,
@@ -487,6 +502,11 @@ def _pages(result: RolloutResult, targets: Mapping[str, str]) -> bool:
     """Whether a balancer's pages switch in this run."""
     balancers = {n.host for n in result.nodes.values() if n.role == "lb"}
     return bool(balancers & set(targets))
+
+
+def _one(releases: set[str]) -> str:
+    """The one release of a set, or "mixed releases"."""
+    return next(iter(releases)) if len(releases) == 1 else "mixed releases"
 
 
 def _who() -> str:
@@ -871,8 +891,13 @@ class Rollouts:
     ) -> tuple[runner.RunResult, _Tracker]:
         tracker = _Tracker(self.on_step, self._groups)
         hosts = sorted(targets)
+        app, replaced = result.app, result.replaced
+        if returning and replaced:
+            # The return of a replace: the application it replaced comes back, and ours goes.
+            app, replaced = replaced, app
         extravars: dict[str, Any] = {
-            "rollout_app": result.app,
+            "rollout_app": app,
+            "rollout_replaced_app": replaced or "",
             "rollout_targets": dict(targets),
             "rollout_batches": [len(b) for b in batches] or [1],
             "rollout_drain_timeout": self.drain_timeout,
@@ -896,10 +921,15 @@ class Rollouts:
         *,
         batch: str,
         canary: bool,
+        before: Mapping[str, str] | None = None,
     ) -> None:
         """Switch every node to result.release; on failure, return what was touched. Fills
-        result.nodes and result.outcome."""
+        result.nodes and result.outcome. ``before``: {"host/role": release} to return to, when
+        not the application's own (deploy --replace: the replaced application's)."""
         targets = _targets(result, status)
+        for key, release in (before or {}).items():
+            if key in result.nodes:
+                result.nodes[key].before = release
         if not targets:
             result.outcome = "unchanged"
             return
@@ -1035,21 +1065,34 @@ class Rollouts:
         canary: bool = True,
         wait: float = 0,
         take_over: bool = False,
+        replace: str | None = None,
     ) -> RolloutResult:
+        """Deploy ARTIFACT. ``replace``: the application the fleet serves, which this one
+        replaces through the same drained, health-gated switch (and comes back on failure)."""
         parse_batch(batch)
         check_lease(self.lease)
         layout = self._check_inventory()
         manifest = verify(artifact)
         app = str(manifest["name"])
         release = str(manifest["release_id"])
+        if replace is not None and replace == app:
+            raise BadInput(
+                f"--replace {replace}: that is the application being deployed; --replace names "
+                "the other one, which the fleet serves now"
+            )
         holder = self._holder("deploy", release)
         started = time.monotonic()
         status, _ = self._begin(app, holder, wait=wait, take_over=take_over)
         result = RolloutResult(
             action="deploy", app=app, release=release, previous=status.live, holder=holder
         )
+        before: dict[str, str] = {}
         try:
-            self._refuse_foreign(result, status)
+            contract = manifest.get("contract") or {}
+            self._refuse_foreign(result, status, replace=replace, contract=contract)
+            if result.replaced:
+                before = self._replaced_releases(result.replaced)
+                result.replaced_release = _one(set(before.values()))
             if all(
                 is_settled(n, release) for n in status.nodes if n.role in ("app", "worker", "lb")
             ):
@@ -1085,7 +1128,7 @@ class Rollouts:
                         message=message if node.host == host else None,
                     )  # fmt: skip
                 return result
-            self._switch(result, status, layout, batch=batch, canary=canary)
+            self._switch(result, status, layout, batch=batch, canary=canary, before=before)
             for outcome in result.nodes.values():
                 if outcome.host in staged_seconds:
                     outcome.seconds = {"stage": round(staged_seconds[outcome.host] or 0, 2),
@@ -1095,33 +1138,96 @@ class Rollouts:
             result.seconds = time.monotonic() - started
             self._finish(result)
 
-    def _refuse_foreign(self, result: RolloutResult, status: StatusReport) -> None:
+    def _refuse_foreign(
+        self,
+        result: RolloutResult,
+        status: StatusReport,
+        *,
+        replace: str | None = None,
+        contract: Mapping[str, Any] | None = None,
+    ) -> None:
         """A fleet serves one application: deploying another one onto clones that serve the
-        first would take its port (and leave its units fighting over it)."""
+        first would take its port (and leave its units fighting over it). ``replace`` names the
+        one a deploy --replace moves the fleet away from: that one, and only it, may be served;
+        HAProxy's check path must then be one the new application declares (``contract``), since
+        the balancers check both applications' clones during the move."""
         app, release = result.app, result.release
         foreign = status.foreign
-        if foreign:
+        others = {name: units for name, units in foreign.items() if name != replace}
+        if others:
             where = "; ".join(
                 f"{unit} on {', '.join(hosts)}"
-                for units in foreign.values()
+                for units in others.values()
                 for unit, hosts in units.items()
             )
+            names = ", ".join(others)
+            if replace is None:
+                hint = (
+                    f"deploy {app} with an inventory of its own (deploykit deploy -i ...), deploy "
+                    f"a release of {names} here, or move this fleet to {app} with "
+                    f"deploykit deploy --replace {names} (a drained, health-gated switch, "
+                    f"returned to {names} on failure)"
+                )
+            else:
+                hint = f"name the application the fleet serves: --replace {names}"
             refusal = ForeignApplication(
-                f"the fleet serves {', '.join(foreign)}, not {app} ({where}): deploying {release} "
-                "would take its place on the clones; nothing was changed",
-                hint=f"deploy {app} with an inventory of its own (deploykit deploy -i ...), or "
-                f"deploy a release of {', '.join(foreign)} here",
+                f"the fleet serves {names}, not {app} ({where}): deploying {release} would take "
+                "its place on the clones; nothing was changed",
+                hint=hint,
             )
             result.outcome, result.failure = "refused", refusal.message
             raise refusal
-        check_paths = {n.check_path for n in status.of("lb") if n.check_path}
+        check_paths = sorted({n.check_path for n in status.of("lb") if n.check_path})
+        declared = [
+            str(path)
+            for path in ((contract or {}).get("live_path"), (contract or {}).get("health_path"))
+            if path
+        ]
+        if replace is not None and replace in foreign:
+            unanswered = [path for path in check_paths if path not in declared]
+            if unanswered:
+                refusal = ForeignApplication(
+                    f"HAProxy checks the clones on {', '.join(unanswered)}, which {app} does not "
+                    f"declare (its live_path or health_path: {', '.join(declared) or 'none'}): "
+                    f"its clones would never come into service, and while {replace} and {app} "
+                    "share the fleet the check must suit both; nothing was changed",
+                    hint=f"declare live_path in {app}'s [tool.deploykit], or set "
+                    "haproxy_backend_health_path to a path both applications answer and "
+                    "converge the balancers (deploykit provision --tags lb), then replace",
+                )
+                result.outcome, result.failure = "refused", refusal.message
+                raise refusal
+            result.replaced = replace
+            self.log(
+                f"replacing {replace} with {app} on the fleet: each clone is drained, {replace} "
+                f"stopped there and {app} started and health-gated; a failure returns every "
+                f"touched clone to {replace}"
+            )
+            return
+        if replace is not None:
+            self.log(
+                f"[yellow]note[/yellow]: no node serves {replace}: --replace has nothing to "
+                f"replace; a plain deploy of {app}"
+            )
         if not any(n.current for n in status.of("app")) and check_paths:
+            if all(path in declared for path in check_paths):
+                return
             self.log(
                 f"[yellow]note[/yellow]: no clone runs {app} yet, and HAProxy checks the clones on "
-                f"{', '.join(sorted(check_paths))}: {app} must answer 200 there, or its clones "
+                f"{', '.join(check_paths)}: {app} must answer 200 there, or its clones "
                 "never come into service (set haproxy_backend_health_path and converge the "
                 "balancers)"
             )
+
+    def _replaced_releases(self, app: str) -> dict[str, str]:
+        """{"host/role": release} of ``app`` on the nodes that serve it (deploy --replace returns
+        them there on failure): the release its service runs, else its current link."""
+        report = self._surveyed(app)
+        return {
+            f"{node.host}/{node.role}": str(node.release or node.current)
+            for node in report.nodes
+            if node.release or node.current
+        }
 
     def rollback(self, *, to: str | None = None, app_name: str | None = None, wait: float = 0,
                  batch: str = DEFAULT_BATCH, take_over: bool = False) -> RolloutResult:  # fmt: skip
@@ -1174,7 +1280,10 @@ class Rollouts:
 
     def status(self, *, app_name: str | None = None) -> StatusReport:
         layout = self._check_inventory()
-        app = self._app_name(layout, app_name)
+        return self._surveyed(self._app_name(layout, app_name))
+
+    def _surveyed(self, app: str) -> StatusReport:
+        """Every node's survey for ``app`` (status.yml: read-only, no lock)."""
         result = self._run("status.yml", {"rollout_app": app})
         nodes = self._survey(result)
         if not result.ok and not nodes:

@@ -17,6 +17,7 @@ import http.cookiejar
 import json
 import queue
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -806,6 +807,114 @@ def test_another_application_is_refused_before_anything_changes(
     assert (last["action"], last["outcome"], last["app"]) == ("deploy", "refused", FOREIGN), last
     rc, lock, stderr = deploykit("lock", "status", "--json", timeout=300)
     assert rc == 0 and lock and lock[-1].get("held") is False, (lock, stderr[-2000:])
+
+
+def build_minimal(tmp_path: Path, name: str, *, broken: bool = False) -> dict[str, Any]:
+    """A release of the fixture app; broken: its health path answers 500 (never ready)."""
+    source = FOREIGN_APP
+    if broken:
+        source = tmp_path / f"{name}-src"
+        shutil.copytree(FOREIGN_APP, source)
+        web = source / "src" / "minimal" / "web.py"
+        code = web.read_text()
+        healthy = 'return (200 if healthy else 503), {"release": release_id(), "checks": checks}'
+        assert healthy in code, "the fixture's health answer changed: update build_minimal"
+        web.write_text(code.replace(healthy, 'return 500, {"release": release_id()}'))
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploykit", "build", "--app", str(source),
+         "--version", f"0.1.0-{name}{time.strftime('%H%M%S')}", "--out", str(tmp_path), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    built: dict[str, Any] = json.loads(proc.stdout)
+    return built
+
+
+def units_of(lab_shell: LabShell, host: str, app: str) -> dict[str, list[str]]:
+    """{unit: [ActiveState, UnitFileState]} of APP's units on HOST (installed ones only)."""
+    found: dict[str, list[str]] = {}
+    for unit in (f"{app}-web.service", f"{app}-worker.service"):
+        if lab_shell.succeeds(host, f"test -f /etc/systemd/system/{unit}"):
+            shown = lab_shell.run(host, f"systemctl show -P ActiveState -P UnitFileState {unit}")
+            found[unit] = shown.split()
+        else:
+            found[unit] = []
+    return found
+
+
+def test_replace_moves_the_fleet_to_another_application_and_back_without_a_failed_request(
+    site: str, lab_shell: LabShell, tmp_path: Path
+) -> None:
+    """deploy --replace under load, on paths both applications answer (HAProxy's check path
+    /livez, the health path, the baked home page): a replacement whose health fails is returned
+    to the shop on the canary; a good one takes every clone, the worker's shop unit is retired
+    and the balancer serves its pages; the shop's release then replaces it again."""
+    before = status_report()
+    live = before["live"]
+    assert live and before["drift"] is False, before
+    shop_artifact = ROOT / ".cache" / "artifacts" / f"{live}.tar.gz"
+    assert shop_artifact.is_file(), f"the live release's artifact is not in {shop_artifact.parent}"
+    broken = build_minimal(tmp_path, "broken", broken=True)
+    good = build_minimal(tmp_path, "good")
+    load = LoadGenerator(
+        site, paths=[("/livez", 1), ("/healthz", 1), ("/", 1)], concurrency=6, rate=60,
+        seed="replace",
+    )  # fmt: skip
+    with load:
+        load.phase("steady")
+        time.sleep(3)
+        load.phase("replace: broken")
+        rc_broken, broken_lines, broken_err = deploykit(
+            "deploy", "--artifact", broken["path"], "--replace", APP, "--health-timeout", "15",
+            "--json",
+        )  # fmt: skip
+        load.phase("replace: good")
+        rc_good, good_lines, good_err = deploykit(
+            "deploy", "--artifact", good["path"], "--replace", APP, "--json"
+        )
+        load.phase("replaced")
+        time.sleep(2)
+        replaced = status_report()
+        with urllib.request.urlopen(f"{site}/", timeout=10) as answer:
+            home = answer.read().decode()
+        worker_units = units_of(lab_shell, WORKER, APP)
+        clone_units = {clone: units_of(lab_shell, clone, APP) for clone in CLONES}
+        load.phase("replace back")
+        rc_back, back_lines, back_err = deploykit(
+            "deploy", "--artifact", str(shop_artifact), "--replace", FOREIGN, "--json"
+        )
+        load.phase("after")
+        time.sleep(2)
+    report = load.report()
+    show("deploy --replace under load: broken, good, back to the shop", report)
+    # 1. The broken replacement: refused by the canary's health gate, returned to the shop.
+    assert rc_broken == 1, (broken_lines[-1:], broken_err[-3000:])
+    summary = broken_lines[-1]
+    assert (summary["outcome"], summary["replaced"]) == ("rolled_back", APP), summary
+    canary = [key for key, node in summary["nodes"].items() if node["outcome"] == "rolled_back"]
+    assert len(canary) == 1, summary["nodes"]
+    # 2. The good one: every clone serves it, the shop's units are stopped and disabled.
+    assert rc_good == 0, (good_lines[-1:], good_err[-3000:])
+    assert (good_lines[-1]["outcome"], good_lines[-1]["replaced"]) == ("succeeded", APP)
+    assert replaced["app"] == FOREIGN, replaced
+    assert replaced["live"] == good["release_id"] and replaced["drift"] is False, replaced
+    assert {n["haproxy"] for n in replaced["nodes"] if n["role"] == "app"} == {"UP"}, replaced
+    assert f"release {good['release_id']}" in home, home
+    for clone, units in clone_units.items():
+        assert units[f"{APP}-web.service"] == ["inactive", "disabled"], (clone, units)
+    assert worker_units[f"{APP}-worker.service"] == ["inactive", "disabled"], worker_units
+    # 3. And back: the shop's release serves everywhere again, nothing of minimal runs.
+    assert rc_back == 0, (back_lines[-1:], back_err[-3000:])
+    after = status_report()
+    assert after["app"] == APP and after["live"] == live and after["drift"] is False, after
+    assert {n["haproxy"] for n in after["nodes"] if n["role"] == "app"} == {"UP"}, after
+    for clone in CLONES:
+        units = units_of(lab_shell, clone, FOREIGN)
+        assert units[f"{FOREIGN}-web.service"] == ["inactive", "disabled"], (clone, units)
+    assert all_clones_up(lab_shell), clone_states(lab_shell)
+    # Under load through all three: no request failed.
+    assert report.total.requests > 300, report.format_table()
+    assert report.failures == 0, report.format_table()
 
 
 def test_a_unit_left_restarting_blocks_rollouts_until_it_is_retired(

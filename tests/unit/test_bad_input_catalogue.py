@@ -511,7 +511,7 @@ CATALOGUE: list[Any] = [
         contract(edited('health_path = "/healthz"', 'health_url = "/healthz"')),
         [
             "unknown key 'health_url' (did you mean 'health_path'?): the keys are name, wsgi, "
-            "health_path, worker, bake, migrate, settings"
+            "health_path, live_path, worker, bake, migrate, settings"
         ],
         id="contract-unknown-key",
     ),

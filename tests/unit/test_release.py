@@ -59,6 +59,7 @@ def test_the_fixture_keeps_to_the_contract() -> None:
         worker=None,
         bake="minimal.bake:bake",
         migrate="minimal.migrate:migrate",
+        live_path="/livez",
         settings=("SECRET_KEY",),
         root=FIXTURE,
     )
@@ -94,17 +95,18 @@ CONTRACT_ERRORS = [
     ("[tool.deploykit\n", "{pyproject}: not valid TOML: Expected ']' at the end of a table "),
     (
         "[tool]\ndeploykit = 3\n",
-        W + ": must be a table of keys (name, wsgi, health_path, worker, bake, migrate, settings)",
+        W + ": must be a table of keys (name, wsgi, health_path, live_path, worker, bake, "
+        "migrate, settings)",
     ),
     (
         VALID + 'wsig = "shop.web:app"\n',
         W + ": unknown key 'wsig' (did you mean 'wsgi'?): the keys are name, wsgi, "
-        "health_path, worker, bake, migrate, settings",
+        "health_path, live_path, worker, bake, migrate, settings",
     ),
     (
         VALID + "replicas = 3\n",
-        W + ": unknown key 'replicas': the keys are name, wsgi, health_path, worker, bake, "
-        "migrate, settings",
+        W + ": unknown key 'replicas': the keys are name, wsgi, health_path, live_path, "
+        "worker, bake, migrate, settings",
     ),
     (_replace('wsgi = "shop.web:app"', None), W + ': wsgi is required, e.g. wsgi = "shop.web:app"'),
     (

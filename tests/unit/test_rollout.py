@@ -16,6 +16,7 @@ from deploykit.rollout import (
     NodeOutcome,
     RolloutResult,
     Rollouts,
+    StatusReport,
     app_from_history,
     is_settled,
     parse_batch,
@@ -242,3 +243,84 @@ def test_the_application_comes_from_the_newest_rollout_carried_out_not_a_refused
     assert app_from_history(records) == "shop"
     assert app_from_history([{"app": "minimal", "outcome": "refused"}]) is None
     assert app_from_history([]) is None
+
+
+def test_a_replace_that_did_not_succeed_leaves_the_fleet_to_the_application_it_replaced() -> None:
+    replaced = {"app": "notes", "replaced": "shop", "outcome": "rolled_back"}
+    assert app_from_history([{"app": "shop", "outcome": "succeeded"}, replaced]) == "shop"
+    assert app_from_history([{**replaced, "outcome": "succeeded"}]) == "notes"
+
+
+def _serving_shop(check_path: str = "/livez") -> StatusReport:
+    nodes = _nodes()
+    nodes["lb1"]["check_path"] = check_path
+    for host in ("app1", "app2"):
+        nodes[host]["apps"] = {"shop": _units("shop", "active", "enabled")}
+        nodes[host]["app"]["current"] = None
+    return status_from_survey("notes", nodes)
+
+
+NOTES_CONTRACT = {"name": "notes", "health_path": "/health", "live_path": "/livez"}
+
+
+def test_a_replace_moves_the_fleet_from_the_application_it_names(tmp_path: Path) -> None:
+    result = RolloutResult(action="deploy", app="notes", release="notes-1", previous=None)
+    rollouts, lines = _rollouts(tmp_path)
+    rollouts._refuse_foreign(result, _serving_shop(), replace="shop", contract=NOTES_CONTRACT)
+    assert result.replaced == "shop"
+    assert result.record()["replaced"] == "shop"
+    assert any("replacing shop with notes" in line for line in lines), lines
+
+
+def test_a_replace_naming_another_application_than_the_fleet_serves_is_refused(
+    tmp_path: Path,
+) -> None:
+    result = RolloutResult(action="deploy", app="notes", release="notes-1", previous=None)
+    rollouts, _ = _rollouts(tmp_path)
+    with pytest.raises(ForeignApplication) as refused:
+        rollouts._refuse_foreign(result, _serving_shop(), replace="blog", contract=NOTES_CONTRACT)
+    assert refused.value.exit_code == 2
+    assert "the fleet serves shop, not notes" in str(refused.value)
+    assert "--replace shop" in str(refused.value.hint)
+    assert result.outcome == "refused" and result.replaced is None
+
+
+def test_a_refused_foreign_deploy_names_replace_as_a_way_forward(tmp_path: Path) -> None:
+    result = RolloutResult(action="deploy", app="notes", release="notes-1", previous=None)
+    rollouts, _ = _rollouts(tmp_path)
+    with pytest.raises(ForeignApplication) as refused:
+        rollouts._refuse_foreign(result, _serving_shop(), contract=NOTES_CONTRACT)
+    assert "deploykit deploy --replace shop" in str(refused.value.hint)
+
+
+def test_a_replace_is_refused_when_the_new_application_does_not_declare_haproxys_check_path(
+    tmp_path: Path,
+) -> None:
+    result = RolloutResult(action="deploy", app="notes", release="notes-1", previous=None)
+    rollouts, _ = _rollouts(tmp_path)
+    contract = {"name": "notes", "health_path": "/health"}
+    with pytest.raises(ForeignApplication) as refused:
+        rollouts._refuse_foreign(result, _serving_shop(), replace="shop", contract=contract)
+    assert refused.value.exit_code == 2
+    message = str(refused.value)
+    assert "HAProxy checks the clones on /livez, which notes does not declare" in message
+    assert "haproxy_backend_health_path" in str(refused.value.hint)
+    assert result.outcome == "refused"
+
+
+def test_the_return_of_a_replace_brings_the_replaced_application_back(tmp_path: Path) -> None:
+    rollouts, _ = _rollouts(tmp_path)
+    seen: list[dict[str, Any]] = []
+
+    def fake_run(playbook: str, extravars: dict[str, Any], **_: Any) -> Any:
+        seen.append(dict(extravars))
+        raise StopIteration
+
+    rollouts._run = fake_run  # type: ignore[method-assign]
+    result = RolloutResult(action="deploy", app="notes", release="n1", previous=None)
+    result.replaced = "shop"
+    for returning in (False, True):
+        with pytest.raises(StopIteration):
+            rollouts._roll(result, {"app1": "x"}, [["app1"]], returning=returning)
+    assert (seen[0]["rollout_app"], seen[0]["rollout_replaced_app"]) == ("notes", "shop")
+    assert (seen[1]["rollout_app"], seen[1]["rollout_replaced_app"]) == ("shop", "notes")

@@ -384,6 +384,22 @@ def switch_current(app_root: str, release_id: str) -> tuple[str, bool]:
     return previous, True
 
 
+def switch_link(link: str, target: str) -> bool:
+    """The symbolic link ``link`` → ``target``, replaced atomically (a new link renamed over the
+    old); whether it changed. Its directory is made (0755) when missing."""
+    if os.path.lexists(link) and not os.path.islink(link):
+        raise ValueError(f"{link} exists and is not a symbolic link: move it away")
+    if os.path.islink(link) and os.readlink(link) == target:
+        return False
+    os.makedirs(os.path.dirname(link), mode=0o755, exist_ok=True)
+    temporary = f"{link}.switching"
+    if os.path.lexists(temporary):
+        os.unlink(temporary)
+    os.symlink(target, temporary)
+    os.rename(temporary, link)
+    return True
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     try:
         manifest, problems = verify_tree(args.release_dir, args.checksum)

@@ -11,6 +11,9 @@ description:
     rollout started on a node that ran no release of the application before is not left running
     or restarting.
   - Switches C(current) to C(releases/<release_id>) atomically (a new link renamed over the old).
+  - First, with O(replaces), retires the units of the application this one replaces on the node
+    (bounded stop, disable), so that its port is free (deploykit deploy --replace); the return
+    after a failure replaces the other way round.
   - Restarts the unit when its process does not run the release, or when one of O(files) (its
     settings, its unit) changed since it started; starts it when it is not running; enables it.
     A stop is bounded by O(stop_timeout) seconds of wall clock, then the unit is killed: a release
@@ -34,6 +37,7 @@ options:
   health_timeout: {description: The deadline of the health gate in seconds (wall clock)., type: float, default: 30}
   stop_timeout: {description: The longest wait for the old process to stop before it is killed., type: float, default: 40}
   journal_lines: {description: The unit's last journal lines reported on failure., type: int, default: 15}
+  replaces: {description: "Units of another application retired (bounded stop, disable) before O(unit) starts.", type: list, elements: str, default: []}
 """
 
 RETURN = r"""
@@ -41,6 +45,7 @@ previous: {description: The release current pointed to before (empty on a first 
 switched: {description: Whether current changed., returned: always, type: bool}
 restarted: {description: Whether the unit was (re)started., returned: always, type: bool}
 killed: {description: Whether the old process had to be killed at the stop deadline., returned: always, type: bool}
+retired: {description: The units of O(replaces) that were running or enabled, now stopped and disabled., returned: always, type: list}
 seconds: {description: Seconds per part (switch, stop, start, health)., returned: always, type: dict}
 journal: {description: The unit's last journal lines (on failure)., returned: failure, type: list}
 """
@@ -92,24 +97,29 @@ def bounded_stop(module: AnsibleModule, unit: str, timeout: float) -> bool:
     return True
 
 
-def retire(module: AnsibleModule, unit: str, timeout: float) -> None:
-    """Stop (bounded) and disable ``unit``, and forget that it failed."""
+def retire_unit(module: AnsibleModule, unit: str, timeout: float) -> dict:
+    """Stop (bounded) and disable ``unit``, and forget that it failed; what was done."""
     shown = systemctl_show(unit, "ActiveState", "UnitFileState", "LoadState")
     if shown.get("LoadState") in (None, "not-found"):
-        module.exit_json(changed=False, unit=unit, killed=False, state="retired")
+        return {"changed": False, "killed": False}
     running_now = shown.get("ActiveState") not in STOPPED
     enabled = shown.get("UnitFileState") == "enabled"
     failed = shown.get("ActiveState") == "failed"
+    changed = running_now or enabled or failed
     if module.check_mode:
-        module.exit_json(changed=running_now or enabled or failed, unit=unit, killed=False)
-    killed = bounded_stop(module, unit, module.params["stop_timeout"]) if running_now else False
+        return {"changed": changed, "killed": False}
+    killed = bounded_stop(module, unit, timeout) if running_now else False
     if enabled:
         systemctl(module, "disable", unit)
     if failed or killed:
         systemctl(module, "reset-failed", unit)
-    module.exit_json(
-        changed=running_now or enabled or failed, unit=unit, killed=killed, state="retired"
-    )
+    return {"changed": changed, "killed": killed}
+
+
+def retire(module: AnsibleModule, unit: str, timeout: float) -> None:
+    """state=retired: ``unit`` stopped (bounded) and disabled."""
+    done = retire_unit(module, unit, timeout)
+    module.exit_json(unit=unit, state="retired", **done)
 
 
 def journal(unit: str, lines: int, since: float) -> list[str]:
@@ -136,6 +146,7 @@ def main() -> None:
             "health_timeout": {"type": "float", "default": 30},
             "stop_timeout": {"type": "float", "default": 40},
             "journal_lines": {"type": "int", "default": 15},
+            "replaces": {"type": "list", "elements": "str", "default": []},
         },
         mutually_exclusive=[("health_url", "health_command", "health_address")],
         required_if=[("state", "live", ["release_id"])],
@@ -165,9 +176,25 @@ def main() -> None:
         "seconds": seconds,
         "unit": unit,
         "release_id": release_id,
+        "retired": [],
     }
+    replaced = [u for u in p["replaces"] if u != unit]
     if module.check_mode:
-        module.exit_json(changed=result["switched"] or must_restart or not state["pid"], **result)
+        result["retired"] = [
+            u for u in replaced if retire_unit(module, u, p["stop_timeout"])["changed"]
+        ]
+        changed = result["switched"] or must_restart or not state["pid"] or result["retired"]
+        module.exit_json(changed=bool(changed), **result)
+    # The application this one replaces holds the port (and its worker the queue's consumers):
+    # stopped and disabled first. A bounded stop: the clone is drained.
+    started = time.monotonic()
+    for other in replaced:
+        done = retire_unit(module, other, p["stop_timeout"])
+        if done["changed"]:
+            result["retired"].append(other)
+            result["killed"] = result["killed"] or done["killed"]
+    if result["retired"]:
+        seconds["retire"] = round(time.monotonic() - started, 3)
     if p["contract_entry"] and not contract.get(p["contract_entry"]):
         # Nothing of this release runs here (an application without a worker): current follows
         # the fleet, and a unit an earlier release left is not left running.
@@ -176,7 +203,9 @@ def main() -> None:
             systemctl(module, "disable", "--now", unit)
             result["restarted"] = True
         module.exit_json(
-            changed=result["switched"] or result["restarted"], unit_runs=False, **result
+            changed=bool(result["switched"] or result["restarted"] or result["retired"]),
+            unit_runs=False,
+            **result,
         )
     began = time.time()
     started = time.monotonic()
@@ -271,7 +300,9 @@ def main() -> None:
             journal=lines,
             **result,
         )
-    module.exit_json(changed=result["switched"] or result["restarted"], **result)
+    module.exit_json(
+        changed=bool(result["switched"] or result["restarted"] or result["retired"]), **result
+    )
 
 
 if __name__ == "__main__":

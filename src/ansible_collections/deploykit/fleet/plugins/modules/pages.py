@@ -11,14 +11,19 @@ description:
     temporary name, then renamed), switches C(static/current) to it atomically, rewrites the list
     of baked paths HAProxy routes to nginx and reloads HAProxy when the list changed, and prunes
     the oldest published pages beyond O(keep) (never the live ones).
-  - A release whose contract bakes nothing publishes nothing (HAProxy sends every request to the
-    clones).
+  - nginx serves O(live_link), which points at the C(static/current) of the application that
+    publishes: the same on a balancer whichever application it serves, so staging another
+    application (deploykit deploy --replace) changes nothing nginx serves until its pages are
+    published.
+  - A release whose contract bakes nothing publishes nothing, and empties the list of baked paths
+    (HAProxy sends every request to the clones).
 options:
   app_root: {description: Where the application lives (the release is staged in releases/)., type: path, required: true}
   release_id: {description: The release whose pages to publish., type: str, required: true}
   keep: {description: Published pages kept., type: int, default: 5}
   paths_file: {description: The list of baked paths HAProxy reads., type: path, default: /etc/haproxy/baked-paths.lst}
   reload: {description: Reload HAProxy when the list changed., type: bool, default: true}
+  live_link: {description: "The link nginx serves the pages from (its root), switched to this application's static/current.", type: path, default: /var/lib/deploykit/pages}
 """
 
 RETURN = r"""
@@ -38,6 +43,7 @@ from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
     prune,
     stamp,
     switch_current,
+    switch_link,
 )
 
 HEADER = """\
@@ -61,6 +67,19 @@ def baked_paths(files: dict) -> list[str]:
     return sorted(paths)
 
 
+def write_list(module: AnsibleModule, p: dict, content: str) -> None:
+    """HAProxy's list of baked paths replaced atomically, then HAProxy reloaded (unless not asked)."""
+    partial = p["paths_file"] + ".partial"
+    with open(partial, "w", encoding="utf-8") as handle:
+        handle.write(content)
+    os.chmod(partial, 0o644)
+    os.replace(partial, p["paths_file"])
+    if p["reload"]:
+        rc, out, err = module.run_command(["systemctl", "reload", "haproxy.service"])
+        if rc != 0:
+            module.fail_json(msg=f"systemctl reload haproxy: rc {rc}: {(err or out).strip()}")
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -69,6 +88,7 @@ def main() -> None:
             "keep": {"type": "int", "default": 5},
             "paths_file": {"type": "path", "default": "/etc/haproxy/baked-paths.lst"},
             "reload": {"type": "bool", "default": True},
+            "live_link": {"type": "path", "default": "/var/lib/deploykit/pages"},
         },
         supports_check_mode=True,
     )
@@ -79,11 +99,10 @@ def main() -> None:
         manifest = load_manifest(release_dir)
     except ReleaseProblem as error:
         module.fail_json(msg=f"release {release_id} is not staged on this balancer: {error}")
-    if not (manifest.get("contract") or {}).get("bake"):
-        module.exit_json(changed=False, published=False, release_id=release_id)
     static = os.path.join(p["app_root"], "static")
     target = os.path.join(static, "releases", release_id)
-    paths = baked_paths(manifest["files"])
+    bakes = bool((manifest.get("contract") or {}).get("bake"))
+    paths = baked_paths(manifest["files"]) if bakes else []
     content = HEADER.format(name=manifest["name"], release=release_id) + "".join(
         f"{x}\n" for x in paths
     )
@@ -92,10 +111,17 @@ def main() -> None:
             list_changed = handle.read() != content
     except FileNotFoundError:
         list_changed = True
+    if not bakes:
+        # Nothing to publish; the list of another release (or application) must not route its
+        # pages any more.
+        if list_changed and not module.check_mode:
+            write_list(module, p, content)
+        module.exit_json(changed=list_changed, published=False, release_id=release_id, paths=[])
     current = os.path.join(static, "current")
+    relinked = not (os.path.islink(p["live_link"]) and os.readlink(p["live_link"]) == current)
     switched = not (os.path.islink(current) and os.readlink(current) == f"releases/{release_id}")
     if module.check_mode:
-        module.exit_json(changed=switched or list_changed, published=True, paths=paths)
+        module.exit_json(changed=switched or relinked or list_changed, published=True, paths=paths)
     changed = False
     for path in (static, os.path.join(static, "releases")):
         if not os.path.isdir(path):
@@ -109,19 +135,15 @@ def main() -> None:
         changed = True
     changed |= stamp(target)
     _, switched = switch_current(static, release_id)
+    try:
+        relinked = switch_link(p["live_link"], current)
+    except (OSError, ValueError) as error:
+        module.fail_json(msg=f"the pages nginx serves ({p['live_link']}): {error}")
     if list_changed:
-        partial = p["paths_file"] + ".partial"
-        with open(partial, "w", encoding="utf-8") as handle:
-            handle.write(content)
-        os.chmod(partial, 0o644)
-        os.replace(partial, p["paths_file"])
-        if p["reload"]:
-            rc, out, err = module.run_command(["systemctl", "reload", "haproxy.service"])
-            if rc != 0:
-                module.fail_json(msg=f"systemctl reload haproxy: rc {rc}: {(err or out).strip()}")
+        write_list(module, p, content)
     pruned = prune(os.path.join(static, "releases"), p["keep"], current, [release_id])["removed"]
     module.exit_json(
-        changed=changed or switched or list_changed or bool(pruned),
+        changed=changed or switched or relinked or list_changed or bool(pruned),
         published=True,
         release_id=release_id,
         paths=paths,
