@@ -985,7 +985,8 @@ class Rollouts:
                 outcome.outcome = "failed"
                 outcome.message = (
                     f"{outcome.message or 'unreachable'}: left as it is (out of service when it "
-                    f"was drained); once it answers, return it: {self._return_command(outcome)}"
+                    "was drained); once it answers, return it: "
+                    f"{self._return_command(outcome, replacing=result)}"
                 )
                 continue
             if outcome.before is None:
@@ -1017,9 +1018,17 @@ class Rollouts:
                 f"{result.failure}; the return to the previous release failed too: {undo_message}"
             )
 
-    def _return_command(self, outcome: NodeOutcome) -> str:
-        """The command that puts a node the automatic return could not reach back in service."""
+    def _return_command(
+        self, outcome: NodeOutcome, *, replacing: RolloutResult | None = None
+    ) -> str:
+        """The command that puts a node the automatic return could not reach back in service
+        (``replacing``: the deploy --replace whose return it missed)."""
         inventory_option = f" -i {self.inventory}"
+        if replacing is not None and replacing.replaced and outcome.before:
+            return (
+                f"deploykit deploy{inventory_option} --replace {replacing.app} --artifact "
+                f"<the artifact of {outcome.before}>"
+            )
         if outcome.before:
             return f"deploykit rollback{inventory_option} --to {outcome.before}"
         return f"deploykit deploy{inventory_option} --artifact <a release of the app that works>"

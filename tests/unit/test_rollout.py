@@ -206,6 +206,13 @@ def test_a_clone_the_return_could_not_reach_is_reported_with_the_command_that_re
         rollouts._return_command(known) == f"deploykit rollback -i {tmp_path / 'hosts.yml'} --to r1"
     )
     assert "deploykit deploy -i" in rollouts._return_command(first)
+    # A replace's return: the replaced application comes back by replacing the new one again.
+    replacing = RolloutResult(action="deploy", app="notes", release="n1", previous=None)
+    replacing.replaced = "shop"
+    assert rollouts._return_command(known, replacing=replacing) == (
+        f"deploykit deploy -i {tmp_path / 'hosts.yml'} --replace notes --artifact "
+        "<the artifact of r1>"
+    )
 
 
 def test_a_deploy_with_a_bad_batch_is_refused_before_any_host(tmp_path: Path) -> None:
