@@ -1254,7 +1254,7 @@ class Rollouts:
                 if to is None:
                     raise RolloutFailed(
                         f"no release before {live} is known (history) or kept on the clones: "
-                        "name one with --to (deploykit releases lists them)"
+                        "name one with --to (deploykit releases --json lists them whole)"
                     )
             result.release = to
             self._refuse_foreign(result, status)
