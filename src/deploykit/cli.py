@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -277,29 +278,63 @@ def _rollouts(args: argparse.Namespace) -> rollout.Rollouts:
     )
 
 
+def _compact_table(title: str) -> Table:
+    """A table that fits an 80-column terminal: a rule under the header and two spaces between
+    columns (a box's borders and padding take three columns each)."""
+    return Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+
+
+def _add_release_column(table: Table, header: str) -> None:
+    """A column of short release ids: never folded, an id split over lines is not one to read."""
+    table.add_column(header, no_wrap=True)
+
+
+def _short_id(release_id: str | None, app: str | None = None) -> str:
+    """A release id as the tables show it (release.short_release_id); '-' for none."""
+    return release.short_release_id(release_id, app) if release_id else "-"
+
+
 def _print_rollout(args: argparse.Namespace, result: rollout.RolloutResult) -> int:
     if args.json:
         _json_line(result.to_dict())
     else:
-        table = Table(title=f"{result.action} {result.app} {result.release}", title_justify="left")
-        for column in ("node", "role", "before", "now", "outcome", "step", "seconds", "message"):
-            table.add_column(column, overflow="fold")
+        # The title says the whole release id once; the rows its short form.
+        table = _compact_table(f"{result.action} {result.app} {result.release}")
+        table.add_column("node", overflow="fold")
+        table.add_column("role")
+        _add_release_column(table, "before")
+        _add_release_column(table, "now")
+        table.add_column("outcome", no_wrap=True)
+        # The node's seconds over its steps: each step's own were printed as it ended.
+        table.add_column("seconds", justify="right")
         styles = {"failed": "red", "rolled_back": "yellow", "switched": "green"}
-        for node in sorted(result.nodes.values(), key=lambda n: (n.role, n.host)):
+        nodes = sorted(result.nodes.values(), key=lambda n: (n.role, n.host))
+        for node in nodes:
             now = node.target if node.outcome in ("switched", "unchanged") else node.before
             table.add_row(
                 node.host,
                 node.role,
-                node.before or "-",
-                now or "-",
+                _short_id(node.before, result.app),
+                _short_id(now, result.app),
                 Text(node.outcome, style=styles.get(node.outcome, "")),
-                node.step or "",
-                # Where the time went on this node: each step's seconds.
-                " ".join(f"{step} {seconds:.1f}" for step, seconds in node.seconds.items()),
-                (node.message or "")[:400],
+                f"{sum(node.seconds.values()):.1f}" if node.seconds else "",
             )
         console.print(table)
-        for node in sorted(result.nodes.values(), key=lambda n: (n.role, n.host)):
+        for node in nodes:
+            if node.message:
+                # A message is sentences: below the table, where it has the terminal's width.
+                at = f" at {node.step}" if node.step else ""
+                console.print(
+                    f"{node.host} ({node.role}) {node.outcome}{at}: {escape(node.message[:400])}",
+                    highlight=False,
+                )
             if node.journal:
                 # The cause, as the service said it: its unit's last journal lines.
                 console.print(f"{node.host} ({node.role}): the unit's last log lines", style="bold")
@@ -373,32 +408,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _json_line(report.to_dict())
         return EXIT_OK
-    table = Table(title=f"{report.app}: live {report.live or 'DRIFT'}", title_justify="left")
-    for column in (
-        "node",
-        "role",
-        "release (running)",
-        "current",
-        "checksum",
-        "service",
-        "haproxy",
-    ):
-        table.add_column(column, overflow="fold")
     live = report.live
+    # The title says the application and the whole live release id, once; the rows short ids.
+    table = _compact_table(f"{report.app}: live {live or 'DRIFT'}")
+    table.add_column("node", overflow="fold")
+    table.add_column("role")
+    _add_release_column(table, "release")
+    for column in ("checksum", "service", "haproxy"):
+        table.add_column(column, overflow="fold")
     for node in report.nodes:
-        differs = node.role in ("app", "worker") and (live is None or node.release != live)
+        runs_release = node.role in ("app", "worker")
+        differs = runs_release and (live is None or node.release != live)
         table.add_row(
             node.host,
             node.role,
-            Text(node.release or "-", style="red" if differs else ""),
-            node.current or "-",
+            Text(_short_id(node.release, report.app), style="red" if differs else ""),
             (node.checksum or "-")[:12],
             node.service or "-",
             node.haproxy or "",
         )
-        if node.problem:
-            table.add_row("", "", Text(node.problem, style="red"), "", "", "", "")
+        # current, the release the next start runs, has a row only where it is not the running
+        # one: as a column it would repeat the release on every other row.
+        if runs_release and node.current != node.release:
+            current = _short_id(node.current, report.app)
+            table.add_row("", "current", Text(current, style="red"), "", "", "")
     out.print(table)
+    # A problem is sentences: below the table, where it has the terminal's width.
+    for node in report.nodes:
+        if node.problem:
+            out.print(
+                f"[red]{escape(node.host)} ({node.role}):[/red] {escape(node.problem)}",
+                highlight=False,
+            )
     for reason in report.drift:
         out.print(f"[red]DRIFT[/red] {reason}", highlight=False)
     return EXIT_OK
@@ -410,21 +451,40 @@ def cmd_releases(args: argparse.Namespace) -> int:
     if args.json:
         _json_line({"records": records})
         return EXIT_OK
-    table = Table(title="deploy history (oldest first)", title_justify="left")
-    for column in ("when", "who", "action", "from", "to", "outcome", "s", "failure"):
-        table.add_column(column, overflow="fold")
+    # The application, once: in the title when the history names one, else in each record's
+    # action. Either way a record's ids need not repeat it.
+    apps = {str(record["app"]) for record in records if record.get("app")}
+    only_app = next(iter(apps)) if len(apps) == 1 else None
+    table = _compact_table(f"{only_app + ': ' if only_app else ''}deploy history (oldest first)")
+    table.add_column("when", no_wrap=True)
+    table.add_column("who", overflow="fold")
+    table.add_column("action")
+    # The "to" under the "from", in one column: two columns of ids would not fit 80.
+    _add_release_column(table, "from → to")
+    table.add_column("outcome", no_wrap=True)
+    table.add_column("s", justify="right")
+    notes: list[tuple[str, str]] = []
     for record in records:
+        when = str(record.get("recorded", ""))
+        app = str(record["app"]) if record.get("app") else None
+        action = str(record.get("action", ""))
+        before, after = record.get("from"), record.get("to")
+        moved = f"{_short_id(before, app)}\n→ {_short_id(after, app)}" if before or after else "-"
         table.add_row(
-            str(record.get("recorded", "")),
+            when,
             str(record.get("who", "")),
-            str(record.get("action", "")),
-            str(record.get("from") or "-"),
-            str(record.get("to") or "-"),
+            f"{action} {app}" if app and not only_app else action,
+            moved,
             str(record.get("outcome", "")),
             str(record.get("seconds", "")),
-            str(record.get("failure") or _lock_record_note(record))[:200],
         )
+        note = str(record.get("failure") or _lock_record_note(record))
+        if note:
+            notes.append((when, note[:200]))
     out.print(table)
+    # A failure is sentences: below the table, where it has the terminal's width, by its time.
+    for when, note in notes:
+        out.print(f"{escape(when)}: {escape(note)}", highlight=False)
     return EXIT_OK
 
 

@@ -160,7 +160,8 @@ SECURITY_MIRROR = os.environ.get(
     "DEPLOYKIT_DEBIAN_SECURITY_MIRROR", "http://deb.debian.org/debian-security"
 )
 
-# systemd boots as PID 1 with these (measured in ../shared/LAB-NOTES.md; --privileged fails here).
+# systemd boots as PID 1 with these (measured on the project's Debian 12 machines, where
+# --privileged fails: one capability is missing from their bounding set).
 _CAPABILITIES = ["SYS_ADMIN", "NET_ADMIN"]
 _SECURITY_OPTS = ["seccomp=unconfined", "apparmor=unconfined"]
 _TMPFS = {"/run": "", "/run/lock": "", "/tmp": ""}  # noqa: S108 - mount points inside the container
@@ -267,7 +268,7 @@ class LabSpec:
 
         if self.profile == "small":
             # Everything but the balancer and the clones shares one host: roles must not assume
-            # they are alone on a host (../shared/ARCHITECTURE.md, Topology).
+            # they are alone on a host (a small site lists one host under several groups).
             services = [
                 HostPlan("lb1", ("lb",), at(10)),
                 HostPlan("backend1", ("worker", "cache", "docstore", "queue"), at(11)),

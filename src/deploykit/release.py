@@ -948,6 +948,46 @@ def _release_version(pyproject: Path, given: str | None, declared: str | None) -
     return version
 
 
+# --- release ids ----------------------------------------------------------------------------
+
+#: A release id is ``<version>-<the first RELEASE_HASH_CHARS hex digits of the source hash>``.
+RELEASE_HASH_CHARS = 12
+_RELEASE_ID_RE = re.compile(rf"(?P<version>.+)-(?P<hash>[0-9a-f]{{{RELEASE_HASH_CHARS}}})\Z")
+#: The short form keeps as much of the hash as git's short ids: enough to tell apart the few
+#: releases a fleet keeps, where the whole id would not fit an 80-column table.
+SHORT_HASH_CHARS = 7
+SHORT_VERSION_CHARS = 12
+
+
+def release_id_for(version: str, source_sha256: str) -> str:
+    """The release id of ``version`` built from the source whose hash is ``source_sha256``."""
+    return f"{version}-{source_sha256[:RELEASE_HASH_CHARS]}"
+
+
+def short_release_id(release_id: str, app: str | None = None) -> str:
+    """The release id as the command line's tables show it, on one line at 80 columns.
+
+    ``shop-1.0.4-rc.1+build.7-da107a5af7e7`` in a table about ``app`` shop is
+    ``1.0.4-rc.1-da107a5``. The hash tells builds apart, so the version keeps only what a reader
+    recognises: without the application's name (the table states it once), without the build
+    metadata after '+' (which orders nothing; two versions that differ only there, built from one
+    source, share the short form) and past SHORT_VERSION_CHARS its start and end around '…'. The
+    whole id is in each command's --json. An id of another form is shown whole."""
+    match = _RELEASE_ID_RE.match(release_id)
+    if match is None:
+        return release_id
+    version = match["version"]
+    if app is not None and version.startswith(f"{app}-") and len(version) > len(app) + 1:
+        version = version[len(app) + 1 :]
+    # A version starts with a letter or digit (_VERSION_RE), so something is left before '+'.
+    version = version.split("+", 1)[0] or version
+    if len(version) > SHORT_VERSION_CHARS:
+        head = (SHORT_VERSION_CHARS - 1) // 2
+        tail = SHORT_VERSION_CHARS - 1 - head
+        version = f"{version[:head]}…{version[-tail:]}"
+    return f"{version}-{match['hash'][:SHORT_HASH_CHARS]}"
+
+
 def build(
     app_dir: Path,
     *,
@@ -973,7 +1013,7 @@ def build(
     if not files:
         raise BadInput(f"{root}: no source files")
     digest = source_hash(root, files)
-    release_id = f"{version}-{digest[:12]}"
+    release_id = release_id_for(version, digest)
     revision, dirty = _git_revision(root)
     where = f"git {revision[:12]}{' (dirty)' if dirty else ''}" if revision else "not in git"
     log(f"{contract.name} {release_id}: {len(files)} source files from {root} ({where})")

@@ -9,12 +9,13 @@ one task carried out by a module of deploykit's collection (deploykit.fleet):
 2. ``stage.yml`` (a deploy of a release not yet everywhere) stages the release on every node in
    parallel (stage), configures the nodes for it, and runs its migration once, before any clone
    switches;
-3. ``roll.yml`` switches the app clones batch by batch (a canary first), three steps a clone:
-   drain on every balancer, activate (switch, restart, health gate on the new release id), ready
-   on every balancer; then the workers (activate); then the baked pages (pages);
+3. ``roll.yml`` switches the app clones batch by batch (a deploy's first batch is a canary),
+   three steps a clone: drain on every balancer, activate (switch, restart, health gate on the new
+   release id), ready on every balancer; then, together, the workers (activate) and the baked
+   pages (pages);
 4. on any failure, ``roll.yml`` again, returning every host the rollout touched (not only the
    failing batch) to the release it ran before, with a short stop bound for what never became
-   ready;
+   ready (``retire.yml`` stops what it started on a host that ran no release before);
 5. ``finish.yml`` appends the record to the history and releases the lock, whatever happened.
 
 Steps and results come back as data: each module's own return values, read from the run's events
@@ -1263,7 +1264,7 @@ class Rollouts:
                 if to is None:
                     raise RolloutFailed(
                         f"no release before {live} is known (history) or kept on the clones: "
-                        "name one with --to (deploykit releases lists them)"
+                        "name one with --to (deploykit releases --json lists them whole)"
                     )
             result.release = to
             self._refuse_foreign(result, status)

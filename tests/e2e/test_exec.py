@@ -5,7 +5,6 @@ Only read-only commands run on the lab's hosts (hostname, test, cat, sleep).
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import subprocess
@@ -23,37 +22,10 @@ from deploykit import lab
 
 pytestmark = pytest.mark.e2e
 
-# Until cli.build_parser registers `exec` (one line, remote.add_exec_command(commands)), the same
-# subcommand is driven through a parser of its own, with cli.main's handling of errors.
-_DRIVER = """
-import argparse, sys
-from deploykit import remote
-from deploykit.errors import DeploykitError
-parser = argparse.ArgumentParser(prog="deploykit")
-remote.add_exec_command(parser.add_subparsers(dest="command", required=True))
-args = parser.parse_args(sys.argv[1:])
-try:
-    sys.exit(args.func(args))
-except DeploykitError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(error.exit_code)
-"""
-
-
-@functools.cache
-def _program() -> tuple[str, ...]:
-    probe = subprocess.run(
-        [sys.executable, "-m", "deploykit", "exec", "--help"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    if probe.returncode == 0:
-        return (sys.executable, "-m", "deploykit")
-    return (sys.executable, "-c", _DRIVER)
-
 
 def deploykit_exec(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*_program(), "exec", *args],
+        [sys.executable, "-m", "deploykit", "exec", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
 

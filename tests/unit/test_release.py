@@ -291,6 +291,36 @@ def test_the_source_hash_depends_on_paths_and_contents_only(tmp_path: Path) -> N
     assert release.source_hash(one, ["pyproject.toml"]) != release.source_hash(two, ["other.toml"])
 
 
+# --- release ids ----------------------------------------------------------------------------
+
+SOURCE_SHA256 = "da107a5af7e7" + "0" * 52
+
+
+def test_a_release_id_is_the_version_and_the_source_hash_s_start() -> None:
+    assert release.release_id_for("1.0.4", SOURCE_SHA256) == "1.0.4-da107a5af7e7"
+
+
+@pytest.mark.parametrize(
+    ("release_id", "app", "short"),
+    [
+        ("1.0.4-da107a5af7e7", "shop", "1.0.4-da107a5"),
+        # Build metadata orders nothing; the hash tells builds apart.
+        ("1.0.4-rc.1+build.7-da107a5af7e7", "shop", "1.0.4-rc.1-da107a5"),
+        # A version that repeats the application's name: the table names it once.
+        ("shop-1.0.4-rc.1+build.7-da107a5af7e7", "shop", "1.0.4-rc.1-da107a5"),
+        ("shop-1.0.4-da107a5af7e7", None, "shop-1.0.4-da107a5"),
+        ("shop-1.0.4-da107a5af7e7", "notes", "shop-1.0.4-da107a5"),
+        # Past 12 characters, the version's start and end.
+        ("2026.12.03-nightly.17-da107a5af7e7", "shop", "2026.…tly.17-da107a5"),
+        # Not <version>-<12 hex>: shown whole.
+        ("r2", "shop", "r2"),
+        ("1.0.4-DA107A5AF7E7", "shop", "1.0.4-DA107A5AF7E7"),
+    ],
+)
+def test_the_short_release_id(release_id: str, app: str | None, short: str) -> None:
+    assert release.short_release_id(release_id, app) == short
+
+
 # --- the minimal app itself -----------------------------------------------------------------
 
 
