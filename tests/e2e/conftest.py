@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import molecule_runs as background_molecule
+import molecule_runs as molecule_pool
 import pytest
 from verify_skips import VERIFY_ACCOUNTING, terminal_lines
 
@@ -122,31 +122,15 @@ def molecule_reports(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def molecule_runs(
     request: pytest.FixtureRequest, lab_image: str, molecule_reports: Path
-) -> Iterator[background_molecule.Runs]:
-    """The selected scenarios (-k applies), started in the background once the lab image is
-    built; test_molecule.py's tests wait for their results."""
+) -> Iterator[molecule_pool.Runs]:
+    """The selected scenarios (-k applies), started on a pool when the first of
+    test_molecule.py's tests asks; each test waits for its own."""
     del lab_image
-    pool, runs = background_molecule.start(_selected_scenarios(request.session), molecule_reports)
+    pool, runs = molecule_pool.start(_selected_scenarios(request.session), molecule_reports)
     try:
         yield runs
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def molecule_beside_the_e2e_tests(request: pytest.FixtureRequest) -> None:
-    """The molecule scenarios start with the first e2e test, after the lab is created (when a
-    selected test uses it: the lab's network is then made before any scenario's), and run while
-    the other e2e tests do (molecule_runs.py says why)."""
-    if not _selected_scenarios(request.session):
-        return
-    if any(
-        "lab_up" in item.fixturenames
-        for item in request.session.items
-        if not item.get_closest_marker("molecule")
-    ):
-        request.getfixturevalue("lab_up")
-    request.getfixturevalue("molecule_runs")
 
 
 @pytest.fixture(scope="session")
@@ -182,8 +166,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked `lab_teardown` tear the shared lab down: they run after every other test.
     The benches run just before them: they deploy releases of their own and take minutes, so
     every other test has reported first (and sees the release `deploykit up` deployed), and they
-    print times, so they run after the molecule scenarios (which run beside the other e2e tests,
-    see molecule_beside_the_e2e_tests) have ended."""
+    print times, so they run after the molecule scenarios, on a machine that runs nothing else."""
 
     def rank(item: pytest.Item) -> int:
         if item.get_closest_marker("lab_teardown"):
@@ -236,14 +219,13 @@ def _time_per_part(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("time per part")
     for part, total in sorted(seconds.items(), key=lambda item: -item[1]):
         terminalreporter.write_line(f"{part:<12} {total:7.0f} s")
-    # The scenarios ran beside the e2e tests: "molecule" above is only the wait for them at the
-    # end; here is each one's own time.
-    scenarios = background_molecule.summary_lines()
+    # Each scenario's own time (a test's duration is its wait for a result on the pool).
+    scenarios = molecule_pool.summary_lines()
     if scenarios:
-        terminalreporter.section("molecule scenarios (run in the background)")
+        terminalreporter.section("molecule scenarios")
         for line in scenarios:
             terminalreporter.write_line(line)
-        seconds["molecule (background span)"] = background_molecule.span_seconds()
+        seconds["molecule (span)"] = molecule_pool.span_seconds()
     record = os.environ.get("DEPLOYKIT_STAGE_TIMES")
     if record:
         with open(record, "a", encoding="utf-8") as handle:

@@ -1,8 +1,7 @@
 """Every molecule scenario (one per role): create, converge, idempotence, testinfra verify, destroy.
 
 Run from pytest so that `make test` has one runner and one closing line; each scenario is a test.
-The scenarios start in the background at the beginning of the e2e tests (molecule_runs.py,
-conftest.py); these tests wait for their results after every other e2e test.
+The scenarios run two at a time on a pool (molecule_runs.py), after every other e2e test.
 Each verify writes a JUnit report; a scenario passes only when every test of it passed or was
 skipped with a reason ALLOWED_SKIPS (verify_skips.py) lists, and the final summary shows each
 scenario's accounting (passed, skipped, and why each skip is allowed).
