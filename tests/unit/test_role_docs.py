@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from deploykit.project import project_root
 
@@ -179,3 +180,28 @@ def test_an_unknown_role_is_refused() -> None:
     result = role_docs("--check", "no-such-role")
     assert result.returncode == 2
     assert "no-such-role" in result.stderr
+
+
+def _descriptions(node: object) -> list[str]:
+    """Every description string under NODE (an argument spec, nested options included)."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("description", "short_description"):
+                found.extend([value] if isinstance(value, str) else [str(v) for v in value])
+            else:
+                found.extend(_descriptions(value))
+    elif isinstance(node, list):
+        for item in node:
+            found.extend(_descriptions(item))
+    return found
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_no_description_holds_a_template(role: str) -> None:
+    # ansible.builtin.validate_argument_spec templates the whole spec, descriptions included: a
+    # "{{ vault_x }}" written there as an example fails every run of the role with "'vault_x' is
+    # undefined" (it did, 2026-12-03). Name the variable plainly: C(vault_x).
+    spec = yaml.safe_load((ROOT / "roles" / role / "meta" / "argument_specs.yml").read_text())
+    templated = [text for text in _descriptions(spec) if "{{" in text or "{%" in text]
+    assert templated == [], f"roles/{role}/meta/argument_specs.yml: {templated}"
