@@ -766,13 +766,7 @@ def test_another_application_is_refused_before_anything_changes(
 ) -> None:
     before = status_report()
     assert before["live"] and before["drift"] is False, before
-    proc = subprocess.run(
-        [sys.executable, "-m", "deploykit", "build", "--app", str(FOREIGN_APP),
-         "--version", f"0.1.0-foreign{time.strftime('%H%M%S')}", "--out", str(tmp_path), "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    artifact = json.loads(proc.stdout)
+    artifact = build_minimal(tmp_path, "foreign")
     load = loaded(site, "foreign")
     with load:
         load.phase("foreign deploy")
