@@ -143,8 +143,8 @@ def test_nginx_serves_on_loopback_only(lb):
     assert not lb.file("/etc/nginx/sites-enabled/default").exists
     assert lb.run("nginx -t").rc == 0
     # The root names no application: a link the publishing switches to the app's static/current.
-    assert "root /var/lib/deploykit/pages;" in lb.file("/etc/nginx/nginx.conf").content_string
-    assert lb.run("readlink /var/lib/deploykit/pages").stdout.strip() == f"{APP}/static/current"
+    assert "root /var/lib/deploykit-pages;" in lb.file("/etc/nginx/nginx.conf").content_string
+    assert lb.run("readlink /var/lib/deploykit-pages").stdout.strip() == f"{APP}/static/current"
 
 
 def test_every_baked_page_is_served_with_no_app_clone(lb, address, release, nginx_up):

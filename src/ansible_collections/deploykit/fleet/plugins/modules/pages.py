@@ -23,7 +23,7 @@ options:
   keep: {description: Published pages kept., type: int, default: 5}
   paths_file: {description: The list of baked paths HAProxy reads., type: path, default: /etc/haproxy/baked-paths.lst}
   reload: {description: Reload HAProxy when the list changed., type: bool, default: true}
-  live_link: {description: "The link nginx serves the pages from (its root), switched to this application's static/current.", type: path, default: /var/lib/deploykit/pages}
+  live_link: {description: "The link nginx serves the pages from (its root), switched to this application's static/current.", type: path, default: /var/lib/deploykit-pages}
 """
 
 RETURN = r"""
@@ -88,7 +88,7 @@ def main() -> None:
             "keep": {"type": "int", "default": 5},
             "paths_file": {"type": "path", "default": "/etc/haproxy/baked-paths.lst"},
             "reload": {"type": "bool", "default": True},
-            "live_link": {"type": "path", "default": "/var/lib/deploykit/pages"},
+            "live_link": {"type": "path", "default": "/var/lib/deploykit-pages"},
         },
         supports_check_mode=True,
     )
