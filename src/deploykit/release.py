@@ -240,6 +240,12 @@ def _settings(where: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def artifact_filename(app: str, release_id: str) -> str:
+    """The artifact's file name: the application's name and the release id (which does not
+    carry the name)."""
+    return f"{app}-{release_id}.tar.gz"
+
+
 def load_contract(app_dir: Path) -> AppContract:
     """Read and check ``[tool.deploykit]`` in ``app_dir``/pyproject.toml; BadInput names each
     mistake and what to write instead."""
@@ -1070,7 +1076,7 @@ def build(
         }
         manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{contract.name}-{release_id}.tar.gz"
+        path = out_dir / artifact_filename(contract.name, release_id)
         _write_archive(stage, manifest_bytes, directories, modes, path)
 
     size = path.stat().st_size

@@ -36,6 +36,7 @@ from conftest import ROOT, LabShell
 
 from deploykit import lab
 from deploykit.loadgen import LoadGenerator, Report, SessionLogin
+from deploykit.release import artifact_filename
 
 pytestmark = pytest.mark.e2e
 
@@ -846,7 +847,7 @@ def test_replace_moves_the_fleet_to_another_application_and_back_without_a_faile
     before = status_report()
     live = before["live"]
     assert live and before["drift"] is False, before
-    shop_artifact = ROOT / ".cache" / "artifacts" / f"{live}.tar.gz"
+    shop_artifact = ROOT / ".cache" / "artifacts" / artifact_filename(APP, live)
     assert shop_artifact.is_file(), f"the live release's artifact is not in {shop_artifact.parent}"
     broken = build_minimal(tmp_path, "broken", broken=True)
     good = build_minimal(tmp_path, "good")
