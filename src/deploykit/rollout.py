@@ -285,6 +285,10 @@ def _runner_node(
     node.releases = [str(r) for r in survey.get("releases") or []]
     node.service = state.get("active")
     node.release = state.get("release") if state.get("pid") else None
+    if role == "worker" and unit not in node.apps.get(unit.removesuffix("-worker.service"), {}):
+        # The application has no worker: nothing of it is installed to run here, and the node
+        # holds the release its current link points to (activate switches it all the same).
+        node.release = node.current
     if role != "app":
         return node
     node.haproxy = "/".join(views[host]) if host in views else None
