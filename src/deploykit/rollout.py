@@ -26,6 +26,7 @@ by a task's name.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import math
 import os
 import re
@@ -533,6 +534,33 @@ STEP_OF: dict[str, str] = {
     f"{runner.FLEET}.pages": "pages",
 }
 #: What the history keeps of a failed node: its message, and its unit's last journal lines.
+# What a node's configuration for a release (playbooks/rollout/tasks/configure.yml) is made of
+# besides the inventory and the release's contract: the roles and tasks it runs, the files they
+# write. Their digest is part of the configuration's fingerprint (stage.yml): a node whose last
+# configuration has the same fingerprint is not configured again.
+CONFIGURATION_CODE = (
+    "roles/app",
+    "roles/worker",
+    "roles/static",
+    "roles/release",
+    "roles/common",
+    "playbooks/rollout/tasks",
+    "playbooks/rollout/vars",
+)
+
+
+def configuration_code_digest(root: Path) -> str:
+    """sha256 over the names and contents of every file of CONFIGURATION_CODE under ``root``
+    (links followed: the release helper is the collection's module_utils file)."""
+    digest = hashlib.sha256()
+    for top in CONFIGURATION_CODE:
+        for path in sorted((root / top).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(root)).encode() + b"\0")
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 MESSAGE_CHARS = 1000
 JOURNAL_LINES = 15
 #: The steps of roll.yml, in the order a node goes through them.
@@ -881,8 +909,11 @@ class Rollouts:
             self.on_step({"event": "step", "host": data["host"], "step": "stage"})
         elif kind == "runner_on_ok":
             duration = data.get("duration")
+            res = data.get("res") or {}
+            # configured: the node's configuration was already this one (not configured again).
             self.on_step({"event": "step", "host": data["host"], "step": "stage", "status": "done",
-                          "seconds": round(float(duration), 2) if duration else None})  # fmt: skip
+                          "seconds": round(float(duration), 2) if duration else None,
+                          "configured": bool(res.get("configured"))})  # fmt: skip
 
     # -- the switch
 
@@ -1126,6 +1157,7 @@ class Rollouts:
                     "rollout_app": app,
                     "rollout_artifact": str(artifact.resolve()),
                     "rollout_live_releases": live,
+                    "rollout_configuration_code": configuration_code_digest(self.root),
                 },
                 on_event=self._stage_events,
             )

@@ -39,7 +39,7 @@ def read_manifest(artifact: str) -> dict[str, Any]:
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = True
-    _VALID_ARGS = frozenset(("artifact", "app_root", "venv", "python", "keep"))
+    _VALID_ARGS = frozenset(("artifact", "app_root", "venv", "python", "keep", "configuration"))
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result = super().run(tmp, task_vars)

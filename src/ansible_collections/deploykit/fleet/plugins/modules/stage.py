@@ -27,6 +27,13 @@ options:
   venv: {description: Build the release's virtualenv (false on the balancers, which run no app code)., type: bool, default: true}
   python: {description: The interpreter the virtualenv is made from., type: path, default: /usr/bin/python3}
   keep: {description: Releases kept on the node (the live one and this one always)., type: int, default: 5}
+  configuration:
+    description:
+      - The fingerprint of what the node's configuration is made of besides the release (the
+        rollout's C(rollout_configuration)); the module adds the release's name and contract.
+        Empty: the node is always reported as not configured.
+    type: str
+    default: ""
 """
 
 RETURN = r"""
@@ -36,9 +43,24 @@ unpacked: {description: Whether the artifact was unpacked in this run., returned
 venv_built: {description: Whether the virtualenv was built in this run., returned: success, type: bool}
 pruned: {description: Releases removed beyond keep., returned: success, type: list}
 seconds: {description: Seconds spent per part (unpack, verify, venv, prune)., returned: success, type: dict}
+configuration:
+  description:
+    - The fingerprint of the node's configuration for this release (I(configuration) with the
+      release's name and contract); empty without I(configuration).
+  returned: always
+  type: str
+configured:
+  description:
+    - Whether the node's last configuration (C(<app_root>/shared/configured), which the rollout's
+      stage playbook writes once a configuration succeeded) has this fingerprint: configuring it
+      again would change nothing.
+  returned: always
+  type: bool
 """
 
 import grp
+import hashlib
+import json
 import os
 import pwd
 import re
@@ -60,6 +82,9 @@ from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
     verify_tree,
 )
 
+# <app_root>/shared/<CONFIGURED>: the fingerprint of the node's last configuration (stage.yml).
+CONFIGURED = "configured"
+
 
 def ensure_dir(path: str, mode: int, owner: str = "root", group: str = "root") -> bool:
     """The directory exists with this mode and owner; True when something changed."""
@@ -76,6 +101,21 @@ def ensure_dir(path: str, mode: int, owner: str = "root", group: str = "root") -
         os.chmod(path, mode)
         changed = True
     return changed
+
+
+def configuration(root: str, given: str, manifest: dict) -> dict:
+    """{configuration: the fingerprint of the node's configuration for this release, configured:
+    whether the one recorded on the node (root's, in the root-only shared/) is the same}."""
+    if not given:
+        return {"configuration": "", "configured": False}
+    release = {"name": manifest.get("name"), "contract": manifest.get("contract")}
+    digest = hashlib.sha256(f"{given}\0{json.dumps(release, sort_keys=True)}".encode()).hexdigest()
+    try:
+        with open(os.path.join(root, "shared", CONFIGURED), encoding="utf-8") as handle:
+            recorded = handle.read().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        recorded = ""
+    return {"configuration": digest, "configured": recorded == digest}
 
 
 def remove_later(module: AnsibleModule, path: str) -> None:
@@ -206,6 +246,7 @@ def main() -> None:
             "venv": {"type": "bool", "default": True},
             "python": {"type": "path", "default": "/usr/bin/python3"},
             "keep": {"type": "int", "default": 5},
+            "configuration": {"type": "str", "default": "", "no_log": False},
         },
         supports_check_mode=True,
     )
@@ -214,7 +255,13 @@ def main() -> None:
     releases = os.path.join(root, "releases")
     release_dir = os.path.join(releases, release_id)
     seconds: dict[str, float] = {}
-    result = {"release_id": release_id, "release_dir": release_dir, "seconds": seconds}
+    result = {
+        "release_id": release_id,
+        "release_dir": release_dir,
+        "seconds": seconds,
+        "configuration": "",
+        "configured": False,
+    }
     venv_ready = not p["venv"] or os.path.exists(os.path.join(release_dir, VENV, VENV_MARKER))
     if module.check_mode:
         module.exit_json(changed=not (os.path.isdir(release_dir) and venv_ready), **result)
@@ -303,7 +350,7 @@ def main() -> None:
         unpacked=unpacked,
         venv_built=venv_built,
         pruned=pruned,
-        **result,
+        **{**result, **configuration(root, p["configuration"], manifest)},
     )
 
 
