@@ -75,6 +75,20 @@ def build(app: Path, version: str, out: Path) -> dict[str, Any]:
     return artifact
 
 
+# The nodes a deploy stages on (app clones, worker, balancer).
+STAGED = (*CLONES, "worker1", "lb1")
+
+
+def staged_configured(run: Run) -> dict[str, bool]:
+    """{host: whether staging found the node's configuration already the one wanted (and so did
+    not configure it again)}, from the stage steps' events."""
+    return {
+        line["host"]: line["configured"]
+        for line in run.lines
+        if line.get("event") == "step" and line.get("step") == "stage" and "configured" in line
+    }
+
+
 def status() -> dict[str, Any]:
     run = deploykit("status", "--json", timeout=300)
     assert run.rc == 0, run.stderr[-3000:]
@@ -135,6 +149,9 @@ def test_a_deploy_reports_each_node_in_json(artifacts: dict[str, dict[str, Any]]
         # Where the time went: each step's seconds on each node, in the summary and the history.
         seconds = summary["nodes"][f"{clone}/app"]["seconds"]
         assert {"stage", "drain", "switch", "ready"} <= set(seconds), seconds
+    # Nothing the nodes' configuration is made of changed since `deploykit up` configured them:
+    # staging skipped it on every node.
+    assert staged_configured(run) == dict.fromkeys(STAGED, True)
     # Every event carries its wall-clock time and the seconds since the command started.
     timed = [line for line in run.lines if line.get("event") in ("step", "log")]
     assert timed and all("ts" in line and line["elapsed"] >= 0 for line in timed)
@@ -149,8 +166,16 @@ def test_a_release_failing_on_the_last_batch_is_rolled_back_everywhere(
     artifacts: dict[str, dict[str, Any]], load: LoadGenerator
 ) -> None:
     a, bad = artifacts["a"], artifacts["bad"]
-    run = deploykit("deploy", "--artifact", bad["path"], "--batch", "1", "--json")
+    # An inventory variable of the roles changed since the last deploy (a setting the contract
+    # does not read: the settings file stays the same): every node is configured again.
+    marker = lab.secrets_file(ROOT).with_name("e2e-configuration.yml")
+    marker.write_text(f"app_settings:\n  E2E_CONFIGURATION: '{time.time()}'\n", encoding="utf-8")
+    try:
+        run = deploykit("deploy", "--artifact", bad["path"], "--batch", "1", "--json")
+    finally:
+        marker.unlink()
     load.stop()
+    assert staged_configured(run) == dict.fromkeys(STAGED, False)
     summary = run.summary
     assert run.rc == 1, (summary, run.stderr[-3000:])
     assert summary["outcome"] == "rolled_back"
