@@ -15,9 +15,11 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -727,6 +729,22 @@ def _resolve_playbook(playbook: str, root: Path) -> str:
         return str(path.resolve())
 
 
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """ansible-runner sets its own SIGINT and SIGTERM handlers (they cancel the run) and never
+    puts Python's back: after a first run, Ctrl-C would no longer reach the controller. During a
+    run its handlers act; after it, the ones before it are back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # ansible-runner sets none outside the main thread
+        return
+    kept = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in kept.items():
+            signal.signal(number, handler)
+
+
 def run_playbook(
     playbook: str,
     *,
@@ -791,24 +809,25 @@ def run_playbook(
         else None
     )
     try:
-        run = ansible_runner.run(
-            private_data_dir=str(private),
-            ident=ident,
-            project_dir=str(root),
-            playbook=playbook_arg,
-            inventory=str(inventory.resolve()),
-            # Written to env/extravars (0600, in the 0700 run dir) and passed as -e @file, so the
-            # values never show on a command line (ps) or in artifacts/command.
-            extravars=dict(extravars) if extravars else None,
-            limit=limit,
-            tags=tags,
-            cmdline=cmdline,
-            verbosity=verbosity or None,
-            envvars=envvars,
-            fact_cache_type=_FACT_CACHE_FROM_ANSIBLE_CFG,
-            quiet=True,
-            event_handler=handle,
-        )
+        with _signal_handlers_kept():
+            run = ansible_runner.run(
+                private_data_dir=str(private),
+                ident=ident,
+                project_dir=str(root),
+                playbook=playbook_arg,
+                inventory=str(inventory.resolve()),
+                # Written to env/extravars (0600, in the 0700 run dir) and passed as -e @file, so
+                # the values never show on a command line (ps) or in artifacts/command.
+                extravars=dict(extravars) if extravars else None,
+                limit=limit,
+                tags=tags,
+                cmdline=cmdline,
+                verbosity=verbosity or None,
+                envvars=envvars,
+                fact_cache_type=_FACT_CACHE_FROM_ANSIBLE_CFG,
+                quiet=True,
+                event_handler=handle,
+            )
     finally:
         # The secrets have been read by ansible-playbook; the post-mortem does not need them.
         with contextlib.suppress(FileNotFoundError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import stat
 import textwrap
 from pathlib import Path
@@ -553,3 +554,20 @@ def test_real_run_survives_a_broken_sink(project: Path) -> None:
     # The sink was dropped at its first error, but the playbook ran to its end.
     assert seen[-1] == "playbook_on_task_start"
     assert any("finished with status successful" in note for note in caught.value.__notes__)
+
+
+def test_ctrl_c_reaches_the_controller_after_a_real_run(project: Path) -> None:
+    """ansible-runner sets SIGINT and SIGTERM handlers that only flag its run as cancelled, and
+    leaves them set: `deploykit logs -f` (which runs a playbook first) then ignored Ctrl-C."""
+    before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    result = run_playbook(
+        "playbooks/ok.yml",
+        root=project,
+        inventory=project / "hosts.ini",
+        extravars={"token": SECRET},
+    )
+    assert result.ok, result.to_dict()
+    after = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    assert after == before
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
