@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import logging
 import math
+import re
 import sys
 import threading
 import time
@@ -20,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ansible_collections.deploykit.fleet.plugins.module_utils.release import NAME_RE
-from deploykit import __version__, inventory, lab, release, remote, rollout, runner, smoke
+from deploykit import __version__, inventory, lab, logs, release, remote, rollout, runner, smoke
 from deploykit.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, DeploykitError
 from deploykit.project import project_root
 
@@ -445,6 +448,62 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    if args.grep is not None:
+        try:
+            re.compile(args.grep)
+        except re.error as error:
+            raise BadInput(f"--grep {args.grep!r} is not a regular expression: {error}") from None
+    root = project_root()
+    path = _inventory_path(args.inventory, root)
+    # The pattern and the inventory first: bad input is refused before any host is contacted.
+    targets = remote.targets_for(path, args.pattern, roles_dir=root / "roles")
+    app = _rollouts(args).application(args.app_name)
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+    def command_for(target: remote.SshTarget, cursor: str | None = None) -> str:
+        return logs.journal_command(
+            app, lines=args.lines, since=args.since, grep=args.grep, follow=cursor is not None,
+            after_cursor=cursor or None, sudo=(target.user or getpass.getuser()) != "root",
+        )  # fmt: skip
+
+    width = max(len(target.host) for target in targets)
+
+    def show(line: logs.LogLine) -> None:
+        if args.json:
+            _json_line(line.to_dict())
+        else:
+            style = "red" if line.priority is not None and line.priority <= 3 else None
+            out.print(line.text(width), style=style, markup=False, highlight=False, soft_wrap=True)
+        if args.follow:
+            sys.stdout.flush()  # each line as it comes, into a pipe too
+
+    def note(host: str, text: str) -> None:
+        console.print(f"{host}: {text}", style="yellow", markup=False, highlight=False)
+
+    found = logs.tail(targets, command_for, lines=args.lines, timeout=args.timeout)
+    for line in found.lines:
+        show(line)
+    failed = dict(found.errors)
+    if args.follow:
+        reachable = [target for target in targets if target.host not in failed]
+        console.print(
+            f"following {app}'s journal on {len(reachable)} host(s); Ctrl-C ends", style="dim"
+        )
+        try:
+            failed |= logs.follow(
+                reachable,
+                # A host with no line yet: from now on (the tail showed none of it).
+                lambda target: command_for(target, found.cursors.get(target.host, "")),
+                timeout=args.timeout, on_line=show, on_note=note, stop=threading.Event(),
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            return EXIT_OK if not failed else EXIT_FAILED
+    for host, why in sorted(failed.items()):
+        console.print(f"{host}: {why}", style="red", markup=False, highlight=False)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def cmd_releases(args: argparse.Namespace) -> int:
     rollouts = _rollouts(args)
     records = rollouts.ledger("history", "show", f"--limit={args.limit}").get("records") or []
@@ -667,6 +726,16 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _line_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of lines (1 or more), got {text!r}")
+    return value
+
+
 def _application_name(text: str) -> str:
     if not NAME_RE.match(text):
         raise argparse.ArgumentTypeError(
@@ -708,6 +777,50 @@ def _add_rollout_commands(commands: argparse._SubParsersAction[argparse.Argument
     status.add_argument("--app-name", help="the application (default: from the history)")
     _add_inventory_options(status)
     status.set_defaults(func=cmd_status)
+
+    logs_parser = commands.add_parser(
+        "logs",
+        help="the application's journal from every host of a group, merged by time",
+        description="Show the journal of the application's units (APP-web, APP-worker, and "
+        "systemd's lines about them) from every host PATTERN names (a group, a host, all, or "
+        "several separated by commas), merged by time, each line with its host. Exit code: 0, "
+        "1 when a host could not be read, 2 for bad input.",
+    )
+    logs_parser.add_argument("pattern", metavar="PATTERN", help="a group, a host, all, or a,b,c")
+    logs_parser.add_argument("--app-name", help="the application (default: from the history)")
+    logs_parser.add_argument(
+        "--since",
+        type=logs.parse_since,
+        metavar="WHEN",
+        help="only lines since WHEN: a duration back from now (30s, 10m, 2h, 1d) or a time "
+        "(2026-12-04T10:00, ISO 8601; without a zone, this machine's)",
+    )
+    logs_parser.add_argument(
+        "--grep", metavar="REGEX", help="only lines whose message matches REGEX (journalctl -g)"
+    )
+    logs_parser.add_argument(
+        "-n",
+        "--lines",
+        type=_line_count,
+        default=logs.DEFAULT_LINES,
+        metavar="N",
+        help=f"the newest N lines of all hosts together (default {logs.DEFAULT_LINES})",
+    )
+    logs_parser.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="then print new lines as they come, until Ctrl-C",
+    )
+    logs_parser.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="S",
+        help="seconds each host may take to answer (following: to connect) (default 30)",
+    )
+    _add_inventory_options(logs_parser)
+    logs_parser.set_defaults(func=cmd_logs)
 
     releases = commands.add_parser("releases", help="the deploy history kept on the balancer")
     releases.add_argument("--limit", type=int, default=20, help="the last N records (default 20)")

@@ -41,7 +41,7 @@ import shlex
 import socket
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,14 +68,17 @@ __all__ = [
     "DEFAULT_WORKERS",
     "ExecResult",
     "HostResult",
+    "LineStream",
     "SshTarget",
     "add_exec_command",
     "command_line",
     "format_report",
+    "printable",
     "read_targets",
     "resolve_pattern",
     "run_on_group",
     "run_on_targets",
+    "targets_for",
 ]
 
 #: Hosts contacted at once: ansible.cfg's ``forks``, so exec and a playbook load the fleet alike.
@@ -582,7 +585,7 @@ def _run_one(target: SshTarget, command: str, timeout: float) -> HostResult:
                     if deadline.expired.is_set()
                     else target.scrub(_describe(error, target))
                 )
-                return HostResult(target.host, None, error=_printable(message))
+                return HostResult(target.host, None, error=printable(message))
     finally:
         connection.close()
     rc = int(result.exited)
@@ -596,6 +599,71 @@ def _run_one(target: SshTarget, command: str, timeout: float) -> HostResult:
         else "the command ended without an exit code (killed by a signal?)"
     )
     return HostResult(target.host, None, result.stdout, result.stderr, message)
+
+
+class LineStream:
+    """``command`` on one host, each line of its output handed to ``on_line(host, line)`` as it
+    comes, until the command ends or :meth:`close` is called (from another thread).
+
+    The command runs on a pseudo-terminal: when the connection closes, the host's sshd hangs it
+    up and the command gets SIGHUP, so that nothing it started (``journalctl -f``) outlives the
+    stream. Its stdout and stderr arrive together, as on a terminal. Connecting has ``timeout``
+    seconds; the command itself none.
+    """
+
+    def __init__(
+        self,
+        target: SshTarget,
+        command: str,
+        *,
+        timeout: float,
+        on_line: Callable[[str, str], None],
+    ) -> None:
+        self.target = target
+        self._command = command
+        self._timeout = timeout
+        self._on_line = on_line
+        self._connection = _connection(target, timeout)
+        self._pending = ""
+        self._closed = threading.Event()
+
+    # The stream Fabric writes the command's output to.
+    def write(self, text: str) -> None:
+        lines = (self._pending + text).split("\n")
+        self._pending = lines.pop()
+        for line in lines:
+            self._on_line(self.target.host, line.rstrip("\r"))
+
+    def flush(self) -> None:
+        return None
+
+    def run(self) -> HostResult:
+        """Connect (within the timeout), then run until the command ends or the stream closes."""
+        deadline = _Deadline(self._timeout, self._connection)
+        try:
+            with deadline:
+                self._connection.open()
+            result = self._connection.run(self._command, pty=True, out_stream=self)
+        except Exception as error:  # one host's failure never stops the others
+            if self._closed.is_set():
+                return HostResult(self.target.host, None, error="closed")
+            message = (
+                _timed_out(self._timeout, "connecting")
+                if deadline.expired.is_set()
+                else self.target.scrub(_describe(error, self.target))
+            )
+            return HostResult(self.target.host, None, error=printable(message))
+        finally:
+            if self._pending:
+                self.write("\n")
+            self._connection.close()
+        if self._closed.is_set():
+            return HostResult(self.target.host, None, error="closed")
+        return HostResult(self.target.host, int(result.exited))
+
+    def close(self) -> None:
+        self._closed.set()
+        self._connection.close()
 
 
 def _timed_out(timeout: float, phase: str) -> str:
@@ -680,6 +748,21 @@ def run_on_group(
     """
     _checked_command(command)
     _check_limits(timeout, workers)
+    return run_on_targets(
+        targets_for(inventory_path, pattern, roles_dir=roles_dir),
+        command,
+        timeout=timeout,
+        workers=workers,
+    )
+
+
+def targets_for(
+    inventory_path: Path, pattern: str, *, roles_dir: Path | None = None
+) -> list[SshTarget]:
+    """How to reach every host ``pattern`` names, in order. Raises :class:`BadInput` before any
+    host is contacted when ``deploykit check`` rejects the inventory (checked against the roles'
+    argument specs in ``roles_dir``, default: the project's ``roles/``) or the pattern names no
+    group or host of it, or a host's connection settings cannot be honoured."""
     roles = roles_dir if roles_dir is not None else project_root() / "roles"
     problems = inventory.validate_inventory(inventory_path, roles_dir=roles)
     if problems:
@@ -690,15 +773,13 @@ def run_on_group(
         )
     hosts = resolve_pattern(inventory.read_layout(inventory_path).groups, pattern)
     targets = read_targets(inventory_path, hosts)
-    return run_on_targets(
-        [targets[host] for host in hosts], command, timeout=timeout, workers=workers
-    )
+    return [targets[host] for host in hosts]
 
 
 # --- output -------------------------------------------------------------------------------------
 
 
-def _printable(line: str) -> str:
+def printable(line: str) -> str:
     return _CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m[0]):02x}", line)
 
 
@@ -716,7 +797,7 @@ def format_report(result: ExecResult, *, lines: int = DEFAULT_LINES) -> Text:
     for host in result.hosts:
         if host.error is not None:
             report.append(f"{host.host}  ", style="bold")
-            report.append(f"error: {_printable(host.error)}", style="red")
+            report.append(f"error: {printable(host.error)}", style="red")
         else:
             report.append(f"{host.host}  ", style="bold")
             report.append(f"rc {host.rc}", style="green" if host.rc == 0 else "red")
@@ -728,7 +809,7 @@ def format_report(result: ExecResult, *, lines: int = DEFAULT_LINES) -> Text:
             if left_out:
                 report.append(f"    ... {left_out} earlier {name} line(s) not shown\n", style="dim")
             for line in kept:
-                report.append(f"    {_printable(line)}\n")
+                report.append(f"    {printable(line)}\n")
     count = len(result.hosts)
     if result.ok:
         report.append(f"{count} host(s): all exited 0", style="green")

@@ -1324,6 +1324,11 @@ class Rollouts:
             result.seconds = time.monotonic() - started
             self._finish(result)
 
+    def application(self, app_name: str | None = None) -> str:
+        """The application a command acts on: ``app_name``, else the inventory's
+        deploykit_app_name, else the one the deploy history names last."""
+        return self._app_name(self._check_inventory(), app_name)
+
     def status(self, *, app_name: str | None = None) -> StatusReport:
         layout = self._check_inventory()
         return self._surveyed(self._app_name(layout, app_name))
