@@ -726,16 +726,6 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def _line_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of lines (1 or more), got {text!r}")
-    return value
-
-
 def _application_name(text: str) -> str:
     if not NAME_RE.match(text):
         raise argparse.ArgumentTypeError(
@@ -801,10 +791,11 @@ def _add_rollout_commands(commands: argparse._SubParsersAction[argparse.Argument
     logs_parser.add_argument(
         "-n",
         "--lines",
-        type=_line_count,
+        type=remote.line_count,
         default=logs.DEFAULT_LINES,
         metavar="N",
-        help=f"the newest N lines of all hosts together (default {logs.DEFAULT_LINES})",
+        help=f"the newest N lines of all hosts together (default {logs.DEFAULT_LINES}; -n 0 -f: "
+        "only the lines to come)",
     )
     logs_parser.add_argument(
         "-f",

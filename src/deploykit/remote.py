@@ -73,6 +73,7 @@ __all__ = [
     "add_exec_command",
     "command_line",
     "format_report",
+    "line_count",
     "printable",
     "read_targets",
     "resolve_pattern",
@@ -835,7 +836,7 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def _line_count(text: str) -> int:
+def line_count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -875,7 +876,7 @@ def add_exec_command(commands: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--lines",
-        type=_line_count,
+        type=line_count,
         default=DEFAULT_LINES,
         metavar="N",
         help=f"show the last N lines of each host's stdout and stderr (default {DEFAULT_LINES})",

@@ -139,7 +139,7 @@ def test_bad_input_exits_2_before_any_host_is_contacted(lab_up: lab.LabUpResult)
         (("nope",), "no group or host named 'nope'"),
         (("app", "--since", "yesterday"), "expected a duration"),
         (("app", "--grep", "a["), "is not a regular expression"),
-        (("app", "-n", "0"), "expected a number of lines"),
+        (("app", "-n", "-1"), "expected a number of lines"),
     ):
         proc = deploykit_logs(*args)
         assert proc.returncode == 2, (args, proc.stderr)

@@ -775,3 +775,39 @@ def test_deploy_refuses_a_bad_inventory_before_reading_the_artifact(
 
     assert_refused_up_front(run, "group 'wokrer': not a deploykit group (did you mean 'worker'?)")
     assert f"problem(s) in {inventory}: nothing was run" in run.text
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        (("nope",), "no group or host named 'nope' in the inventory"),
+        (("app", "--grep", "(unclosed"), "--grep '(unclosed' is not a regular expression"),
+        (("app,", "--since", "1h"), "has an empty name"),
+    ],
+    ids=["unknown-group", "bad-expression", "empty-name"],
+)
+def test_logs_refuses_bad_input_before_any_connection(
+    tmp_path: Path, args: tuple[str, ...], phrase: str
+) -> None:
+    inventory = write(tmp_path / "inventory" / "hosts.yml", inventory_yaml())
+
+    run = deploykit("logs", *args, "-i", str(inventory))
+
+    assert_refused_up_front(run, phrase)
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        (("--since", "yesterday"), "expected a duration (30s, 10m, 2h, 1d) or a time"),
+        (("-n", "many"), "expected a number of lines (0 or more), got 'many'"),
+    ],
+    ids=["bad-since", "bad-lines"],
+)
+def test_logs_refuses_bad_options(tmp_path: Path, args: tuple[str, ...], phrase: str) -> None:
+    inventory = write(tmp_path / "inventory" / "hosts.yml", inventory_yaml())
+
+    run = deploykit("logs", "app", *args, "-i", str(inventory))
+
+    assert_refused(run, [phrase])
+    assert run.seconds < 8, f"{run.seconds:.1f} s"
