@@ -7,6 +7,7 @@ import getpass
 import json
 import logging
 import math
+import os
 import re
 import sys
 import threading
@@ -23,7 +24,18 @@ from rich.table import Table
 from rich.text import Text
 
 from ansible_collections.deploykit.fleet.plugins.module_utils.release import NAME_RE
-from deploykit import __version__, inventory, lab, logs, release, remote, rollout, runner, smoke
+from deploykit import (
+    __version__,
+    hooks,
+    inventory,
+    lab,
+    logs,
+    release,
+    remote,
+    rollout,
+    runner,
+    smoke,
+)
 from deploykit.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, DeploykitError
 from deploykit.project import project_root
 
@@ -278,6 +290,7 @@ def _rollouts(args: argparse.Namespace) -> rollout.Rollouts:
         ready_timeout=args.ready_timeout,
         health_timeout=args.health_timeout,
         lease=args.lease,
+        hooks=getattr(args, "loaded_hooks", None),
     )
 
 
@@ -365,9 +378,19 @@ def _refused(args: argparse.Namespace, action: str, error: rollout.RolloutFailed
     return error.exit_code
 
 
+def _load_hooks(args: argparse.Namespace) -> None:
+    """The hooks directory and the notification URL, checked before any host is contacted."""
+    args.loaded_hooks = hooks.Hooks.load(
+        args.hooks,
+        notify_url=args.notify or os.environ.get("DEPLOYKIT_NOTIFY_URL") or None,
+        timeout=args.hook_timeout,
+    )
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     rollout.parse_batch(args.batch)
     rollout.check_lease(args.lease)
+    _load_hooks(args)
     if args.artifact is not None and args.app is not None:
         raise BadInput("give --app (build it now) or --artifact (a built release), not both")
     artifact = args.artifact
@@ -395,6 +418,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     rollout.parse_batch(args.batch)
     rollout.check_lease(args.lease)
+    _load_hooks(args)
     rollouts = _rollouts(args)
     try:
         result = rollouts.rollback(
@@ -658,6 +682,28 @@ def _add_inventory_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_rollout_options(parser: argparse.ArgumentParser) -> None:
     _add_inventory_options(parser)
+    parser.add_argument(
+        "--hooks",
+        type=Path,
+        metavar="DIR",
+        help="run the executables of DIR named pre-deploy (a failure refuses the rollout before "
+        "anything changes), post-deploy, post-rollback and on-failure, with DEPLOYKIT_* "
+        "variables (see the README)",
+    )
+    parser.add_argument(
+        "--hook-timeout",
+        type=_positive_seconds,
+        default=hooks.DEFAULT_HOOK_TIMEOUT,
+        metavar="SECONDS",
+        help="how long a hook may run before it is killed "
+        f"(default {hooks.DEFAULT_HOOK_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--notify",
+        metavar="URL",
+        help="POST the summary JSON to URL after the rollout (default: $DEPLOYKIT_NOTIFY_URL); "
+        f"{hooks.NOTIFY_TIMEOUT:g} s at most, never fails the rollout, the URL never printed",
+    )
     parser.add_argument(
         "--batch",
         default=rollout.DEFAULT_BATCH,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import json
 import math
 import os
 import re
@@ -44,6 +45,7 @@ from rich.markup import escape
 from ansible_collections.deploykit.fleet.plugins.module_utils.release import serving
 from deploykit import inventory, runner
 from deploykit.errors import BadInput, DeploykitError
+from deploykit.hooks import Hooks, environment
 from deploykit.release import verify
 
 __all__ = [
@@ -86,6 +88,11 @@ class RolloutFailed(DeploykitError):
     release not kept on every node). Exit code 1; a rollout that ran reports in its result."""
 
     exit_code = 1
+
+
+class HookRefused(RolloutFailed):
+    """The pre-deploy hook failed or ran out of time: the rollout was refused before anything
+    changed (exit 1; the history records the refusal)."""
 
 
 class ForeignApplication(RolloutFailed):
@@ -659,8 +666,11 @@ class Rollouts:
         ready_timeout: float = 60,
         health_timeout: float = 30,
         lease: float = DEFAULT_LEASE,
+        hooks: Hooks | None = None,
     ) -> None:
         self.root = root
+        #: The hooks and the notifier around every deploy and rollback (none by default).
+        self.hooks = hooks or Hooks()
         self.inventory = inventory_path
         self.log = log
         self.on_step = on_step
@@ -1102,6 +1112,62 @@ class Rollouts:
 
     # -- the commands
 
+    # -- hooks and the notifier
+
+    def _pre_hook(self, result: RolloutResult, status: StatusReport) -> None:
+        """The pre-deploy hook, with the lock held and the nodes surveyed: a failure refuses."""
+        if not self.hooks.has("pre-deploy"):
+            return
+        summary = {
+            **result.to_dict(),
+            "nodes": {f"{n.host}/{n.role}": {"role": n.role, "before": n.release}
+                      for n in status.nodes},
+        }  # fmt: skip
+        ran = self.hooks.run("pre-deploy", environment(summary, "pre-deploy", self.inventory))
+        if ran is None:
+            return
+        if not ran.ok:
+            message = f"{ran.describe(self.hooks.timeout)}; nothing was changed"
+            result.outcome, result.failure = "refused", message
+            raise HookRefused(message)
+        self.log(f"pre-deploy hook: exited 0 after {ran.seconds:.1f} s")
+
+    def _after(self, result: RolloutResult) -> None:
+        """The hook for the outcome, then the notification; neither changes the outcome."""
+        try:
+            summary = result.to_dict()
+            if result.outcome in ("failed", "rolled_back"):
+                name: str | None = "on-failure"
+            elif result.ok:
+                name = "post-deploy" if result.action == "deploy" else "post-rollback"
+            else:
+                name = None  # refused: nothing was done to report on
+            ran = (
+                self.hooks.run(
+                    name, environment(summary, name, self.inventory), json.dumps(summary)
+                )
+                if name
+                else None
+            )
+            if ran is not None and ran.ok:
+                self.log(f"{ran.name} hook: exited 0 after {ran.seconds:.1f} s")
+            elif ran is not None:
+                self.log(
+                    f"[yellow]{escape(ran.describe(self.hooks.timeout))}[/yellow] (the "
+                    f"{result.action}'s outcome stands)"
+                )
+            if self.hooks.notify_url is not None:
+                failure = self.hooks.notify(summary)
+                if failure is None:
+                    self.log("notified the receiver of the summary")
+                else:
+                    self.log(
+                        f"[yellow]the notification failed: {escape(failure)}[/yellow] (the "
+                        f"{result.action}'s outcome stands)"
+                    )
+        except Exception as error:  # never fails the rollout
+            self.log(f"[yellow]hooks: {escape(type(error).__name__)}: {escape(str(error))}[/]")
+
     def deploy(
         self,
         artifact: Path,
@@ -1135,6 +1201,7 @@ class Rollouts:
         try:
             contract = manifest.get("contract") or {}
             self._refuse_foreign(result, status, replace=replace, contract=contract)
+            self._pre_hook(result, status)
             if result.replaced:
                 before = self._replaced_releases(result.replaced)
                 result.replaced_release = _one(set(before.values()))
@@ -1183,6 +1250,7 @@ class Rollouts:
         finally:
             result.seconds = time.monotonic() - started
             self._finish(result)
+            self._after(result)
 
     def _refuse_foreign(
         self,
@@ -1312,6 +1380,7 @@ class Rollouts:
                     f"release {to} is not kept on {', '.join(missing)}: nothing was changed",
                     hint="deploy its artifact instead (deploykit deploy --artifact ...)",
                 )
+            self._pre_hook(result, status)
             self.log(f"rolling back {app} from {live or 'mixed releases'} to {to}")
             self._switch(result, status, layout, batch=batch, canary=False)
             return result
@@ -1323,6 +1392,7 @@ class Rollouts:
         finally:
             result.seconds = time.monotonic() - started
             self._finish(result)
+            self._after(result)
 
     def application(self, app_name: str | None = None) -> str:
         """The application a command acts on: ``app_name``, else the inventory's

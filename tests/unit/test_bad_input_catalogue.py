@@ -811,3 +811,32 @@ def test_logs_refuses_bad_options(tmp_path: Path, args: tuple[str, ...], phrase:
 
     assert_refused(run, [phrase])
     assert run.seconds < 8, f"{run.seconds:.1f} s"
+
+
+def test_deploy_refuses_a_hook_that_cannot_run_before_any_connection(
+    tmp_path: Path, good_artifact: Path
+) -> None:
+    inventory = write(tmp_path / "inventory" / "hosts.yml", inventory_yaml())
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "pre-deploy").write_text("#!/bin/sh\nexit 0\n")  # not executable
+
+    run = deploykit(
+        "deploy", "--artifact", str(good_artifact), "-i", str(inventory), "--hooks", str(hooks)
+    )
+
+    assert_refused_up_front(run, f"the pre-deploy hook {hooks / 'pre-deploy'} is not an executable")
+
+
+def test_deploy_refuses_a_notification_url_it_cannot_post_to_without_printing_it(
+    tmp_path: Path, good_artifact: Path
+) -> None:
+    inventory = write(tmp_path / "inventory" / "hosts.yml", inventory_yaml())
+
+    run = deploykit(
+        "deploy", "--artifact", str(good_artifact), "-i", str(inventory),
+        "--notify", "hooks.example.com/services/SECRET-TOKEN",
+    )  # fmt: skip
+
+    assert_refused_up_front(run, "the notification URL (--notify or DEPLOYKIT_NOTIFY_URL) is not")
+    assert "SECRET-TOKEN" not in run.output
