@@ -84,9 +84,10 @@ _ANSIBLE_ADDED_HOST_VARS: Final = frozenset(
     }
 )
 
-# Connections that reach a host over the network by ansible_host/ansible_port. Others (local,
-# docker, podman...) address the host by something that is not an IP or DNS name.
-_NETWORK_CONNECTIONS: Final = frozenset(
+#: Connections that reach a host over SSH, by ansible_host/ansible_port (Ansible's default,
+#: "smart", is ssh too). Others (local, docker, podman...) address the host by something that is
+#: not an IP or DNS name.
+SSH_CONNECTIONS: Final = frozenset(
     {
         "ssh",
         "smart",
@@ -692,7 +693,7 @@ class _InventoryCheck:
                 )
             connection = effective.get("ansible_connection")
             if connection is not None and (
-                _is_unchecked(connection) or str(connection) not in _NETWORK_CONNECTIONS
+                _is_unchecked(connection) or str(connection) not in SSH_CONNECTIONS
             ):
                 continue  # not reached over the network: its "address" is not an IP or DNS name
             address = self._check_address(name, effective, report)

@@ -89,11 +89,6 @@ DEFAULT_TIMEOUT: Final = 60.0
 #: Lines of stdout and of stderr shown per host for people (``--json`` carries everything).
 DEFAULT_LINES: Final = 20
 
-# Connections that reach a host over SSH. Ansible's default transport ("smart") is ssh too.
-_SSH_CONNECTIONS: Final = frozenset(
-    {"ssh", "smart", "paramiko", "paramiko_ssh", "ansible.builtin.ssh",
-     "ansible.builtin.paramiko_ssh"}
-)  # fmt: skip
 _SSH_PORT: Final = 22
 
 # OpenSSH's defaults when the ssh arguments name no known_hosts file.
@@ -371,7 +366,7 @@ def _target(name: str, manager: InventoryManager, variables: Any, loader: Any) -
         if "ansible_connection" in effective
         else str(ansible_constants.DEFAULT_TRANSPORT)
     )
-    if connection not in _SSH_CONNECTIONS:
+    if connection not in inventory.SSH_CONNECTIONS:
         raise BadInput(
             f"host '{name}' is not reached over SSH (its ansible_connection is not ssh); "
             "deploykit exec speaks SSH only: use `ansible` for this host"
