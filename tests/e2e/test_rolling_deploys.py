@@ -163,18 +163,28 @@ def test_a_deploy_reports_each_node_in_json(artifacts: dict[str, dict[str, Any]]
 
 
 def test_a_release_failing_on_the_last_batch_is_rolled_back_everywhere(
-    artifacts: dict[str, dict[str, Any]], load: LoadGenerator
+    artifacts: dict[str, dict[str, Any]], load: LoadGenerator, tmp_path: Path
 ) -> None:
     a, bad = artifacts["a"], artifacts["bad"]
     # An inventory variable of the roles changed since the last deploy (a setting the contract
     # does not read: the settings file stays the same): every node is configured again.
     marker = lab.secrets_file(ROOT).with_name("e2e-configuration.yml")
     marker.write_text(f"app_settings:\n  E2E_CONFIGURATION: '{time.time()}'\n", encoding="utf-8")
+    # The on-failure hook: what it is told, and the summary on its stdin.
+    hook = tmp_path / "on-failure"
+    hook.write_text("#!/bin/sh\nenv | grep '^DEPLOYKIT_' | sort > env.txt\ncat > summary.json\n")
+    hook.chmod(0o755)
     try:
-        run = deploykit("deploy", "--artifact", bad["path"], "--batch", "1", "--json")
+        run = deploykit(
+            "deploy", "--artifact", bad["path"], "--batch", "1", "--json", "--hooks", str(tmp_path)
+        )
     finally:
         marker.unlink()
     load.stop()
+    told = dict(line.split("=", 1) for line in (tmp_path / "env.txt").read_text().splitlines())
+    assert told["DEPLOYKIT_OUTCOME"] == "rolled_back" and "app3" in told["DEPLOYKIT_FAILURE"]
+    assert told["DEPLOYKIT_CHANGED_HOSTS"].split() == list(CLONES)
+    assert json.loads((tmp_path / "summary.json").read_text()) == run.summary
     assert staged_configured(run) == dict.fromkeys(STAGED, False)
     summary = run.summary
     assert run.rc == 1, (summary, run.stderr[-3000:])
