@@ -17,6 +17,7 @@ import json
 import re
 import shlex
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +38,9 @@ __all__ = [
 
 #: Lines shown by default: the newest of all hosts' lines, merged.
 DEFAULT_LINES: Final = 50
+
+#: Seconds the streams have to end once they are closed (Ctrl-C) before the controller exits.
+_CLOSE_SECONDS: Final = 5.0
 
 _DURATION: Final = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
 _SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -242,8 +246,10 @@ def follow(
     def run(stream: remote.LineStream) -> None:
         results[stream.target.host] = stream.run()
 
+    # Daemon threads: a stream that does not end on close (an SSH library stuck on a dead
+    # connection) must not keep the controller from exiting; its connection closes with it.
     threads = [
-        threading.Thread(target=run, args=(stream,), name=f"logs-{stream.target.host}")
+        threading.Thread(target=run, args=(stream,), name=f"logs-{stream.target.host}", daemon=True)
         for stream in streams
     ]
     for thread in threads:
@@ -255,8 +261,9 @@ def follow(
         stop.set()
         for stream in streams:
             stream.close()
+        deadline = time.monotonic() + _CLOSE_SECONDS
         for thread in threads:
-            thread.join(timeout + 5)
+            thread.join(max(0.0, deadline - time.monotonic()))
     ended: dict[str, str] = {}
     for host, result in results.items():
         if result.error == "closed":

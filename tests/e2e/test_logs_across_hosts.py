@@ -26,6 +26,14 @@ pytestmark = pytest.mark.e2e
 HUP = "Handling signal: hup"
 
 
+# `python -m deploykit ARGS` with Ctrl-C's default, as from a terminal: a test run started in the
+# background (CI's) hands its children SIGINT ignored, and Python keeps an inherited SIG_IGN.
+AS_ON_A_TERMINAL = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'deploykit'; runpy.run_module('deploykit', run_name='__main__')"
+)
+
+
 def deploykit_logs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "deploykit", "logs", *args],
@@ -95,7 +103,7 @@ def test_follow_prints_new_lines_then_ctrl_c_leaves_nothing_running(
     del shop
     clones = hosts_of(lab_up, "app")
     follower = subprocess.Popen(
-        [sys.executable, "-m", "deploykit", "logs", "-f", "--json", "--grep", HUP,
+        [sys.executable, "-c", AS_ON_A_TERMINAL, "logs", "-f", "--json", "--grep", HUP,
          "--since", "1s", "app"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

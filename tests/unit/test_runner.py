@@ -559,15 +559,20 @@ def test_real_run_survives_a_broken_sink(project: Path) -> None:
 def test_ctrl_c_reaches_the_controller_after_a_real_run(project: Path) -> None:
     """ansible-runner sets SIGINT and SIGTERM handlers that only flag its run as cancelled, and
     leaves them set: `deploykit logs -f` (which runs a playbook first) then ignored Ctrl-C."""
-    before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-    result = run_playbook(
-        "playbooks/ok.yml",
-        root=project,
-        inventory=project / "hosts.ini",
-        extravars={"token": SECRET},
-    )
-    assert result.ok, result.to_dict()
-    after = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-    assert after == before
-    with pytest.raises(KeyboardInterrupt):
-        signal.raise_signal(signal.SIGINT)
+    # As on a terminal: a run started in the background (CI's) inherits SIGINT ignored.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+        result = run_playbook(
+            "playbooks/ok.yml",
+            root=project,
+            inventory=project / "hosts.ini",
+            extravars={"token": SECRET},
+        )
+        assert result.ok, result.to_dict()
+        after = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+        assert after == before
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
