@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from ansible_collections.deploykit.fleet.plugins.module_utils import maintenance as maintenance_mode
 from ansible_collections.deploykit.fleet.plugins.module_utils.release import NAME_RE
 from deploykit import (
     __version__,
@@ -469,7 +470,80 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
     for reason in report.drift:
         out.print(f"[red]DRIFT[/red] {reason}", highlight=False)
+    for node in report.nodes:
+        if node.maintenance and node.maintenance.get("enabled"):
+            out.print(_maintenance_line(node.host, node.maintenance), highlight=False)
     return EXIT_OK
+
+
+def _maintenance_line(host: str, state: Mapping[str, Any]) -> str:
+    """One balancer's maintenance mode in words (rich markup)."""
+    if "error" in state:
+        return f"[red]{escape(host)}: maintenance mode unknown:[/red] {escape(str(state['error']))}"
+    if not state.get("enabled"):
+        return f"{escape(host)}: maintenance off"
+    allowed = ", ".join(state.get("allow") or []) or "none"
+    pages = "baked pages still served" if state.get("pages") else "baked pages hidden"
+    return (
+        f"[yellow]{escape(host)}: maintenance ON[/yellow] since {state.get('since')}: other "
+        f"requests get 503, Retry-After {state.get('retry_after')} s; {pages}; allowed: "
+        f"{escape(allowed)}; message: {escape(str(state.get('message')))}"
+    )
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    """``on``: every balancer answers with the 503 page (but to --allow networks and, unless
+    --hide-pages, baked pages); ``off``; ``status``. Changed at run time, no reload; a change is
+    recorded in the history. Exit 1 when a balancer failed, or (status) when they disagree."""
+    action = args.maintenance_action
+    if action != "on":
+        given = [
+            option
+            for option, value in (
+                ("--message", args.message),
+                ("--allow", args.allow),
+                ("--retry-after", args.retry_after),
+                ("--hide-pages", args.hide_pages or None),
+            )
+            if value is not None
+        ]
+        if given:
+            raise BadInput(f"{', '.join(given)}: for maintenance on, not maintenance {action}")
+    wanted = None
+    try:
+        if action == "on":
+            wanted = maintenance_mode.wanted(
+                True,
+                message=args.message,
+                allow=args.allow or (),
+                retry_after=maintenance_mode.DEFAULT_RETRY_AFTER
+                if args.retry_after is None
+                else args.retry_after,
+                pages=not args.hide_pages,
+            )
+        elif action == "off":
+            wanted = maintenance_mode.wanted(False)
+    except maintenance_mode.Problem as problem:
+        raise BadInput(str(problem)) from None
+    states = _rollouts(args).maintenance(wanted)
+    failed = [host for host, state in states.items() if "error" in state]
+    settings = {
+        json.dumps({**state, "since": None, "changed": None}, sort_keys=True)
+        for state in states.values()
+        if "error" not in state
+    }
+    disagree = action == "status" and len(settings) > 1
+    if args.json:
+        _json_line({"balancers": states, "disagree": disagree})
+    else:
+        for host, state in states.items():
+            line = _maintenance_line(host, state)
+            if wanted is not None and "error" not in state:
+                line += " (changed)" if state.get("changed") else " (it was so already)"
+            out.print(line, highlight=False, soft_wrap=True)
+        if disagree:
+            console.print("[red]the balancers disagree[/red]: set the mode again on all of them")
+    return EXIT_FAILED if failed or disagree else EXIT_OK
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -561,7 +635,9 @@ def cmd_releases(args: argparse.Namespace) -> int:
             str(record.get("outcome", "")),
             str(record.get("seconds", "")),
         )
-        note = str(record.get("failure") or _lock_record_note(record))
+        note = str(
+            record.get("failure") or _lock_record_note(record) or _maintenance_record_note(record)
+        )
         if note:
             notes.append((when, note[:200]))
     out.print(table)
@@ -581,6 +657,15 @@ def _lock_record_note(record: Mapping[str, Any]) -> str:
         f"{holder.get('release') or ''}), last renewed {record.get('renewed', '?')} s before"
         + (" (stale)" if record.get("stale", True) else " (live)")
     )
+
+
+def _maintenance_record_note(record: Mapping[str, Any]) -> str:
+    """What a "maintenance on" record set: its message and allowed networks, and where."""
+    if record.get("action") != "maintenance on":
+        return ""
+    allowed = ", ".join(record.get("allow") or []) or "none"
+    where = ", ".join(record.get("hosts") or [])
+    return f"maintenance on {where}: {record.get('message')!r}, allowed: {allowed}"
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
@@ -858,6 +943,44 @@ def _add_rollout_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     _add_inventory_options(logs_parser)
     logs_parser.set_defaults(func=cmd_logs)
+
+    maintenance = commands.add_parser(
+        "maintenance",
+        help="maintenance mode on every balancer: a 503 page with Retry-After, set at run time",
+        description="on: every balancer answers with a 503 page and Retry-After, except to the "
+        "--allow networks (they reach the app) and, unless --hide-pages, for GET and HEAD of the "
+        "baked pages; off; status. Changed at run time through HAProxy's runtime API: no reload, "
+        "no connection cut. A change is recorded in the deploy history. Exit code: 0; 1 when a "
+        "balancer failed, or (status) when the balancers disagree; 2 for bad input.",
+    )
+    maintenance.add_argument(
+        "maintenance_action", choices=["on", "off", "status"], metavar="on|off|status"
+    )
+    maintenance.add_argument(
+        "--message",
+        metavar="TEXT",
+        help=f"on: the page's text (plain text, at most {maintenance_mode.MESSAGE_CHARS} "
+        f"characters; default: {maintenance_mode.DEFAULT_MESSAGE!r})",
+    )
+    maintenance.add_argument(
+        "--allow",
+        action="append",
+        metavar="CIDR",
+        help="on: a network (address or CIDR) that still reaches the app (repeatable)",
+    )
+    maintenance.add_argument(
+        "--retry-after",
+        type=int,
+        metavar="SECONDS",
+        help=f"on: the Retry-After header (default {maintenance_mode.DEFAULT_RETRY_AFTER})",
+    )
+    maintenance.add_argument(
+        "--hide-pages",
+        action="store_true",
+        help="on: the baked pages get the 503 page too (default: still served)",
+    )
+    _add_inventory_options(maintenance)
+    maintenance.set_defaults(func=cmd_maintenance)
 
     releases = commands.add_parser("releases", help="the deploy history kept on the balancer")
     releases.add_argument("--limit", type=int, default=20, help="the last N records (default 20)")

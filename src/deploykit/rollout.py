@@ -42,6 +42,7 @@ from typing import Any
 
 from rich.markup import escape
 
+from ansible_collections.deploykit.fleet.plugins.module_utils import maintenance as maintenance_mode
 from ansible_collections.deploykit.fleet.plugins.module_utils.release import serving
 from deploykit import inventory, runner
 from deploykit.errors import BadInput, DeploykitError
@@ -175,6 +176,8 @@ class NodeStatus:
     apps: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: The path HAProxy checks the app servers on (balancer only).
     check_path: str | None = None
+    #: Its maintenance mode (balancer only; module_utils/maintenance.py's Maintenance as a dict).
+    maintenance: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -190,6 +193,7 @@ class NodeStatus:
             "problem": self.problem,
             "apps": self.apps,
             "check_path": self.check_path,
+            "maintenance": self.maintenance,
         }
 
 
@@ -320,6 +324,8 @@ def _balancer_node(host: str, report: Mapping[str, Any]) -> NodeStatus:
     node = NodeStatus(host=host, role="lb", groups=groups, current=report.get("static"))
     node.check_path = report.get("check_path")
     node.release = node.current
+    maintenance = report.get("maintenance")
+    node.maintenance = dict(maintenance) if isinstance(maintenance, Mapping) else None
     lb = report.get("lb")
     if not isinstance(lb, Mapping):
         node.problem = str(report.get("lb_error") or "no answer from HAProxy")[:300]
@@ -539,6 +545,7 @@ STEP_OF: dict[str, str] = {
     f"{runner.FLEET}.activate": "switch",
     f"{runner.FLEET}.ready": "ready",
     f"{runner.FLEET}.pages": "pages",
+    f"{runner.FLEET}.maintenance": "maintenance",
 }
 #: What the history keeps of a failed node: its message, and its unit's last journal lines.
 # What a node's configuration for a release (playbooks/rollout/tasks/configure.yml) is made of
@@ -1432,6 +1439,38 @@ class Rollouts:
             _, _, message = self._failure(result)
             raise DeploykitError(f"could not read the deploy ledger: {message}")
         return answer
+
+    def maintenance(
+        self, wanted: maintenance_mode.Maintenance | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Maintenance mode on every balancer (playbooks/rollout/maintenance.yml): ``wanted`` set
+        (its inputs checked before any host is contacted; a change recorded in the history), or
+        only reported (None). {balancer: its state now, with "changed"; or {"error": why}}."""
+        self._check_inventory()
+        extravars: dict[str, Any] = {"rollout_maintenance": {}}
+        if wanted is not None:
+            extravars["rollout_maintenance"] = {
+                "enabled": wanted.enabled, "message": wanted.message, "allow": wanted.allow,
+                "retry_after": wanted.retry_after, "pages": wanted.pages,
+            }  # fmt: skip
+            extravars["rollout_record"] = {
+                "action": f"maintenance {'on' if wanted.enabled else 'off'}",
+                "who": _who(),
+                "outcome": "succeeded",
+                **({"message": wanted.message, "allow": wanted.allow} if wanted.enabled else {}),
+            }
+        result = self._run("maintenance.yml", extravars)
+        states: dict[str, dict[str, Any]] = {
+            r.host: {**r.res.get("maintenance", {}), "changed": bool(r.res.get("changed"))}
+            for r in result.results_of("maintenance")
+            if r.ok
+        }
+        for failure in result.failures:
+            states.setdefault(failure.host, {"error": failure.message[:300]})
+        if not states:
+            _, _, message = self._failure(result)
+            raise DeploykitError(f"could not reach the balancers: {message}")
+        return dict(sorted(states.items()))
 
     def release_lock(self, *, force: bool = False) -> dict[str, Any]:
         """An operator's release of the deploy lock: a stale lease is released, a live one only

@@ -296,6 +296,18 @@ def test_configuration_is_valid_and_private(lab):
     assert config.content_string.startswith("#")
 
 
+def test_maintenance_mode_files_are_roots_and_off(lab, lb_address, both_clones_up):
+    """Maintenance mode's state and allowed networks: created off, root's (HAProxy only reads
+    them), and off means the app answers."""
+    lb = lab[LB]
+    for path in ("/etc/haproxy/maintenance.map", "/etc/haproxy/maintenance-allow.acl"):
+        state = lb.file(path)
+        assert (state.user, state.group, state.mode) == ("root", "root", 0o644), path
+    assert "state off" in lb.file("/etc/haproxy/maintenance.map").content_string
+    assert "state off" in runtime_api(lb, "show map /etc/haproxy/maintenance.map")
+    assert served_by(requests(lab[APP1], f"https://{lb_address}/", count=4)) == CLONES
+
+
 def test_backend_is_built_from_the_app_group(lab):
     config = lab[LB].file("/etc/haproxy/haproxy.cfg").content_string
     port = ROLE_DEFAULTS["haproxy_backend_port"]

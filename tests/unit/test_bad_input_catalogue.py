@@ -813,6 +813,28 @@ def test_logs_refuses_bad_options(tmp_path: Path, args: tuple[str, ...], phrase:
     assert run.seconds < 8, f"{run.seconds:.1f} s"
 
 
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        (("on", "--allow", "10.0.0.300/8"), "'10.0.0.300/8' is not an IP network"),
+        (("on", "--retry-after", "0"), "retry-after 0: give 1 to 86400 seconds"),
+        (("on", "--message", "x" * 501), "the maintenance message has 501 characters"),
+        (("on", "--message", " "), "the maintenance message is empty"),
+        (("off", "--allow", "10.0.0.0/8"), "--allow: for maintenance on, not maintenance off"),
+        (("status", "--hide-pages"), "--hide-pages: for maintenance on, not maintenance status"),
+    ],
+    ids=["bad-network", "bad-retry-after", "long-message", "empty-message", "off-allow", "status"],
+)
+def test_maintenance_refuses_bad_input_before_any_connection(
+    tmp_path: Path, args: tuple[str, ...], phrase: str
+) -> None:
+    inventory = write(tmp_path / "inventory" / "hosts.yml", inventory_yaml())
+
+    run = deploykit("maintenance", *args, "-i", str(inventory))
+
+    assert_refused_up_front(run, phrase)
+
+
 def test_deploy_refuses_a_hook_that_cannot_run_before_any_connection(
     tmp_path: Path, good_artifact: Path
 ) -> None:

@@ -113,6 +113,24 @@ def test_status_names_the_live_release_whole_once(
     assert not any(line.split()[1:2] == ["current"] for line in lines if line.strip())
 
 
+def test_status_says_a_balancer_is_in_maintenance(
+    terminal: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = fleet(LONG_IDS[0])
+    report.nodes[-1].maintenance = {
+        "enabled": True, "message": "Back at noon", "allow": ["10.0.0.0/8"], "retry_after": 120,
+        "pages": True, "since": "2026-12-04T14:00:00Z",
+    }  # fmt: skip
+    monkeypatch.setattr(Rollouts, "status", lambda self, app_name=None: report)
+    assert cli.main(["status"]) == 0
+    lines = lines_of(terminal)
+    assert_fits(lines)
+    text = " ".join(" ".join(lines).split())
+    assert "lb1: maintenance ON since 2026-12-04T14:00:00Z: other requests get 503" in text
+    assert "Retry-After 120 s; baked pages still served; allowed: 10.0.0.0/8" in text
+    assert "message: Back at noon" in text
+
+
 @pytest.mark.parametrize("live", LONG_IDS)
 def test_status_json_keeps_every_id_whole(
     live: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

@@ -10,8 +10,8 @@ description:
   - For an app clone or a worker, the release C(current) points to, its manifest checksum, the
     releases kept (oldest first), the unit's state and the release its process runs; for a
     clone, what its health path reports too.
-  - For a balancer, HAProxy's view of every app server (runtime API) and which release's pages
-    are published.
+  - For a balancer, HAProxy's view of every app server (runtime API), its maintenance mode and
+    which release's pages are published.
   - Never fails: what cannot be read is reported as an error beside the rest.
 options:
   app_root: {description: Where the application lives., type: path, required: true}
@@ -24,7 +24,7 @@ options:
 """
 
 RETURN = r"""
-report: {description: "{app, app_error, worker, worker_error, apps, lb, lb_error, static, check_path}; apps: every application deploykit installed on an app clone or worker, {app: {unit: {active, enabled}}}; check_path: the path HAProxy checks the app servers on", returned: always, type: dict}
+report: {description: "{app, app_error, worker, worker_error, apps, lb, lb_error, static, check_path, maintenance}; maintenance: the balancer's maintenance mode (module_utils/maintenance.py), null where HAProxy has none; apps: every application deploykit installed on an app clone or worker, {app: {unit: {active, enabled}}}; check_path: the path HAProxy checks the app servers on", returned: always, type: dict}
 """
 
 import os
@@ -36,6 +36,7 @@ from ansible_collections.deploykit.fleet.plugins.module_utils.haproxy import (
     check_path,
     list_servers,
 )
+from ansible_collections.deploykit.fleet.plugins.module_utils.maintenance import read_runtime
 from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
     ReleaseProblem,
     deploykit_apps,
@@ -93,6 +94,10 @@ def main() -> None:
             report["lb"] = {"servers": list_servers(p["socket"], p["backend"])}
         except Failure as error:
             report["lb"], report["lb_error"] = None, str(error)[:300]
+        try:
+            report["maintenance"] = read_runtime(p["socket"]).to_dict()
+        except Failure:  # a configuration from before maintenance mode: it cannot be on
+            report["maintenance"] = None
         link = os.path.join(p["app_root"], "static", "current")
         report["static"] = os.path.basename(os.readlink(link)) if os.path.islink(link) else None
     module.exit_json(changed=False, report=report)
