@@ -292,6 +292,7 @@ def _rollouts(args: argparse.Namespace) -> rollout.Rollouts:
         health_timeout=args.health_timeout,
         lease=args.lease,
         hooks=getattr(args, "loaded_hooks", None),
+        canary_soak=getattr(args, "canary_soak", None),
     )
 
 
@@ -357,6 +358,11 @@ def _print_rollout(args: argparse.Namespace, result: rollout.RolloutResult) -> i
                 console.print(f"{node.host} ({node.role}): the unit's last log lines", style="bold")
                 for line in node.journal:
                     console.print(f"  {escape(line)}", highlight=False)
+        if result.canary:
+            console.print(
+                f"canary on live traffic: {escape(rollout.describe_soak(result.canary))}",
+                highlight=False,
+            )
         words = {
             "succeeded": "[green]done[/green]",
             "unchanged": "[green]nothing to do[/green]",
@@ -857,6 +863,16 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _soak_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"give 0 (no soak) to 3600 seconds: {text!r}")
+    return value
+
+
 def _application_name(text: str) -> str:
     if not NAME_RE.match(text):
         raise argparse.ArgumentTypeError(
@@ -875,6 +891,15 @@ def _add_rollout_commands(commands: argparse._SubParsersAction[argparse.Argument
     source.add_argument("--artifact", type=Path, help="deploy this artifact (deploykit build)")
     _add_rollout_options(deploy)
     deploy.add_argument("--no-canary", action="store_true", help="no single-clone canary first")
+    deploy.add_argument(
+        "--canary-soak",
+        type=_soak_seconds,
+        metavar="SECONDS",
+        help="the canary serves live traffic this long, then is judged on its 5xx rate and "
+        "response time against the old release's (HAProxy's statistics); worse, the deploy "
+        "returns as after a failed health gate (default: the inventory's deploykit_canary_soak, "
+        "else 0: no soak)",
+    )
     deploy.add_argument(
         "--replace",
         metavar="APP",

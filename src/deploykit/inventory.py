@@ -159,6 +159,36 @@ _DEPLOYKIT_VARIABLES: Final[Mapping[str, VariableSpec]] = {
             description="the application's name: /srv/<name>/ and its systemd units",
             sources=("deploykit",),
         ),
+        VariableSpec(
+            "deploykit_canary_soak",
+            type="float",
+            default=0,
+            description="seconds a deploy's canary serves live traffic before it is judged against "
+            "the old release (0: no soak; deploykit deploy --canary-soak overrides it)",
+            sources=("deploykit",),
+        ),
+        VariableSpec(
+            "deploykit_canary_max_error_increase",
+            type="float",
+            default=2.0,
+            description="percentage points of 5xx answers the canary may have above the old "
+            "release",
+            sources=("deploykit",),
+        ),
+        VariableSpec(
+            "deploykit_canary_max_response_ratio",
+            type="float",
+            default=3.0,
+            description="how many times the old release's response time the canary may take",
+            sources=("deploykit",),
+        ),
+        VariableSpec(
+            "deploykit_canary_min_requests",
+            type="int",
+            default=20,
+            description="a canary with fewer requests over the soak is not judged",
+            sources=("deploykit",),
+        ),
     )
 }
 

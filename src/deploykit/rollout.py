@@ -432,6 +432,8 @@ class RolloutResult:
     #: and its release there.
     replaced: str | None = None
     replaced_release: str | None = None
+    #: The canary's soak on live traffic (module_utils/soak.py's report), when there was one.
+    canary: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -449,6 +451,7 @@ class RolloutResult:
             "seconds": round(self.seconds, 1),
             "batches": self.batches,
             "failure": self.failure,
+            "canary": self.canary,
             "nodes": {key: node.to_dict() for key, node in sorted(self.nodes.items())},
         }
 
@@ -470,6 +473,7 @@ class RolloutResult:
             "started": self.holder.get("started"),
             "seconds": round(self.seconds, 1),
             "failure": self.failure,
+            **({"canary": self.canary} if self.canary else {}),
             "nodes": {
                 key: {
                     "outcome": n.outcome,
@@ -544,6 +548,7 @@ STEP_OF: dict[str, str] = {
     f"{runner.FLEET}.drain": "drain",
     f"{runner.FLEET}.activate": "switch",
     f"{runner.FLEET}.ready": "ready",
+    f"{runner.FLEET}.soak": "soak",
     f"{runner.FLEET}.pages": "pages",
     f"{runner.FLEET}.maintenance": "maintenance",
 }
@@ -578,9 +583,10 @@ def configuration_code_digest(root: Path) -> str:
 MESSAGE_CHARS = 1000
 JOURNAL_LINES = 15
 #: The steps of roll.yml, in the order a node goes through them.
-ROLL_STEPS = ("drain", "switch", "ready", "pages")
+ROLL_STEPS = ("drain", "switch", "ready", "soak", "pages")
 #: The steps each role's switch goes through (a host's durations are recorded for these).
-_ROLE_STEPS = {"app": frozenset({"drain", "switch", "ready"}), "worker": frozenset({"switch"}),
+_ROLE_STEPS = {"app": frozenset({"drain", "switch", "ready", "soak"}),
+               "worker": frozenset({"switch"}),
                "lb": frozenset({"pages"})}  # fmt: skip
 #: The stop bound, in seconds, of what runs on a clone being returned after a failure: it serves
 #: nothing (drained, or never ready), so it is not given its full graceful timeout.
@@ -674,6 +680,7 @@ class Rollouts:
         health_timeout: float = 30,
         lease: float = DEFAULT_LEASE,
         hooks: Hooks | None = None,
+        canary_soak: float | None = None,
     ) -> None:
         self.root = root
         #: The hooks and the notifier around every deploy and rollback (none by default).
@@ -685,6 +692,9 @@ class Rollouts:
         self.drain_timeout = drain_timeout
         self.ready_timeout = ready_timeout
         self.health_timeout = health_timeout
+        #: Seconds a deploy's canary serves live traffic before it is judged (roll.yml's soak);
+        #: None: the inventory's deploykit_canary_soak (default 0: no soak).
+        self.canary_soak = canary_soak
         #: The deploy lock's lease (seconds) this controller states and renews every lease/4.
         self.lease = lease
         #: Seconds between renewals; None: a quarter of the lease.
@@ -941,6 +951,7 @@ class Rollouts:
         batches: list[list[str]],
         *,
         returning: bool = False,
+        canary: str | None = None,
     ) -> tuple[runner.RunResult, _Tracker]:
         tracker = _Tracker(self.on_step, self._groups)
         hosts = sorted(targets)
@@ -958,6 +969,11 @@ class Rollouts:
             "rollout_health_timeout": self.health_timeout,
             "rollout_pages": _pages(result, targets),
         }
+        if canary is not None:
+            # The canary is soaked on live traffic (when the soak is not 0) before the next batch.
+            extravars["rollout_canary"] = canary
+            if self.canary_soak is not None:
+                extravars["rollout_canary_soak"] = self.canary_soak
         if returning:
             # What runs on a returned clone failed or hung: it gets a short stop, then SIGKILL,
             # not the full graceful timeout (it serves nothing: drained, or never ready).
@@ -993,8 +1009,13 @@ class Rollouts:
             if result.batches
             else "no app clone to switch"
         )
-        run, tracker = self._roll(result, targets, result.batches)
+        canary_host = result.batches[0][0] if canary and len(order) > 1 else None
+        run, tracker = self._roll(result, targets, result.batches, canary=canary_host)
         self._record_steps(result, tracker)
+        soaked = [r.res.get("soak") for r in run.results_of("soak")]
+        result.canary = next((s for s in soaked if isinstance(s, dict)), None)
+        if result.canary is not None:
+            self.log(f"canary {canary_host} on live traffic: {describe_soak(result.canary)}")
         if run.ok:
             for outcome in result.nodes.values():
                 if tracker.done(outcome.host, outcome.role) and outcome.outcome != "unchanged":
@@ -1477,6 +1498,22 @@ class Rollouts:
         with ``force``; the ledger records either in the history, with who released it. The
         answer carries "released" and, refused, "refused": "live" with the lease's state."""
         return self.ledger("lock", "release", f"--who={_who()}", *(["--force"] if force else []))
+
+
+def describe_soak(report: Mapping[str, Any]) -> str:
+    """The canary's soak in one line: its verdict and both sides' figures."""
+
+    def side(figures: Any) -> str:
+        if not isinstance(figures, Mapping) or not figures.get("requests"):
+            return "no requests"
+        rate, rtime = figures.get("error_rate"), figures.get("rtime_ms")
+        return f"{figures['requests']} requests, 5xx {rate:g}%, response {rtime:g} ms"
+
+    line = (
+        f"{report.get('verdict')} after {report.get('seconds', 0):g} s: canary "
+        f"{side(report.get('canary'))}; old release {side(report.get('old'))}"
+    )
+    return f"{line} ({report['reason']})" if report.get("reason") else line
 
 
 def _age(seconds: Any) -> str:

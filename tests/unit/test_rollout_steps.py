@@ -30,10 +30,16 @@ def test_every_module_the_rollout_uses_is_a_known_step() -> None:
             assert module in rollout.STEP_OF, f"{playbook}: {module} has no step"
 
 
-def test_a_clone_switches_in_three_tasks_drain_switch_ready() -> None:
+def test_a_clone_switches_in_three_tasks_drain_switch_ready_and_a_canary_soaks() -> None:
     clone_play = [t for t in fleet_tasks("roll.yml") if "clones" in t[0]]
-    assert [rollout.STEP_OF[module] for _, module, _ in clone_play] == ["drain", "switch", "ready"]
-    drain, _, ready = (task for _, _, task in clone_play)
+    steps = [rollout.STEP_OF[module] for _, module, _ in clone_play]
+    assert steps == ["drain", "switch", "ready", "soak"]
+    drain, _, ready, soak = (task for _, _, task in clone_play)
+    # The soak is the canary's only, and only when it has seconds to last.
+    assert soak["when"] == [
+        "inventory_hostname == rollout_canary | default('')",
+        "rollout_canary_soak_seconds | float > 0",
+    ]
     # On every balancer, each one a deadline.
     assert drain["loop"] == ready["loop"] == "{{ groups.lb }}"
     assert (
