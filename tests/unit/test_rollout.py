@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from ansible_collections.deploykit.fleet.plugins.module_utils import ledger
+from ansible_collections.deploykit.fleet.plugins.modules.ledger import finish_settled
 from deploykit.errors import BadInput
 from deploykit.rollout import (
     ForeignApplication,
@@ -348,3 +350,50 @@ def test_a_worker_node_of_an_application_without_a_worker_holds_its_current_rele
     nodes["worker1"]["apps"] = {"notes": installed}
     worker = next(n for n in status_from_survey("notes", nodes).nodes if n.role == "worker")
     assert worker.release is None
+
+
+def _finish_settled(tmp_path: Path, nodes: dict[str, Any], *, hosts: list[str]) -> dict[str, Any]:
+    """deploykit.fleet.ledger's "finish settled" on a real ledger directory holding the lock."""
+    holder = {"who": "me@here", "command": "deploy", "release": "r2", "token": "t0k", "lease": 60}
+    assert ledger.lock_acquire(str(tmp_path), holder)["acquired"]
+    record = RolloutResult(
+        action="deploy", app="shop", release="r2", previous="r2", outcome="unchanged",
+        holder={**holder, "started": "2026-12-04T10:00:00Z"},
+    ).record()  # fmt: skip
+    params = {"dir": str(tmp_path), "token": "t0k", "record": record, "surveys": nodes,
+              "hosts": hosts}  # fmt: skip
+    return finish_settled(params)
+
+
+def test_a_deploy_with_nothing_to_do_is_finished_by_the_ledger_in_the_first_run(
+    tmp_path: Path,
+) -> None:
+    answer = _finish_settled(tmp_path, _nodes(), hosts=["app1", "app2", "worker1", "lb1"])
+    assert answer["settled"] and answer["released"] and answer["appended"], answer
+    assert not ledger.lock_status(str(tmp_path))["held"]
+    (record,) = ledger.history_show(str(tmp_path))["records"]
+    assert (record["outcome"], record["from"], record["to"], record["who"]) == (
+        "unchanged", "r2", "r2", "me@here",
+    )  # fmt: skip
+    assert record["nodes"] == {
+        key: {"outcome": "unchanged", "step": None, "seconds": {}}
+        for key in ("app1/app", "app2/app", "lb1/lb", "worker1/worker")
+    }
+
+
+@pytest.mark.parametrize(
+    ("nodes", "hosts"),
+    [
+        (_nodes(app2_release="r1"), ["app1", "app2", "worker1", "lb1"]),
+        (_nodes(app2_haproxy="MAINT"), ["app1", "app2", "worker1", "lb1"]),
+        # A host that could not be surveyed (unreachable): nothing is decided without it.
+        (_nodes(), ["app1", "app2", "app3", "worker1", "lb1"]),
+    ],
+    ids=["a-clone-on-another-release", "a-clone-in-maint", "a-host-not-surveyed"],
+)
+def test_the_ledger_leaves_a_deploy_with_something_to_do_to_the_controller(
+    tmp_path: Path, nodes: dict[str, Any], hosts: list[str]
+) -> None:
+    assert _finish_settled(tmp_path, nodes, hosts=hosts)["settled"] is False
+    assert ledger.lock_status(str(tmp_path))["held"]
+    assert ledger.history_show(str(tmp_path))["records"] == []

@@ -21,7 +21,7 @@ options:
     description: What to do.
     type: str
     required: true
-    choices: [lock acquire, lock renew, lock release, lock status, history append, history show]
+    choices: [lock acquire, lock renew, lock release, lock status, history append, history show, finish settled]
   dir:
     description: The ledger's directory (the ledger role creates it).
     type: path
@@ -65,6 +65,20 @@ options:
     description: C(history show) returns the last N records (0, every one).
     type: int
     default: 0
+  surveys:
+    description:
+      - C(finish settled) (a deploy's first run, when nothing may run before its plan): the
+        survey module's report of each node, with its C(groups). When every one of O(hosts) was
+        surveyed and runs the release of O(record) (its C(to)) in service, and no other
+        application runs on them, the record goes into the history with every node unchanged and
+        the lock is released by O(token): the deploy had nothing to do, and is finished. Otherwise
+        nothing changes (C(settled) false) and the controller goes on with the deploy.
+    type: dict
+  hosts:
+    description: C(finish settled) the hosts that must have been surveyed.
+    type: list
+    elements: str
+    default: []
 """
 
 RETURN = r"""
@@ -74,15 +88,53 @@ ledger:
   type: dict
 """
 
+import calendar
+import time
+
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.deploykit.fleet.plugins.module_utils.fleet import (
+    settled_everywhere,
+    status_from_survey,
+)
 from ansible_collections.deploykit.fleet.plugins.module_utils.ledger import (
     LedgerError,
     check_dir,
+    history_append,
+    lock_release,
     run,
 )
 
-CHANGING = ("lock acquire", "lock renew", "lock release", "history append")
+CHANGING = ("lock acquire", "lock renew", "lock release", "history append", "finish settled")
+
+
+def finish_settled(params: dict) -> dict:
+    """The deploy of a release every node already runs in service, finished in its first run: the
+    same decision as the controller's (module_utils/fleet.py), then the record and the release."""
+    if not params["token"]:
+        raise LedgerError("finish settled releases the lock by its holder's token: give token")
+    record = dict(params["record"] or {})
+    app, release = str(record.get("app") or ""), str(record.get("to") or "")
+    surveys = params["surveys"] or {}
+    report = status_from_survey(app, surveys)
+    missing = [host for host in params["hosts"] if host not in surveys]
+    if missing or report.foreign or not settled_everywhere(report, release):
+        return {"settled": False, "missing": missing}
+    started = record.get("started")
+    try:
+        began = calendar.timegm(time.strptime(str(started), "%Y-%m-%dT%H:%M:%SZ"))
+        record["seconds"] = round(max(0.0, time.time() - began), 1)
+    except ValueError:
+        pass
+    record["from"] = release
+    record["nodes"] = {
+        f"{node.host}/{node.role}": {"outcome": "unchanged", "step": None, "seconds": {}}
+        for node in sorted(report.nodes, key=lambda n: (n.host, n.role))
+    }
+    appended = history_append(params["dir"], record)
+    released = lock_release(params["dir"], str(params["token"] or ""))
+    return {"settled": True, "appended": appended["appended"], "released": released["released"],
+            "record": appended["record"]}  # fmt: skip
 
 
 def main() -> None:
@@ -98,6 +150,7 @@ def main() -> None:
                     "lock status",
                     "history append",
                     "history show",
+                    "finish settled",
                 ],
             },
             "dir": {"type": "path", "default": "/var/lib/deploykit-ledger"},
@@ -109,18 +162,24 @@ def main() -> None:
             "who": {"type": "str", "default": ""},
             "record": {"type": "dict"},
             "limit": {"type": "int", "default": 0},
+            "surveys": {"type": "dict"},
+            "hosts": {"type": "list", "elements": "str", "default": []},
         },
         required_if=[
             ("command", "lock acquire", ["holder"]),
             ("command", "lock renew", ["token"]),
             ("command", "history append", ["record"]),
+            ("command", "finish settled", ["record", "surveys", "token"]),
         ],
         supports_check_mode=False,
     )
     command = module.params["command"]
     try:
         check_dir(module.params["dir"])
-        answer = run(module.params["dir"], command, module.params)
+        if command == "finish settled":
+            answer = finish_settled(module.params)
+        else:
+            answer = run(module.params["dir"], command, module.params)
     except (LedgerError, OSError) as error:
         module.fail_json(msg=f"deploy ledger: {error}")
     changed = command in CHANGING and bool(
@@ -128,6 +187,7 @@ def main() -> None:
         or answer.get("extended")
         or answer.get("released")
         or answer.get("appended")
+        or answer.get("settled")
     )
     module.exit_json(changed=changed, ledger=answer)
 
