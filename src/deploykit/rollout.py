@@ -377,6 +377,9 @@ ROLL_STEPS = ("drain", "switch", "ready", "soak", "pages")
 _ROLE_STEPS = {"app": frozenset({"drain", "switch", "ready", "soak"}),
                "worker": frozenset({"switch"}),
                "lb": frozenset({"pages"})}  # fmt: skip
+#: Steps that run on some hosts only (the canary's soak): shown once they ran, not as they start on
+#: every host (Ansible starts the task everywhere, then skips it where its condition is false).
+_SOME_HOSTS_STEPS = frozenset({"soak"})
 #: The stop bound, in seconds, of what runs on a clone being returned after a failure: it serves
 #: nothing (drained, or never ready), so it is not given its full graceful timeout.
 RETURN_STOP_TIMEOUT = 5
@@ -402,6 +405,7 @@ class _Tracker:
         self.completed: dict[str, set[str]] = {}
         self.seconds: dict[str, dict[str, float]] = {}
         self._started: dict[tuple[str, str], float] = {}
+        self._before: dict[str, str | None] = {}
         self._on_step = on_step
 
     def _emit(self, host: str, step: str, **more: Any) -> None:
@@ -421,9 +425,11 @@ class _Tracker:
         if not host or step not in ROLL_STEPS or not self._applies(host, step):
             return
         if kind == "runner_on_start":
+            self._before[host] = self.step.get(host)
             self.step[host] = step
             self._started[(host, step)] = time.monotonic()
-            self._emit(host, step)
+            if step not in _SOME_HOSTS_STEPS:
+                self._emit(host, step)
         elif kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable"):
             self.touched.add(host)
             began = self._started.pop((host, step), None)
@@ -437,7 +443,17 @@ class _Tracker:
                     # The host's switch is complete: back in service on the new release.
                     self._emit(host, "done")
         elif kind == "runner_on_skipped":
-            self._started.pop((host, step), None)
+            self._skipped(host, step)
+
+    def _skipped(self, host: str, step: str) -> None:
+        self._started.pop((host, step), None)
+        if step in _SOME_HOSTS_STEPS:
+            # Not this host's step: it is still at the one before.
+            before = self._before.get(host)
+            if before is None:
+                self.step.pop(host, None)
+            else:
+                self.step[host] = before
 
     def _roles(self, host: str) -> list[str]:
         return [r for r in self.groups.get(host, ()) if r in _ROLE_STEPS]

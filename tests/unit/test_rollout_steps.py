@@ -90,3 +90,18 @@ def test_a_host_whose_last_step_ends_reports_done() -> None:
     assert [(e["host"], e["step"]) for e in seen if e["step"] == "done"] == [
         ("app1", "done"), ("lb1", "done"),
     ]  # fmt: skip
+
+
+def test_a_step_skipped_on_a_host_is_not_shown_or_kept_as_its_step() -> None:
+    seen: list[dict[str, Any]] = []
+    tracker = rollout._Tracker(lambda e: seen.append(dict(e)), {"app1": ["app"], "app2": ["app"]})
+    ready, soak = "deploykit.fleet.ready", "deploykit.fleet.soak"
+    for host in ("app1", "app2"):
+        tracker(event("runner_on_start", host, ready))
+        tracker(event("runner_on_ok", host, ready))
+        tracker(event("runner_on_start", host, soak))
+    tracker(event("runner_on_skipped", "app2", soak))
+    tracker(event("runner_on_failed", "app1", soak))
+    assert tracker.step == {"app1": "soak", "app2": "ready"}
+    assert "soak" in tracker.seconds["app1"] and "soak" not in tracker.seconds.get("app2", {})
+    assert [(e["host"], e["step"]) for e in seen if e["step"] == "soak"] == []
