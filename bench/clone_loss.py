@@ -8,7 +8,7 @@ Needs the lab up with the stack converged and the example shop deployed (`deploy
 so and exits 2 when that is not the case. Each round takes the steps of the killed-clone fault in
 tests/e2e/test_faults.py:
 
-  a) the load through the balancer (deploykit.loadgen: keep-alive connections, each worker a
+  a) the load through the balancer (bench/loadgen.py: keep-alive connections, each worker a
      logged-in user) runs a steady phase;
   b) on the balancer, the runtime helper's `state app <clone>` is polled every 0.1 s from before
      the kill; on the clone, `systemctl kill -s KILL <app>-web.service` (systemd restarts it after
@@ -46,10 +46,10 @@ from pathlib import Path
 from typing import Any
 
 from docker.errors import DockerException
+from loadgen import LoadGenerator, Report, SessionLogin
 
 from deploykit import lab
 from deploykit.errors import DeploykitError
-from deploykit.loadgen import LoadGenerator, Report, SessionLogin
 from deploykit.project import lab_inventory_dir, project_root
 
 EXIT_RAN = 0

@@ -14,7 +14,7 @@ so and exits 2 when that is not the case. Then:
   c) prints, per step, the command's exit code and wall time, the requests and failures (by kind)
      of the load, p50/p99 during the step against the steady phase, and the targets beside them.
 
-The load: deploykit.loadgen, 8 keep-alive connections at 100 requests/s in all, a mix of what
+The load: bench/loadgen.py, 8 keep-alive connections at 100 requests/s in all, a mix of what
 the shop's users do (baked pages, product JSON, /me with a session kept by each worker, the health
 path). Targets are printed, not asserted: it is a benchmark, and it exits 0 whenever it ran.
 It leaves release A live. --only-build runs step a) alone (no lab needed).
@@ -40,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from docker.errors import DockerException
+from loadgen import LoadGenerator, PhaseReport, Report, SessionLogin
 
 from deploykit import lab, release
 from deploykit.errors import DeploykitError
-from deploykit.loadgen import LoadGenerator, PhaseReport, Report, SessionLogin
 from deploykit.project import project_root
 
 # --- targets (printed next to the figures, never asserted) -----------------------------------

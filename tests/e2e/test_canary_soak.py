@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT
-
-from deploykit.loadgen import LoadGenerator, SessionLogin
+from loadgen import LoadGenerator, SessionLogin
 
 pytestmark = pytest.mark.e2e
 

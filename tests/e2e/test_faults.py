@@ -33,9 +33,9 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, LabShell
+from loadgen import LoadGenerator, Report, SessionLogin
 
 from deploykit import lab
-from deploykit.loadgen import LoadGenerator, Report, SessionLogin
 from deploykit.release import artifact_filename
 
 pytestmark = pytest.mark.e2e

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, LabShell
-
-from deploykit.loadgen import STATUS, LoadGenerator
+from loadgen import STATUS, LoadGenerator
 
 pytestmark = pytest.mark.e2e
 

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, LabShell
+from loadgen import LoadGenerator, SessionLogin
 
 from deploykit import lab
-from deploykit.loadgen import LoadGenerator, SessionLogin
 
 pytestmark = pytest.mark.e2e
 

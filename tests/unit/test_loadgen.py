@@ -1,4 +1,4 @@
-"""deploykit.loadgen against a real HTTP server on 127.0.0.1 that fails on purpose.
+"""bench/loadgen.py against a real HTTP server on 127.0.0.1 that fails on purpose.
 
 Every failure kind is produced by a real socket doing the real thing (a 500, a connection closed
 mid-answer, an answer slower than the timeout, a server that goes away), and the counts the
@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
-from deploykit.loadgen import (
+from loadgen import (
     PROTOCOL,
     SESSION,
     SOCKET,

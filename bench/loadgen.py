@@ -16,7 +16,8 @@ counted and reported on their own; any other error is a failure.
         load.phase("deploy"); run_the_deploy()
     print(load.report().format_table())
 
-Standard library only: it runs wherever deploykit runs, with nothing to install.
+Standard library only. It is test and bench support, not part of the package: the benches import
+it from their own directory, the tests through pytest's pythonpath (pyproject.toml).
 """
 
 from __future__ import annotations
@@ -238,7 +239,7 @@ class _Worker:
     def __init__(self, gen: LoadGenerator, index: int) -> None:
         self.gen = gen
         self.index = index
-        self.rng = random.Random(f"{gen.seed}-{index}")  # noqa: S311 - a mix, not a secret
+        self.rng = random.Random(f"{gen.seed}-{index}")
         self.conn = _Connection(gen.host, gen.port)
         self.cookies: dict[str, str] = {}
         self.logged_in = False
