@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, deploykit
 from loadgen import LoadGenerator, SessionLogin
 
 pytestmark = pytest.mark.e2e
@@ -28,22 +26,17 @@ BROKEN = PRODUCTS + '        return _json({"error": "e2e: the canary cannot list
 SOAK = 20
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "deploykit", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
-
-
-def deploykit(*args: str) -> tuple[int, dict[str, Any], str]:
+def run(*args: str) -> tuple[int, dict[str, Any], str]:
     """Exit code, the last JSON line (the summary), stderr."""
-    proc = run(*args)
+    proc = deploykit(*args, timeout=900)
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     return proc.returncode, (lines[-1] if lines else {}), proc.stderr
 
 
 def build(app: Path, version: str, out: Path) -> dict[str, Any]:
-    proc = run("build", "--app", str(app), "--version", version, "--out", str(out), "--json")
+    proc = deploykit(
+        "build", "--app", str(app), "--version", version, "--out", str(out), "--json", timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     artifact: dict[str, Any] = json.loads(proc.stdout)
     return artifact
@@ -53,7 +46,7 @@ def build(app: Path, version: str, out: Path) -> dict[str, Any]:
 def releases(shop: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A good release and one whose /products answers 500 (its health path passes); the release
     live before, which the lab returns to at the end."""
-    rc, status, stderr = deploykit("status", "--json")
+    rc, status, stderr = run("status", "--json")
     assert rc == 0 and status["live"], stderr[-3000:]
     out = tmp_path_factory.mktemp("soak-artifacts")
     broken = tmp_path_factory.mktemp("broken") / "shop"
@@ -71,7 +64,7 @@ def releases(shop: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         "good": build(ROOT / "examples" / "shop", f"3.0.0-soak{stamp}good", out),
         "broken": build(broken, f"3.0.0-soak{stamp}broken", out),
     }
-    rc, summary, stderr = deploykit("rollback", "--to", status["live"], "--json")
+    rc, summary, stderr = run("rollback", "--to", status["live"], "--json")
     assert rc == 0, (summary, stderr[-3000:])
 
 
@@ -90,9 +83,7 @@ def test_a_good_canary_passes_its_soak_and_the_deploy_goes_on(
     releases: dict[str, Any], load: LoadGenerator
 ) -> None:
     good = releases["good"]
-    rc, summary, stderr = deploykit(
-        "deploy", "--artifact", good["path"], "--canary-soak", "6", "--json"
-    )
+    rc, summary, stderr = run("deploy", "--artifact", good["path"], "--canary-soak", "6", "--json")
     load.stop()
     assert rc == 0, (summary, stderr[-3000:])
     canary = summary["canary"]
@@ -113,7 +104,7 @@ def test_a_canary_answering_500_on_live_traffic_is_returned_after_its_soak(
 ) -> None:
     good, broken = releases["good"], releases["broken"]
     load.phase("deploy")
-    rc, summary, stderr = deploykit(
+    rc, summary, stderr = run(
         "deploy", "--artifact", broken["path"], "--canary-soak", str(SOAK), "--json"
     )
     load.stop()
@@ -129,7 +120,7 @@ def test_a_canary_answering_500_on_live_traffic_is_returned_after_its_soak(
     nodes = summary["nodes"]
     assert (nodes["app1/app"]["outcome"], nodes["app1/app"]["step"]) == ("rolled_back", "soak")
     assert nodes["app2/app"]["outcome"] == nodes["app3/app"]["outcome"] == "untouched"
-    rc, status, _ = deploykit("status", "--json")
+    rc, status, _ = run("status", "--json")
     clones = {n["host"]: n for n in status["nodes"] if n["role"] == "app"}
     assert {h: n["release"] for h, n in clones.items()} == dict.fromkeys(CLONES, good["release_id"])
     assert {n["haproxy"] for n in clones.values()} == {"UP"}

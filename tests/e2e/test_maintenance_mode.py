@@ -9,14 +9,12 @@ records both changes. Each test leaves the mode off.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import ROOT, LabShell
+from conftest import LabShell, deploykit
 from loadgen import STATUS, LoadGenerator
 
 pytestmark = pytest.mark.e2e
@@ -25,15 +23,8 @@ MESSAGE = "Back at <b>noon</b>: the database moves"
 RETRY_AFTER = 120
 
 
-def deploykit(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "deploykit", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-
-
 def maintenance(*args: str) -> dict[str, Any]:
-    proc = deploykit("maintenance", *args, "--json")
+    proc = deploykit("maintenance", *args, "--json", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     balancers: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])["balancers"]
     return balancers
@@ -95,7 +86,7 @@ def test_maintenance_on_and_off_under_load_cuts_no_connection(
         status, headers, _ = fetch(lab_shell, "app1", f"http://{lb}/")
         assert (status, headers.get("x-served-by")) == (200, "static"), headers
 
-        report_on = json.loads(deploykit("status", "--json").stdout.splitlines()[-1])
+        report_on = json.loads(deploykit("status", "--json", timeout=300).stdout.splitlines()[-1])
         balancer = next(n for n in report_on["nodes"] if n["role"] == "lb")
         assert balancer["maintenance"]["enabled"] is True, balancer
         assert balancer["maintenance"]["message"] == MESSAGE, balancer
@@ -143,7 +134,7 @@ def test_maintenance_survives_a_reload_and_is_recorded(mode_off: str, lab_shell:
 
     maintenance("off")
     assert fetch(lab_shell, "app1", f"http://{lb}/products")[0] == 200
-    proc = deploykit("releases", "--json", "--limit", "5")
+    proc = deploykit("releases", "--json", "--limit", "5", timeout=300)
     records = json.loads(proc.stdout.splitlines()[-1])["records"]
     actions = [(r["action"], r.get("hosts"), r.get("message")) for r in records]
     assert actions[-2:] == [
