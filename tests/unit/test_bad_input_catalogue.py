@@ -835,6 +835,24 @@ def test_maintenance_refuses_bad_input_before_any_connection(
     assert_refused_up_front(run, phrase)
 
 
+@pytest.mark.parametrize(
+    ("value", "phrase"),
+    [("-5", "give 0 (no soak) to 3600 seconds: '-5'"), ("soon", "not a number of seconds: 'soon'")],
+    ids=["negative", "not-a-number"],
+)
+def test_deploy_refuses_a_bad_canary_soak(
+    tmp_path: Path, good_artifact: Path, value: str, phrase: str
+) -> None:
+    inventory = write(tmp_path / "inventory" / "hosts.yml", inventory_yaml())
+
+    run = deploykit(
+        "deploy", "--artifact", str(good_artifact), "-i", str(inventory), f"--canary-soak={value}"
+    )
+
+    assert_refused(run, [phrase])
+    assert run.seconds < 8, f"{run.seconds:.1f} s"
+
+
 def test_deploy_refuses_a_hook_that_cannot_run_before_any_connection(
     tmp_path: Path, good_artifact: Path
 ) -> None:
