@@ -175,9 +175,11 @@ def test_a_release_failing_on_the_last_batch_is_rolled_back_everywhere(
     hook.write_text("#!/bin/sh\nenv | grep '^DEPLOYKIT_' | sort > env.txt\ncat > summary.json\n")
     hook.chmod(0o755)
     try:
+        # The canary (app1, healthy) soaks on the live traffic first, and passes.
         run = deploykit(
-            "deploy", "--artifact", bad["path"], "--batch", "1", "--json", "--hooks", str(tmp_path)
-        )
+            "deploy", "--artifact", bad["path"], "--batch", "1", "--json", "--hooks",
+            str(tmp_path), "--canary-soak", "4",
+        )  # fmt: skip
     finally:
         marker.unlink()
     load.stop()
@@ -190,7 +192,12 @@ def test_a_release_failing_on_the_last_batch_is_rolled_back_everywhere(
     summary = run.summary
     assert run.rc == 1, (summary, run.stderr[-3000:])
     assert summary["outcome"] == "rolled_back"
+    canary = summary["canary"]
+    assert (canary["verdict"], canary["reason"]) == ("passed", None), canary
+    assert canary["canary"]["servers"] == ["app1"] and canary["canary"]["requests"] >= 20, canary
+    assert canary["old"]["servers"] == ["app2", "app3"] and canary["seconds"] >= 4, canary
     nodes = summary["nodes"]
+    assert "soak" in nodes["app1/app"]["seconds"], nodes["app1/app"]
     # app1 (the canary) and app2 had switched and served the bad release: they came back too.
     assert nodes["app1/app"]["outcome"] == "rolled_back"
     assert nodes["app2/app"]["outcome"] == "rolled_back"
