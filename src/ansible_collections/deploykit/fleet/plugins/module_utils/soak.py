@@ -9,8 +9,9 @@ stat`), are compared with those of the clones still on the old release over the 
   HTTP requests (req_tot); the difference of the counters between the start and now, so only the
   soak's requests count;
 - the response time: HAProxy's rtime, the average time to the first byte of the answer over the
-  server's last 1024 requests (HAProxy keeps no windowed figure: at the end of the soak those are
-  mostly the soak's), weighted by each clone's requests for the old release's figure.
+  server's last 1024 requests, weighted by each clone's requests for the old release's figure.
+  HAProxy keeps no windowed figure: a soak with fewer than 1024 canary requests still averages in
+  some of the old release's, so this rule catches a slow canary only once it has served enough.
 
 The canary fails when its 5xx rate is more than ``max_error_increase`` percentage points above the
 old release's, or its response time more than ``max_response_ratio`` times the old release's (and
