@@ -552,6 +552,46 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed or disagree else EXIT_OK
 
 
+def cmd_bake(args: argparse.Namespace) -> int:
+    """The pages baked from live data on the first worker: the last bake and the timer's next
+    run; with --now, a bake first. Exit 1 when the bake run now failed (every balancer keeps the
+    pages it served)."""
+    answer = _rollouts(args).bake(now=args.now, timeout=args.timeout, app_name=args.app_name)
+    if args.json:
+        _json_line(answer)
+        return EXIT_FAILED if answer["error"] else EXIT_OK
+    record = answer["record"]
+    out.print(_bake_line(answer["host"], record), highlight=False, soft_wrap=True)
+    if answer["error"] and record.get("outcome") == "published":
+        console.print(f"[red]{escape(answer['error'])}[/red]", highlight=False)
+    out.print(
+        f"next bake on the timer: {answer['next_run'] or 'none (no schedule)'}", highlight=False
+    )
+    return EXIT_FAILED if answer["error"] else EXIT_OK
+
+
+def _bake_line(host: str, record: Mapping[str, Any]) -> str:
+    """The last bake in words (rich markup)."""
+    outcome = record.get("outcome")
+    when = (
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(record["finished"])))
+        if record.get("finished")
+        else "?"
+    )
+    if outcome is None:
+        return f"{escape(host)}: no bake yet"
+    if outcome == "published":
+        balancers = ", ".join(record.get("balancers") or {})
+        return (
+            f"[green]{escape(host)}: bake {escape(str(record.get('bake_id')))}[/green] of "
+            f"{escape(str(record.get('release_id')))}: {record.get('pages')} page(s) live on "
+            f"{escape(balancers)}, {when} ({record.get('seconds')} s)"
+        )
+    if outcome == "nothing to bake":
+        return f"{escape(host)}: {escape(str(record.get('reason')))} ({when})"
+    return f"[red]{escape(host)}: bake failed[/red] {when}: {escape(str(record.get('reason')))}"
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     if args.grep is not None:
         try:
@@ -882,6 +922,29 @@ def _application_name(text: str) -> str:
     return text
 
 
+def _add_bake_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bake = commands.add_parser(
+        "bake",
+        help="the pages baked from live data: the last bake; --now bakes and publishes them",
+        description="The baked pages, re-baked from live data on the first worker (on its timer, "
+        "after each deploy, and with --now): the live release's bake runs against the live "
+        "services, then the pages go live on every balancer at once, or on none. Shows the last "
+        "bake and the timer's next run. Exit code: 0; 1 when the bake run now failed (every "
+        "balancer keeps the pages it served; the reason is shown); 2 for bad input.",
+    )
+    bake.add_argument("--now", action="store_true", help="bake and publish now, and wait for it")
+    bake.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=600.0,
+        metavar="S",
+        help="--now: seconds the bake may take before it is stopped (default 600)",
+    )
+    bake.add_argument("--app-name", help="the application (default: from the history)")
+    _add_inventory_options(bake)
+    bake.set_defaults(func=cmd_bake)
+
+
 def _add_rollout_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     deploy = commands.add_parser(
         "deploy", help="roll a release onto every clone: canary, batches, drain, health gates"
@@ -1105,6 +1168,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     _add_rollout_commands(commands)
+    _add_bake_command(commands)
     remote.add_exec_command(commands)
     return parser
 

@@ -350,6 +350,7 @@ CONFIGURATION_CODE = (
     "roles/app",
     "roles/worker",
     "roles/static",
+    "roles/bake",
     "roles/release",
     "roles/common",
     "playbooks/rollout/tasks",
@@ -1330,6 +1331,34 @@ class Rollouts:
             _, _, message = self._failure(result)
             raise DeploykitError(f"could not reach the balancers: {message}")
         return dict(sorted(states.items()))
+
+    def bake(
+        self, *, now: bool = False, timeout: float = 600, app_name: str | None = None
+    ) -> dict[str, Any]:
+        """The pages baked from live data on the bake worker (playbooks/rollout/bake.yml): with
+        ``now``, a bake first, waited for within ``timeout`` seconds. {"host", "record" (the last
+        bake's: outcome, reason, bake_id, release_id, pages, balancers), "next_run", "error"
+        (why the bake run now failed, or None)}."""
+        layout = self._check_inventory()  # it has a worker: the inventory's rules require one
+        workers = layout.groups["worker"]
+        app = self._app_name(layout, app_name)
+        extravars = {
+            "rollout_app": app,
+            "rollout_bake_now": now,
+            "rollout_bake_timeout": max(1, math.ceil(timeout)),
+        }
+        result = self._run("bake.yml", extravars, limit=workers[0])
+        answers = [r for r in result.results_of("bake") if r.host == workers[0]]
+        if answers and (answers[0].ok or "record" in answers[0].res):
+            res = answers[0].res
+            return {
+                "host": workers[0],
+                "record": res.get("record") or {},
+                "next_run": res.get("next_run") or "",
+                "error": None if answers[0].ok else str(res.get("msg", ""))[:MESSAGE_CHARS],
+            }
+        _, _, message = self._failure(result)
+        raise DeploykitError(f"could not reach the bake worker {workers[0]}: {message}")
 
     def release_lock(self, *, force: bool = False) -> dict[str, Any]:
         """An operator's release of the deploy lock: a stale lease is released, a live one only

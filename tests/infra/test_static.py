@@ -156,9 +156,22 @@ def test_every_baked_page_is_served_with_no_app_clone(lb, address, release, ngin
         assert answer["status"] == 200, (path, answer)
         assert answer["headers"]["x-served-by"] == "static", path
         assert answer["body"] == expected, path
+        # A CDN may keep it for static_cache_max_age, then revalidate it (ETag, Last-Modified).
+        assert answer["headers"]["cache-control"] == "public, max-age=300", path
+        assert answer["headers"].get("etag") and answer["headers"].get("last-modified"), path
         head = fetch(lb, f"http://{address}{path}", method="HEAD")
         assert head["status"] == 200, (path, head)
     assert "text/css" in fetch(lb, f"http://{address}/assets/site.css")["headers"]["content-type"]
+
+
+def test_the_pages_receiver_is_installed_for_root_only(lb):
+    # The bake worker's one command here (deploykit-pages receive): root's, not writable by others.
+    helper = lb.file("/usr/local/libexec/deploykit-pages")
+    assert (helper.user, helper.group, helper.mode) == ("root", "root", 0o755)
+    answer = lb.run(
+        "SSH_ORIGINAL_COMMAND='rm -rf /' /usr/local/libexec/deploykit-pages receive /srv/x"
+    )
+    assert answer.rc == 1 and "not a request" in answer.stderr, answer.stderr
 
 
 def test_other_requests_go_to_the_app(lb, address, nginx_up):

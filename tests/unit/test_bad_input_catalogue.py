@@ -836,6 +836,27 @@ def test_maintenance_refuses_bad_input_before_any_connection(
 
 
 @pytest.mark.parametrize(
+    ("args", "omit", "phrase"),
+    [
+        (("--timeout", "0"), None, "--timeout: seconds must be more than 0: '0'"),
+        (("--timeout", "soon"), None, "--timeout: not a number of seconds: 'soon'"),
+        (("--now",), "worker", "group 'worker': missing or empty"),
+    ],
+    ids=["zero-timeout", "bad-timeout", "no-worker"],
+)
+def test_bake_refuses_bad_input_before_any_connection(
+    tmp_path: Path, args: tuple[str, ...], omit: str | None, phrase: str
+) -> None:
+    inventory = write(tmp_path / "inventory" / "hosts.yml", inventory_yaml(omit=omit))
+
+    run = deploykit("bake", *args, "-i", str(inventory))
+
+    assert_refused(run, [phrase])
+    assert not any(marker in run.output for marker in RUN_MARKERS), run.output
+    assert run.seconds < 8, f"{run.seconds:.1f} s"
+
+
+@pytest.mark.parametrize(
     ("value", "phrase"),
     [("-5", "give 0 (no soak) to 3600 seconds: '-5'"), ("soon", "not a number of seconds: 'soon'")],
     ids=["negative", "not-a-number"],

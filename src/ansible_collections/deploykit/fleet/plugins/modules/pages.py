@@ -33,51 +33,27 @@ paths: {description: The URL paths HAProxy routes to the pages., returned: when 
 
 import os
 import shutil
-from urllib.parse import quote
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.deploykit.fleet.plugins.module_utils.pages import (
+    PagesProblem,
+    baked_paths,
+    go_live,
+    make_dirs,
+    paths_list,
+    reload_haproxy,
+    write_paths_list,
+)
 from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
     ReleaseProblem,
     load_manifest,
-    prune,
-    stamp,
-    switch_current,
-    switch_link,
 )
 
-HEADER = """\
-# Written by deploykit (deploykit.fleet.pages): do not edit.
-#
-# The baked pages of {name} {release}, one URL path a line. HAProxy sends GET and HEAD requests
-# for exactly these paths to nginx (backend static), as long as nginx is up; everything else
-# goes to the app clones. HAProxy reads it at start and at every reload.
-"""
 
-
-def baked_paths(files: dict) -> list[str]:
-    paths = set()
-    for name in files:
-        if not name.startswith("baked/"):
-            continue
-        page = name[len("baked/") :]
-        if page == "index.html" or page.endswith("/index.html"):
-            paths.add(quote("/" + page[: -len("index.html")], safe="/"))
-        paths.add(quote("/" + page, safe="/"))
-    return sorted(paths)
-
-
-def write_list(module: AnsibleModule, p: dict, content: str) -> None:
-    """HAProxy's list of baked paths replaced atomically, then HAProxy reloaded (unless not asked)."""
-    partial = p["paths_file"] + ".partial"
-    with open(partial, "w", encoding="utf-8") as handle:
-        handle.write(content)
-    os.chmod(partial, 0o644)
-    os.replace(partial, p["paths_file"])
-    if p["reload"]:
-        rc, out, err = module.run_command(["systemctl", "reload", "haproxy.service"])
-        if rc != 0:
-            module.fail_json(msg=f"systemctl reload haproxy: rc {rc}: {(err or out).strip()}")
+def release_pages(files: dict) -> list[str]:
+    """The pages a release bakes: its manifest's files under baked/, relative to it."""
+    return [name[len("baked/") :] for name in files if name.startswith("baked/")]
 
 
 def main() -> None:
@@ -102,52 +78,51 @@ def main() -> None:
     static = os.path.join(p["app_root"], "static")
     target = os.path.join(static, "releases", release_id)
     bakes = bool((manifest.get("contract") or {}).get("bake"))
-    paths = baked_paths(manifest["files"]) if bakes else []
-    content = HEADER.format(name=manifest["name"], release=release_id) + "".join(
-        f"{x}\n" for x in paths
-    )
+    paths = baked_paths(release_pages(manifest["files"])) if bakes else []
+    label = f"{manifest['name']} {release_id}"
+    content = paths_list(label, paths)
     try:
         with open(p["paths_file"], encoding="utf-8") as handle:
             list_changed = handle.read() != content
     except FileNotFoundError:
         list_changed = True
-    if not bakes:
-        # Nothing to publish; the list of another release (or application) must not route its
-        # pages any more.
-        if list_changed and not module.check_mode:
-            write_list(module, p, content)
-        module.exit_json(changed=list_changed, published=False, release_id=release_id, paths=[])
-    current = os.path.join(static, "current")
-    relinked = not (os.path.islink(p["live_link"]) and os.readlink(p["live_link"]) == current)
-    switched = not (os.path.islink(current) and os.readlink(current) == f"releases/{release_id}")
-    if module.check_mode:
-        module.exit_json(changed=switched or relinked or list_changed, published=True, paths=paths)
-    changed = False
-    for path in (static, os.path.join(static, "releases")):
-        if not os.path.isdir(path):
-            os.mkdir(path, 0o755)
-            changed = True
-    if not os.path.isdir(target):
-        partial = os.path.join(static, "releases", f".{release_id}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(os.path.join(release_dir, "baked"), partial, copy_function=shutil.copy)
-        os.rename(partial, target)
-        changed = True
-    changed |= stamp(target)
-    _, switched = switch_current(static, release_id)
+    reload = reload_haproxy if p["reload"] else None
     try:
-        relinked = switch_link(p["live_link"], current)
-    except (OSError, ValueError) as error:
-        module.fail_json(msg=f"the pages nginx serves ({p['live_link']}): {error}")
-    if list_changed:
-        write_list(module, p, content)
-    pruned = prune(os.path.join(static, "releases"), p["keep"], current, [release_id])["removed"]
+        if not bakes:
+            # Nothing to publish; the list of another release (or application) must not route
+            # its pages any more.
+            if list_changed and not module.check_mode:
+                write_paths_list(p["paths_file"], content, reload)
+            module.exit_json(changed=list_changed, published=False, release_id=release_id, paths=[])
+        current = os.path.join(static, "current")
+        relinked = not (os.path.islink(p["live_link"]) and os.readlink(p["live_link"]) == current)
+        switched = not (
+            os.path.islink(current) and os.readlink(current) == f"releases/{release_id}"
+        )
+        if module.check_mode:
+            module.exit_json(
+                changed=switched or relinked or list_changed, published=True, paths=paths
+            )
+        make_dirs(static, os.path.join(static, "releases"))
+        copied = False
+        if not os.path.isdir(target):
+            partial = os.path.join(static, "releases", f".{release_id}.partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(os.path.join(release_dir, "baked"), partial, copy_function=shutil.copy)
+            os.rename(partial, target)
+            copied = True
+        answer = go_live(
+            static, "releases", release_id, paths, label=label, keep=p["keep"],
+            paths_file=p["paths_file"], live_link=p["live_link"], reload=reload,
+        )  # fmt: skip
+    except (PagesProblem, OSError, ValueError) as error:
+        module.fail_json(msg=f"publishing the pages of {release_id}: {error}")
     module.exit_json(
-        changed=changed or switched or relinked or list_changed or bool(pruned),
+        changed=copied or answer["changed"],
         published=True,
         release_id=release_id,
         paths=paths,
-        pruned=pruned,
+        pruned=answer["pruned"],
     )
 
 
