@@ -479,6 +479,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     for node in report.nodes:
         if node.maintenance and node.maintenance.get("enabled"):
             out.print(_maintenance_line(node.host, node.maintenance), highlight=False)
+        if node.pages_bake:
+            out.print(
+                f"{escape(node.host)}: pages baked from live data ({escape(node.pages_bake)})",
+                highlight=False,
+                soft_wrap=True,
+            )
     return EXIT_OK
 
 

@@ -147,7 +147,7 @@ def test_the_balancer_runs_only_the_pages_receiver_for_the_bake_key(lab_shell: L
         "out.close()\n"
     )
     for evil, kind in (("../escaped.html", "0"), ("page.html", "2"), (".hidden", "0")):
-        bake_id = f"test-{uuid.uuid4().hex[:8]}"
+        bake_id = f"20261204T000000.000Z-test{uuid.uuid4().hex[:8]}"
         command = (
             f"python3 -c {shlex.quote(crafted)} {shlex.quote(evil)} {kind} "
             f"| {ssh} 'stage {bake_id}' 2>&1; echo exit=$?"

@@ -6,13 +6,17 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ansible_collections.deploykit.fleet.plugins.module_utils import pages
 from ansible_collections.deploykit.fleet.plugins.module_utils.release import STAMP
+
+B1, B2, B3 = (f"20261204T03000{n}.000Z-r{n}" for n in (1, 2, 3))
 
 
 def tar_of(*members: tuple[str, bytes | None, bytes]) -> io.BytesIO:
@@ -102,18 +106,18 @@ def test_receive_answers_only_stage_and_publish(tmp_path: Path, request_: str) -
 
 def test_a_refused_stage_leaves_nothing_behind(tmp_path: Path) -> None:
     stream = tar_of(("index.html", None, b"i"), ("x.html", tarfile.SYMTYPE, b""))
-    with pytest.raises(pages.PagesProblem, match=r"stage b1: x\.html"):
-        pages.receive(str(tmp_path), "stage b1", stream)
+    with pytest.raises(pages.PagesProblem, match=rf"stage {B1}: x\.html"):
+        pages.receive(str(tmp_path), f"stage {B1}", stream)
     assert os.listdir(tmp_path / "static" / "bakes") == []
     with pytest.raises(pages.PagesProblem, match="not staged"):
-        pages.receive(str(tmp_path), "publish b1 3", io.BytesIO())
+        pages.receive(str(tmp_path), f"publish {B1} 3", io.BytesIO())
 
 
 def test_stage_then_go_live_switches_once_and_prunes(tmp_path: Path) -> None:
     static = tmp_path / "static"
     paths_file, live_link = tmp_path / "baked-paths.lst", tmp_path / "live"
     reloads: list[str] = []
-    for bake_id in ("b1", "b2", "b3"):
+    for bake_id in (B1, B2, B3):
         stream = tar_of(("index.html", None, bake_id.encode()))
         assert pages.receive(str(tmp_path), f"stage {bake_id}", stream)["pages"] == 1
 
@@ -124,16 +128,155 @@ def test_stage_then_go_live_switches_once_and_prunes(tmp_path: Path) -> None:
             reload=lambda: reloads.append(bake_id),
         )  # fmt: skip
 
-    first = live("b2", keep=5)
+    first = live(B2, keep=5)
     assert first["changed"] and first["list_changed"]
-    assert (live_link / "index.html").read_bytes() == b"b2"
-    assert os.readlink(static / "current") == "bakes/b2"
+    assert (live_link / "index.html").read_bytes() == B2.encode()
+    assert os.readlink(static / "current") == f"bakes/{B2}"
+    assert pages.served_pages(str(tmp_path)) == ("r2", B2)
     assert paths_file.read_text().endswith("\n/\n/index.html\n")
-    again = live("b2", keep=5)
+    again = live(B2, keep=5)
     assert not again["changed"]
-    third = live("b3", keep=1)
-    assert (live_link / "index.html").read_bytes() == b"b3"
-    assert sorted(third["pruned"]) == ["b1", "b2"]
+    third = live(B3, keep=1)
+    assert (live_link / "index.html").read_bytes() == B3.encode()
+    assert sorted(third["pruned"]) == [B1, B2]
     # The list names the bake, so each switch rewrote it and reloaded HAProxy once.
-    assert reloads == ["b2", "b3"]
-    assert json.loads((static / "bakes" / "b3" / STAMP).read_text())["release_id"] == "b3"
+    assert reloads == [B2, B3]
+    assert json.loads((static / "bakes" / B3 / STAMP).read_text())["release_id"] == B3
+
+
+# -- the bake worker's run: a fake helper runs the bake here; a fake ssh hands each request to
+# -- receive() for a balancer directory (the real ones are the e2e test's, on the lab) --------
+
+BAKE_MODULE = """\
+import os
+import sys
+def bake(out_dir):
+    if os.environ.get("BAKE_FAILS"):
+        raise RuntimeError("the document store is down")
+    (out_dir / "index.html").write_text(os.environ["DEPLOYKIT_BAKE"] + " " + os.environ["PAGE"])
+"""
+
+
+@pytest.fixture
+def bake_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """An app root whose live release bakes (bakemod:bake), a helper that runs it with this
+    Python, and two balancers: directories that receive() serves."""
+    release = tmp_path / "app" / "releases" / "r1"
+    release.mkdir(parents=True)
+    (tmp_path / "app" / "current").symlink_to("releases/r1")
+    (tmp_path / "app" / "bakes").mkdir()
+    files: dict[str, str] = {}
+    manifest = {
+        "name": "site",
+        "release_id": "r1",
+        "files": files,
+        "contract": {"bake": "bakemod:bake"},
+    }
+    (release / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "bakemod.py").write_text(BAKE_MODULE)
+    helper = tmp_path / "helper"
+    # deploykit-release exec APP_ROOT python ARGS...: python ARGS with the bake module importable.
+    helper.write_text(
+        f'#!/bin/sh\nshift 3\nPYTHONPATH={tmp_path / "lib"} exec {sys.executable} "$@"\n'
+    )
+    helper.chmod(0o755)
+    monkeypatch.setattr(pages, "HELPER", str(helper))
+    monkeypatch.setenv("PAGE", "v1")
+    refused: set[str] = set()
+
+    def fake_ssh(self: pages.Bakery, host: str, request: str, tar_of: str | None) -> str:
+        if host in refused:
+            raise pages.PagesProblem(f"{host}: {request.split(maxsplit=1)[0]}: connection refused")
+        stream = io.BytesIO()
+        if tar_of is not None:
+            pages.write_tar(tar_of, stream)
+        root = tmp_path / host
+        root.mkdir(exist_ok=True)
+        live = {
+            "paths_file": str(root / "paths.lst"),
+            "live_link": str(root / "live"),
+            "reload": None,
+        }
+        return json.dumps(pages.receive(str(root), request, stream, **live))
+
+    monkeypatch.setattr(pages.Bakery, "ssh", fake_ssh)
+    config = {"balancers": ["lb1", "lb2"], "identity": "k", "known_hosts": "kh", "keep": 2}
+    return {"root": tmp_path, "config": config, "refused": refused}
+
+
+def served(site: dict[str, Any], host: str) -> str:
+    return (site["root"] / host / "live" / "index.html").read_text()
+
+
+def test_a_bake_goes_live_on_every_balancer(bake_site: dict[str, Any]) -> None:
+    app = str(bake_site["root"] / "app")
+    assert pages.Bakery(app, bake_site["config"]).run() == 0
+    record = pages.read_record(app)
+    assert record is not None
+    assert record["outcome"] == "published", record
+    assert record["balancers"] == {"lb1": "published", "lb2": "published"}
+    assert record["paths"] == ["/", "/index.html"]
+    assert served(bake_site, "lb1") == served(bake_site, "lb2") == "live v1"
+
+
+def test_a_balancer_that_fails_leaves_every_balancer_as_it_was(
+    bake_site: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = str(bake_site["root"] / "app")
+    assert pages.Bakery(app, bake_site["config"]).run() == 0
+    monkeypatch.setenv("PAGE", "v2")
+    bake_site["refused"].add("lb2")
+    assert pages.Bakery(app, bake_site["config"]).run() == 1
+    record = pages.read_record(app)
+    assert record is not None
+    assert record["outcome"] == "failed"
+    assert "lb2: stage: connection refused" in record["reason"], record
+    assert record["balancers"]["lb1"] == "staged"  # staged, never switched
+    assert served(bake_site, "lb1") == served(bake_site, "lb2") == "live v1"
+
+
+def test_a_failed_bake_publishes_nothing_and_says_why(
+    bake_site: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = str(bake_site["root"] / "app")
+    monkeypatch.setenv("BAKE_FAILS", "1")
+    assert pages.Bakery(app, bake_site["config"]).run() == 1
+    record = pages.read_record(app)
+    assert record is not None
+    assert "bakemod:bake failed (exit 1)" in record["reason"], record
+    assert "the document store is down" in record["reason"], record
+    assert set(record["balancers"].values()) == {"not contacted"}
+    assert [p.name for p in (bake_site["root"] / "app" / "bakes").iterdir()] == ["last.json"]
+
+
+def test_the_purge_hook_runs_after_the_publish_with_what_changed(
+    bake_site: dict[str, Any], tmp_path: Path
+) -> None:
+    app = str(bake_site["root"] / "app")
+    told = tmp_path / "purged"
+    command = f'echo "$DEPLOYKIT_BAKE_ID|$DEPLOYKIT_BAKE_PATHS|$DEPLOYKIT_BALANCERS" > {told}'
+    config = {**bake_site["config"], "purge_command": ["sh", "-c", command]}
+    assert pages.Bakery(app, config).run() == 0
+    record = pages.read_record(app)
+    assert record is not None
+    bake_id, paths, balancers = told.read_text().strip().split("|")
+    assert (bake_id, paths, balancers) == (record["bake_id"], "/ /index.html", "lb1 lb2")
+    assert record["purge"] == "done"
+
+    failing = {**bake_site["config"], "purge_command": ["sh", "-c", "echo no CDN >&2; exit 3"]}
+    assert pages.Bakery(app, failing).run() == 1
+    record = pages.read_record(app)
+    assert record is not None
+    assert record["outcome"] == "published"  # the pages are live; the purge is what failed
+    assert record["purge"] == "failed: exit 3: no CDN", record
+
+
+def test_a_release_that_bakes_nothing_is_not_a_failure(bake_site: dict[str, Any]) -> None:
+    app = bake_site["root"] / "app"
+    manifest_path = app / "releases" / "r1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["contract"] = {}
+    manifest_path.write_text(json.dumps(manifest))
+    assert pages.Bakery(str(app), bake_site["config"]).run() == 0
+    assert (pages.read_record(str(app)) or {})["outcome"] == "nothing to bake"

@@ -36,6 +36,8 @@ class NodeStatus:
     check_path: str | None = None
     #: Its maintenance mode (balancer only; module_utils/maintenance.py's Maintenance as a dict).
     maintenance: dict[str, Any] | None = None
+    #: The bake from live data whose pages it serves (balancer only; None: the release's own).
+    pages_bake: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +54,7 @@ class NodeStatus:
             "apps": self.apps,
             "check_path": self.check_path,
             "maintenance": self.maintenance,
+            "pages_bake": self.pages_bake,
         }
 
 
@@ -182,6 +185,7 @@ def _balancer_node(host: str, report: Mapping[str, Any]) -> NodeStatus:
     node = NodeStatus(host=host, role="lb", groups=groups, current=report.get("static"))
     node.check_path = report.get("check_path")
     node.release = node.current
+    node.pages_bake = report.get("static_bake")
     maintenance = report.get("maintenance")
     node.maintenance = dict(maintenance) if isinstance(maintenance, Mapping) else None
     lb = report.get("lb")

@@ -71,7 +71,8 @@ except ImportError:  # installed as /usr/local/libexec/deploykit-pages, beside d
 #: A part of a page's path: not hidden (nor . or ..), no control character (HAProxy's list holds
 #: the paths URL-quoted, one a line).
 NAME_PART_RE = re.compile(r"[^./\x00-\x1f\x7f][^/\x00-\x1f\x7f]{0,254}\Z")
-BAKE_ID_RE = RELEASE_ID_RE
+#: <UTC time>-<release id>: the time has no "-", so the release id is what follows the first.
+BAKE_ID_RE = re.compile(r"[0-9]{8}T[0-9]{6}\.[0-9]{3}Z-" + RELEASE_ID_RE.pattern)
 #: What one bake may hold: more is a bake gone wrong, not a site.
 MAX_PAGES = 50_000
 MAX_BYTES = 512 * 1024 * 1024
@@ -211,6 +212,18 @@ def go_live(
     }
 
 
+def served_pages(app_root: str) -> tuple[str | None, str | None]:
+    """(the release whose pages a balancer serves, the bake from live data they are, if any):
+    read from static/current, which points at releases/<release id> or bakes/<bake id>."""
+    link = os.path.join(app_root, "static", "current")
+    if not os.path.islink(link):
+        return None, None
+    kind, _, name = os.readlink(link).rpartition("/")
+    if kind == "bakes" and BAKE_ID_RE.match(name):
+        return name.partition("-")[2], name
+    return name, None
+
+
 def make_dirs(*paths: str) -> None:
     for path in paths:
         if not os.path.isdir(path):
@@ -252,9 +265,10 @@ def receive_tar(stream: Any, destination: str) -> int:
     return count
 
 
-def receive(app_root: str, request: str, stream: Any) -> dict[str, Any]:
+def receive(app_root: str, request: str, stream: Any, **live: Any) -> dict[str, Any]:
     """One request of the bake worker (SSH_ORIGINAL_COMMAND): ``stage BAKE_ID`` or
-    ``publish BAKE_ID KEEP``."""
+    ``publish BAKE_ID KEEP``. ``live``: go_live's paths_file, live_link and reload, when not
+    the balancer's own."""
     words = shlex.split(request)
     verb, args = (words[0], words[1:]) if words else ("", [])
     if not (
@@ -284,11 +298,24 @@ def receive(app_root: str, request: str, stream: Any) -> dict[str, Any]:
         raise PagesProblem(f"publish {bake_id}: not staged on this balancer")
     keep = max(1, min(int(args[1]), 100))
     paths = baked_paths(pages_in(target))
-    answer = go_live(static, "bakes", bake_id, paths, label=f"bake {bake_id}", keep=keep)
+    answer = go_live(static, "bakes", bake_id, paths, label=f"bake {bake_id}", keep=keep, **live)
     return {"published": bake_id, **answer}
 
 
 # -- bake: on the bake worker --------------------------------------------------------------------
+
+
+def write_tar(root: str, stream: Any) -> None:
+    """The pages under ``root`` as a tar (what ``stage`` reads), written to ``stream`` and
+    rewound."""
+    with tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for page in pages_in(root):
+            info = archive.gettarinfo(os.path.join(root, page), arcname=page)
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            with open(os.path.join(root, page), "rb") as handle:
+                archive.addfile(info, handle)
+    stream.seek(0)
 
 
 def read_record(app_root: str) -> dict[str, Any] | None:
@@ -310,7 +337,7 @@ def write_record(app_root: str, record: dict[str, Any]) -> None:
     os.replace(path + ".partial", path)
 
 
-def tail(text: str, lines: int = 5) -> str:
+def tail(text: str, lines: int = 3) -> str:
     return " / ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
 
 
@@ -352,14 +379,7 @@ class Bakery:
         verb = request.split(maxsplit=1)[0]
         with tempfile.TemporaryFile() as stream:
             if tar_of is not None:
-                with tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT) as archive:
-                    for page in pages_in(tar_of):
-                        info = archive.gettarinfo(os.path.join(tar_of, page), arcname=page)
-                        info.uid = info.gid = 0
-                        info.uname = info.gname = "root"
-                        with open(os.path.join(tar_of, page), "rb") as handle:
-                            archive.addfile(info, handle)
-                stream.seek(0)
+                write_tar(tar_of, stream)
             try:
                 proc = subprocess.run(
                     argv, stdin=stream if tar_of is not None else subprocess.DEVNULL,
@@ -384,6 +404,26 @@ class Bakery:
         if failed:
             raise PagesProblem("; ".join(failed))
 
+    def run_bake(self, bake: str, release_id: str, out_dir: str) -> list[str]:
+        """The release's bake callable run into ``out_dir``, in its virtualenv, within the
+        deadline; the pages it wrote, checked."""
+        environment = {**os.environ, "DEPLOYKIT_BAKE": "live"}
+        argv = [HELPER, "exec", self.app_root, "python", "-c", BAKE_CODE, bake, out_dir]
+        print(f"bake of {release_id}: {bake}, from live data", flush=True)
+        try:
+            proc = subprocess.run(
+                argv, env=environment, capture_output=True, text=True,
+                timeout=self.left(), check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise PagesProblem(f"{bake} ran past the deadline ({self.timeout} s)") from None
+        if proc.returncode != 0:
+            raise PagesProblem(
+                f"{bake} failed (exit {proc.returncode}): "
+                f"{tail(proc.stderr or proc.stdout) or 'no output'}"
+            )
+        return pages_in(out_dir)
+
     def bake(self) -> int:
         manifest = load_manifest(os.path.realpath(os.path.join(self.app_root, "current")))
         release_id = manifest["release_id"]
@@ -392,37 +432,22 @@ class Bakery:
         if not contract.get("bake"):
             self.record.update(outcome="nothing to bake", reason=f"{release_id} bakes nothing")
             return 0
-        bake_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{release_id}"[:128]
+        now = time.time()
+        # Milliseconds: two bakes in one second (a deploy's, then --now) are two bakes.
+        stamp_text = (
+            time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+        )
+        bake_id = f"{stamp_text}-{release_id}"
         self.record["bake_id"] = bake_id
         partial = os.path.join(self.bakes, f".{bake_id}.partial")
         target = os.path.join(self.bakes, bake_id)
         shutil.rmtree(partial, ignore_errors=True)
         os.mkdir(partial, 0o750)
-        environment = {**os.environ, "DEPLOYKIT_BAKE": "live"}
-        argv = [HELPER, "exec", self.app_root, "python", "-c", BAKE_CODE, contract["bake"], partial]
-        print(f"bake {bake_id}: {contract['bake']} of {release_id}, from live data", flush=True)
         try:
-            proc = subprocess.run(
-                argv, env=environment, capture_output=True, text=True,
-                timeout=self.left(), check=False,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
+            pages = self.run_bake(contract["bake"], release_id, partial)
+            os.rename(partial, target)
+        finally:
             shutil.rmtree(partial, ignore_errors=True)
-            raise PagesProblem(
-                f"{contract['bake']} ran past the deadline ({self.timeout} s)"
-            ) from None
-        if proc.returncode != 0:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise PagesProblem(
-                f"{contract['bake']} failed (exit {proc.returncode}): "
-                f"{tail(proc.stderr or proc.stdout) or 'no output'}"
-            )
-        try:
-            pages = pages_in(partial)
-        except PagesProblem:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        os.rename(partial, target)
         stamp(target)
         self.record.update(pages=len(pages), paths=baked_paths(pages))
         print(f"bake {bake_id}: {len(pages)} page(s); sending them to every balancer", flush=True)

@@ -24,7 +24,7 @@ options:
 """
 
 RETURN = r"""
-report: {description: "{app, app_error, worker, worker_error, apps, lb, lb_error, static, check_path, maintenance}; maintenance: the balancer's maintenance mode (module_utils/maintenance.py), null where HAProxy has none; apps: every application deploykit installed on an app clone or worker, {app: {unit: {active, enabled}}}; check_path: the path HAProxy checks the app servers on", returned: always, type: dict}
+report: {description: "{app, app_error, worker, worker_error, apps, lb, lb_error, static, static_bake, check_path, maintenance}; static: the release whose pages the balancer serves, static_bake: the bake from live data they come from, if any; maintenance: the balancer's maintenance mode (module_utils/maintenance.py), null where HAProxy has none; apps: every application deploykit installed on an app clone or worker, {app: {unit: {active, enabled}}}; check_path: the path HAProxy checks the app servers on", returned: always, type: dict}
 """
 
 import os
@@ -37,6 +37,7 @@ from ansible_collections.deploykit.fleet.plugins.module_utils.haproxy import (
     list_servers,
 )
 from ansible_collections.deploykit.fleet.plugins.module_utils.maintenance import read_runtime
+from ansible_collections.deploykit.fleet.plugins.module_utils.pages import served_pages
 from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
     ReleaseProblem,
     deploykit_apps,
@@ -98,8 +99,8 @@ def main() -> None:
             report["maintenance"] = read_runtime(p["socket"]).to_dict()
         except Failure:  # a configuration from before maintenance mode: it cannot be on
             report["maintenance"] = None
-        link = os.path.join(p["app_root"], "static", "current")
-        report["static"] = os.path.basename(os.readlink(link)) if os.path.islink(link) else None
+        # The release whose pages are served (a bake from live data counts as its release's).
+        report["static"], report["static_bake"] = served_pages(p["app_root"])
     module.exit_json(changed=False, report=report)
 
 
