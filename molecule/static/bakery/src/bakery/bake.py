@@ -1,4 +1,5 @@
-"""Pages baked at build time: an index, a catalogue, a stylesheet and a name with a space."""
+"""Pages baked at build time, and again "from live data" on the bake worker (DEPLOYKIT_BAKE=live,
+which the index says): an index, a catalogue, a stylesheet and a name with a space."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from pathlib import Path
 
 def bake(out_dir: Path) -> None:
     release = os.environ.get("DEPLOYKIT_RELEASE_ID", "unknown")
-    (out_dir / "index.html").write_text(f"<h1>bakery</h1><p>{release}</p>\n", encoding="utf-8")
+    baked = os.environ.get("DEPLOYKIT_BAKE", "at build time")
+    (out_dir / "index.html").write_text(
+        f"<h1>bakery</h1><p>{release}</p><p>baked {baked}</p>\n", encoding="utf-8"
+    )
     (out_dir / "catalogue").mkdir()
     (out_dir / "catalogue" / "index.html").write_text(
         f"<h1>catalogue</h1><p>{release}</p>\n", encoding="utf-8"

@@ -1,0 +1,1 @@
+../../../tests/infra/test_static_bake.py
