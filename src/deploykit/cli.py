@@ -485,7 +485,22 @@ def cmd_status(args: argparse.Namespace) -> int:
                 highlight=False,
                 soft_wrap=True,
             )
+    _print_floating_address(report.nodes)
     return EXIT_OK
+
+
+def _print_floating_address(nodes: Sequence[rollout.NodeStatus]) -> None:
+    """Which balancer holds the floating address (keepalived role): one, or a red line."""
+    states = [(n.host, n.virtual_address) for n in nodes if n.virtual_address]
+    if not states:
+        return
+    address = states[0][1]["address"]
+    holders = [host for host, state in states if state.get("held")]
+    if len(holders) == 1:
+        out.print(f"floating address {address}: held by {escape(holders[0])}", highlight=False)
+    else:
+        who = ", ".join(holders) if holders else "no balancer"
+        out.print(f"[red]floating address {address}: held by {escape(who)}[/red]", highlight=False)
 
 
 def _maintenance_line(host: str, state: Mapping[str, Any]) -> str:

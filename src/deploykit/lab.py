@@ -74,11 +74,12 @@ MAX_APP_CLONES = 100
 # scenario). Lab image only: the roles still install every one of them with apt, so a real server
 # gets them as before (the roles ask dpkg first and run apt when one is missing). Baked:
 # - the common role's base packages, the libraries the roles' Ansible modules need, and the
-#   services haproxy, redis, rabbitmq and static (nginx) configure. Their units are disabled in the
-#   image (BAKED_UNITS_DISABLED): each role writes its configuration, then enables and starts its
-#   service itself, so it finds the same state as on a server that has just installed the package,
-#   minus Debian's default configuration running for a moment. RabbitMQ's postinst writes the
-#   node's Erlang cookie: the image has none, each container writes its own at first boot.
+#   services haproxy, keepalived, redis, rabbitmq and static (nginx) configure. Their units are
+#   disabled in the image (BAKED_UNITS_DISABLED): each role writes its configuration, then enables
+#   and starts its service itself, so it finds the same state as on a server that has just
+#   installed the package, minus Debian's default configuration running for a moment.
+#   RabbitMQ's postinst writes the node's Erlang cookie: the image has none, each container
+#   writes its own at first boot.
 # - not PostgreSQL's server: installing it creates and starts the cluster 15/main and ssl-cert
 #   makes the snakeoil key pair that the cluster serves TLS with; baked, every lab host would share
 #   one cluster (its system identifier, made in a chroot) and one private key. Only its large
@@ -93,9 +94,10 @@ BAKED_PACKAGES = [
     "nftables",
     "tzdata",
     "systemd-timesyncd",
-    # haproxy (socat: its runtime API)
+    # haproxy (socat: its runtime API); keepalived: the balancers' floating address
     "haproxy",
     "socat",
+    "keepalived",
     # redis
     "redis-server",
     "redis-tools",
@@ -122,6 +124,7 @@ BAKED_PACKAGES = [
 # Redis would listen on hosts that have no business running them.
 BAKED_UNITS_DISABLED = [
     "haproxy.service",
+    "keepalived.service",
     "nginx.service",
     "redis-server.service",
     "rabbitmq-server.service",

@@ -5,6 +5,7 @@ still says every id whole."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -261,3 +262,20 @@ def test_the_history_json_keeps_every_record_whole(
     monkeypatch.setattr(Rollouts, "ledger", lambda self, *argv: {"records": records})
     assert cli.main(["releases", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"records": records}
+
+
+def test_status_says_which_balancer_holds_the_floating_address(
+    terminal: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = fleet(LONG_IDS[0])
+    second = dataclasses.replace(report.nodes[-1], host="lb2")
+    report.nodes.append(second)
+    report.nodes[-2].virtual_address = {"address": "203.0.113.10", "held": True}
+    second.virtual_address = {"address": "203.0.113.10", "held": False}
+    monkeypatch.setattr(Rollouts, "status", lambda self, app_name=None: report)
+    assert cli.main(["status"]) == 0
+    assert "floating address 203.0.113.10: held by lb1" in lines_of(terminal)
+
+    second.virtual_address = {"address": "203.0.113.10", "held": True}
+    assert cli.main(["status"]) == 0
+    assert "floating address 203.0.113.10: held by lb1, lb2" in lines_of(terminal)

@@ -38,6 +38,8 @@ class NodeStatus:
     maintenance: dict[str, Any] | None = None
     #: The bake from live data whose pages it serves (balancer only; None: the release's own).
     pages_bake: str | None = None
+    #: The floating address (balancer only, with keepalived): {"address", "held"}.
+    virtual_address: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +57,7 @@ class NodeStatus:
             "check_path": self.check_path,
             "maintenance": self.maintenance,
             "pages_bake": self.pages_bake,
+            "virtual_address": self.virtual_address,
         }
 
 
@@ -186,6 +189,8 @@ def _balancer_node(host: str, report: Mapping[str, Any]) -> NodeStatus:
     node.check_path = report.get("check_path")
     node.release = node.current
     node.pages_bake = report.get("static_bake")
+    virtual = report.get("virtual_address")
+    node.virtual_address = dict(virtual) if isinstance(virtual, Mapping) else None
     maintenance = report.get("maintenance")
     node.maintenance = dict(maintenance) if isinstance(maintenance, Mapping) else None
     lb = report.get("lb")

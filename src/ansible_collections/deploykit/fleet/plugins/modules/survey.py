@@ -19,12 +19,13 @@ options:
   health_address: {description: "The clone's own base URL (http://ADDRESS:PORT); the readiness URL is it and the live release's contract.health_path.", type: str}
   worker_unit: {description: The worker unit, on a worker., type: str}
   backend: {description: The HAProxy backend of the app servers, on a balancer., type: str}
+  virtual_address: {description: "The balancers' floating address (keepalived_virtual_address), on a balancer: reported held or not.", type: str}
   socket: {description: HAProxy's admin socket., type: path, default: /run/haproxy/admin.sock}
   config: {description: "HAProxy's configuration, where the backend's check path is read.", type: path, default: /etc/haproxy/haproxy.cfg}
 """
 
 RETURN = r"""
-report: {description: "{app, app_error, worker, worker_error, apps, lb, lb_error, static, static_bake, check_path, maintenance}; static: the release whose pages the balancer serves, static_bake: the bake from live data they come from, if any; maintenance: the balancer's maintenance mode (module_utils/maintenance.py), null where HAProxy has none; apps: every application deploykit installed on an app clone or worker, {app: {unit: {active, enabled}}}; check_path: the path HAProxy checks the app servers on", returned: always, type: dict}
+report: {description: "{app, app_error, worker, worker_error, apps, lb, lb_error, static, static_bake, check_path, maintenance}; static: the release whose pages the balancer serves, static_bake: the bake from live data they come from, if any; virtual_address: {address, held}, the floating address and whether this balancer holds it; maintenance: the balancer's maintenance mode (module_utils/maintenance.py), null where HAProxy has none; apps: every application deploykit installed on an app clone or worker, {app: {unit: {active, enabled}}}; check_path: the path HAProxy checks the app servers on", returned: always, type: dict}
 """
 
 import os
@@ -55,6 +56,7 @@ def main() -> None:
             "health_address": {"type": "str"},
             "worker_unit": {"type": "str"},
             "backend": {"type": "str"},
+            "virtual_address": {"type": "str"},
             "socket": {"type": "path", "default": "/run/haproxy/admin.sock"},
             "config": {"type": "path", "default": "/etc/haproxy/haproxy.cfg"},
         },
@@ -99,6 +101,14 @@ def main() -> None:
             report["maintenance"] = read_runtime(p["socket"]).to_dict()
         except Failure:  # a configuration from before maintenance mode: it cannot be on
             report["maintenance"] = None
+        if p["virtual_address"]:
+            # The balancers' floating address (keepalived role): does this one hold it now?
+            address = p["virtual_address"].split("/")[0]
+            rc, out, _ = module.run_command(["ip", "-4", "-o", "addr", "show"])
+            report["virtual_address"] = {
+                "address": address,
+                "held": rc == 0 and f" {address}/" in out,
+            }
         # The release whose pages are served (a bake from live data counts as its release's).
         report["static"], report["static_bake"] = served_pages(p["app_root"])
     module.exit_json(changed=False, report=report)

@@ -1,0 +1,1 @@
+../../../tests/infra/test_keepalived.py
