@@ -5,8 +5,8 @@ floating address 172.30.102.100; clients are the scenario's app hosts.
 The address follows HAProxy: HAProxy stopped on the holder, the other balancer answers on the
 address; the first one, healthy again, does not take it back (nopreempt); keepalived stopped on
 the new holder (it leaves with a priority-0 advertisement), the address moves back. A host that
-falls silent instead is noticed after about three advertisements (3 s, ../shared/LAB-NOTES.md). Each move is timed and printed; the
-test asserts a generous deadline, the figure is what to read.
+falls silent instead is noticed after about three advertisements (3 s, ../shared/LAB-NOTES.md).
+Each move is timed and printed; the test asserts a generous deadline, the figure is what to read.
 """
 
 from __future__ import annotations
