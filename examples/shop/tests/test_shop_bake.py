@@ -1,14 +1,18 @@
-"""The bakery: pages made at build time, with no service, naming the release that baked them."""
+"""The bakery: pages made at build time, with no service, naming the release that baked them; and
+again from live data (the document store) when deploykit's bake worker runs it."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 from shop.bake import bake
-from shop.catalogue import load_seed
+from shop.catalogue import PRODUCTS, load_seed
+from shop.docstore import DocumentStore
+from shop.settings import ConfigError, Settings
 
 
 def test_bake_writes_the_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,3 +57,35 @@ def test_bake_needs_no_service_client(tmp_path: Path) -> None:
     )
     assert done.stdout.strip() == "[]"
     assert (tmp_path / "catalogue" / "index.html").is_file()
+
+
+def test_a_live_bake_reads_the_document_store(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    shop_store: DocumentStore,
+) -> None:
+    # deploykit's bake worker: the same bake(out_dir), with DEPLOYKIT_BAKE=live and the settings.
+    product_id = f"live-{uuid.uuid4().hex[:8]}"
+    name = f"Sencha picked {product_id}"
+    shop_store.put(PRODUCTS, product_id, {"name": name, "category": "tea", "price_cents": 450})
+    monkeypatch.setenv("DEPLOYKIT_BAKE", "live")
+    monkeypatch.setenv("DOCSTORE_ENGINE", settings.docstore_engine)
+    monkeypatch.setenv("DOCSTORE_URL", settings.docstore_url)
+    try:
+        bake(tmp_path / "out")
+    finally:
+        shop_store.delete(PRODUCTS, product_id)
+    catalogue = (tmp_path / "out" / "catalogue" / "index.html").read_text()
+    assert name in catalogue
+    for product in load_seed().products.values():
+        assert product["name"] in catalogue
+
+
+def test_a_live_bake_without_its_settings_fails_naming_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEPLOYKIT_BAKE", "live")
+    monkeypatch.delenv("DOCSTORE_URL", raising=False)
+    with pytest.raises(ConfigError, match="DOCSTORE_URL"):
+        bake(tmp_path / "out")
