@@ -1,4 +1,5 @@
-"""Every molecule scenario (one per role): create, converge, idempotence, testinfra verify, destroy.
+"""Every molecule scenario (one per role; HOSTED_ROLES are in another's): create, converge,
+idempotence, testinfra verify, destroy.
 
 Run from pytest so that `make test` has one runner and one closing line; each scenario is a test.
 The scenarios run two at a time on a pool (molecule_runs.py), after every other e2e test.
@@ -20,11 +21,27 @@ from verify_skips import VERIFY_ACCOUNTING, account
 pytestmark = pytest.mark.molecule
 
 
+#: Roles converged and verified in another role's scenario (and the test file that verifies them
+#: there), because they need its hosts: the bake publishes on the static scenario's balancer,
+#: keepalived needs the haproxy scenario's two balancers.
+HOSTED_ROLES = {
+    "bake": ("static", "test_static_bake.py"),
+    "keepalived": ("haproxy", "test_keepalived.py"),
+}
+
+
 def test_every_role_has_a_scenario() -> None:
     roles = sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "tasks").is_dir())
     assert roles, "no roles found"
-    missing = [role for role in roles if role not in SCENARIOS]
+    scenario_of = {role: scenario for role, (scenario, _) in HOSTED_ROLES.items()}
+    missing = [role for role in roles if scenario_of.get(role, role) not in SCENARIOS]
     assert missing == [], f"roles without a molecule scenario: {missing}"
+    for role, (scenario, tests) in HOSTED_ROLES.items():
+        converge = (ROOT / "molecule" / scenario / "converge.yml").read_text(encoding="utf-8")
+        assert re.search(rf"(name|role): {role}\n", converge), (
+            f"{scenario} does not converge {role}"
+        )
+        assert (ROOT / "molecule" / scenario / "tests" / tests).is_file(), (role, tests)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

@@ -89,9 +89,11 @@ BAKE_CODE = (
 HEADER = """\
 # Written by deploykit (deploykit-pages): do not edit.
 #
-# The baked pages of {label}, one URL path a line. HAProxy sends GET and HEAD requests
-# for exactly these paths to nginx (backend static), as long as nginx is up; everything else
-# goes to the app clones. HAProxy reads it at start and at every reload.
+# The baked pages of {label}, one URL path a line (which release or bake they come from is not
+# written here: a new one with the same paths leaves the file as it is, and HAProxy unreloaded).
+# HAProxy sends GET and HEAD requests for exactly these paths to nginx (backend static), as long
+# as nginx is up; everything else goes to the app clones. HAProxy reads it at start and at every
+# reload.
 """
 
 
@@ -298,7 +300,8 @@ def receive(app_root: str, request: str, stream: Any, **live: Any) -> dict[str, 
         raise PagesProblem(f"publish {bake_id}: not staged on this balancer")
     keep = max(1, min(int(args[1]), 100))
     paths = baked_paths(pages_in(target))
-    answer = go_live(static, "bakes", bake_id, paths, label=f"bake {bake_id}", keep=keep, **live)
+    label = os.path.basename(os.path.normpath(app_root))
+    answer = go_live(static, "bakes", bake_id, paths, label=label, keep=keep, **live)
     return {"published": bake_id, **answer}
 
 

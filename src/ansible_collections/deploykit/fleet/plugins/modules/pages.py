@@ -79,7 +79,7 @@ def main() -> None:
     target = os.path.join(static, "releases", release_id)
     bakes = bool((manifest.get("contract") or {}).get("bake"))
     paths = baked_paths(release_pages(manifest["files"])) if bakes else []
-    label = f"{manifest['name']} {release_id}"
+    label = manifest["name"]
     content = paths_list(label, paths)
     try:
         with open(p["paths_file"], encoding="utf-8") as handle:
