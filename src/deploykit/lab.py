@@ -98,9 +98,10 @@ BAKED_PACKAGES = [
     "haproxy",
     "socat",
     "keepalived",
-    # redis
+    # redis (redis-sentinel: with redis_sentinel)
     "redis-server",
     "redis-tools",
+    "redis-sentinel",
     # rabbitmq (python3-requests: community.rabbitmq's modules); the worker scenario's broker too;
     # python3-pika: the rabbitmq scenario's AMQP probe
     "rabbitmq-server",
@@ -127,6 +128,7 @@ BAKED_UNITS_DISABLED = [
     "keepalived.service",
     "nginx.service",
     "redis-server.service",
+    "redis-sentinel.service",
     "rabbitmq-server.service",
     "epmd.socket",
     "epmd.service",

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 #: The variables the application reads (the same list as `[tool.deploykit] settings`).
 SETTINGS = ("SECRET_KEY", "REDIS_URL", "BROKER_URL", "DOCSTORE_ENGINE", "DOCSTORE_URL")
+#: Read when set, empty otherwise: Redis's Sentinels ("host:port,host:port,...") and the name
+#: they watch the primary under. With them, the primary's address comes from the Sentinels (it
+#: moves at a failover) and REDIS_URL gives the user, the password and the database only.
+OPTIONAL_SETTINGS = ("REDIS_SENTINELS", "REDIS_MASTER_NAME")
 #: Always provided by deploykit: the id of the release this process runs.
 RELEASE_VARIABLE = "DEPLOYKIT_RELEASE_ID"
 ENGINES = ("postgresql", "mongodb")
@@ -27,6 +31,9 @@ class ConfigError(RuntimeError):
 class Settings:
     secret_key: str = ""
     redis_url: str = ""
+    #: (host, port) of each Sentinel; empty: Redis is at REDIS_URL.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_master_name: str = ""
     broker_url: str = ""
     docstore_engine: str = ""
     docstore_url: str = ""
@@ -57,6 +64,8 @@ class Settings:
         settings = cls(
             secret_key=env.get("SECRET_KEY", "").strip(),
             redis_url=env.get("REDIS_URL", "").strip(),
+            redis_sentinels=parse_sentinels(env.get("REDIS_SENTINELS", "")),
+            redis_master_name=env.get("REDIS_MASTER_NAME", "").strip(),
             broker_url=env.get("BROKER_URL", "").strip(),
             docstore_engine=env.get("DOCSTORE_ENGINE", "").strip(),
             docstore_url=env.get("DOCSTORE_URL", "").strip(),
@@ -64,6 +73,8 @@ class Settings:
         )
         if "DOCSTORE_ENGINE" in required:
             settings.check_engine()
+        if settings.redis_sentinels and not settings.redis_master_name:
+            raise ConfigError("REDIS_SENTINELS is set but REDIS_MASTER_NAME is empty")
         return settings
 
     def check_engine(self) -> None:
@@ -71,3 +82,16 @@ class Settings:
             raise ConfigError(
                 f"DOCSTORE_ENGINE must be one of {', '.join(ENGINES)}, not {self.docstore_engine!r}"
             )
+
+
+def parse_sentinels(text: str) -> tuple[tuple[str, int], ...]:
+    """ "10.0.0.1:26379,10.0.0.2:26379" as ((host, port), ...); "" as ()."""
+    sentinels = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"REDIS_SENTINELS: {item!r} is not host:port")
+        sentinels.append((host.strip("[]"), int(port)))
+    return tuple(sentinels)

@@ -15,9 +15,11 @@ import re
 import socket
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import kombu.exceptions
 import redis
@@ -26,6 +28,7 @@ from flask import Flask, Response, current_app, jsonify, request, session
 from kombu.connection import Connection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from shop import catalogue
@@ -75,17 +78,36 @@ def clone_name() -> str:
     return socket.gethostname()
 
 
-def connect_redis(url: str) -> redis.Redis:
+def connect_redis(
+    url: str, sentinels: Sequence[tuple[str, int]] = (), master_name: str = ""
+) -> redis.Redis:
     """A Redis client with short timeouts and a single immediate retry (a stale pooled connection
-    after a Redis restart), so that a dead Redis fails a request in about a second, not hangs it."""
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=1,
-        socket_timeout=2,
-        retry=Retry(NoBackoff(), 1),
-        health_check_interval=30,
+    after a Redis restart), so that a dead Redis fails a request in about a second, not hangs it.
+
+    With Sentinels, the client asks them for the primary on each new connection (REDIS_URL gives
+    the user, password and database): after a failover, the first request on a connection to the
+    old primary fails (the app's own 503) and the next one goes to the new primary."""
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_connect_timeout": 1,
+        "socket_timeout": 2,
+        "retry": Retry(NoBackoff(), 1),
+        "health_check_interval": 30,
+    }
+    if not sentinels:
+        return redis.Redis.from_url(url, **options)
+    parts = urlsplit(url)
+    credentials = {
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+    }
+    sentinel = Sentinel(
+        list(sentinels),
+        sentinel_kwargs={**credentials, "socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        **credentials,
     )
+    database = int(parts.path.strip("/") or 0)
+    return sentinel.master_for(master_name, db=database, **options)
 
 
 def broker_probe(url: str) -> None:
@@ -109,7 +131,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_CONTENT_LENGTH=1 << 20,
         PROPAGATE_EXCEPTIONS=False,
     )
-    client = connect_redis(settings.redis_url)
+    client = connect_redis(settings.redis_url, settings.redis_sentinels, settings.redis_master_name)
     store = open_store(settings.docstore_engine, settings.docstore_url)
     health = HealthChecker(
         [

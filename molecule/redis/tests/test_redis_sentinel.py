@@ -1,0 +1,1 @@
+../../../tests/infra/test_redis_sentinel.py
