@@ -599,11 +599,14 @@ class Rollouts:
         wait: float,
         take_over: bool = False,
         settled_record: Mapping[str, Any] | None = None,
+        configuration_code: str = "",
     ) -> tuple[StatusReport, list[dict[str, Any]], bool]:
         """The lock, the history and the survey, in one run: (status, history, finished).
         ``settled_record``: a deploy's record with nothing to do; when every node already runs
         its release in service, the ledger records it and releases the lock in this same run
-        (finished is True), so a deploy with nothing to do takes one run, not two."""
+        (finished is True), so a deploy with nothing to do takes one run, not two.
+        ``configuration_code`` (a deploy's): each node also reports whether its configuration is
+        the one this code and inventory make, and a node where it is not is not settled."""
         token = str(holder.get("token", ""))
         extravars: dict[str, Any] = {
             "rollout_app": app, "rollout_holder": dict(holder), "rollout_wait": int(wait),
@@ -611,6 +614,8 @@ class Rollouts:
         }  # fmt: skip
         if settled_record is not None:
             extravars["rollout_settled_record"] = dict(settled_record)
+        if configuration_code:
+            extravars["rollout_configuration_code"] = configuration_code
         try:
             result = self._run(
                 "begin.yml", extravars, on_event=lambda event: self._on_lock_event(event, token)
@@ -1051,8 +1056,14 @@ class Rollouts:
                 action="deploy", app=app, release=release, previous=release,
                 outcome="unchanged", holder=holder,
             ).record()  # fmt: skip
+        configuration_code = configuration_code_digest(self.root)
         status, _, finished = self._begin(
-            app, holder, wait=wait, take_over=take_over, settled_record=settled_record
+            app,
+            holder,
+            wait=wait,
+            take_over=take_over,
+            settled_record=settled_record,
+            configuration_code=configuration_code,
         )
         result = RolloutResult(
             action="deploy", app=app, release=release, previous=status.live, holder=holder
@@ -1081,7 +1092,7 @@ class Rollouts:
                     "rollout_app": app,
                     "rollout_artifact": str(artifact.resolve()),
                     "rollout_live_releases": live,
-                    "rollout_configuration_code": configuration_code_digest(self.root),
+                    "rollout_configuration_code": configuration_code,
                 },
                 on_event=self._stage_events,
             )

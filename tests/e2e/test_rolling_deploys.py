@@ -436,6 +436,28 @@ def test_status_reports_drift_after_one_clone_is_switched_by_hand(
     assert status()["drift"] is False
 
 
+def test_a_node_configured_by_other_code_is_configured_again_by_a_deploy_of_the_live_release(
+    artifacts: dict[str, dict[str, Any]], lab_up: lab.LabUpResult
+) -> None:
+    """After an upgrade of deploykit (or a change of the inventory), a deploy of the release the
+    fleet runs applies the new configuration: a node whose recorded configuration is another one
+    is configured again and restarted through the rolling switch; the others are left alone."""
+    b = artifacts["b"]
+    shell = LabShell(lab_up)
+    recorded = f"/srv/{APP}/shared/configured"
+    shell.run("app3", f"echo configured-by-an-older-deploykit > {recorded}")
+    run = deploykit("deploy", "--artifact", b["path"], "--json")
+    assert run.rc == 0, run.summary
+    assert staged_configured(run) == {host: host != "app3" for host in STAGED}
+    assert run.summary["nodes"]["app3/app"]["outcome"] == "switched"
+    assert run.summary["nodes"]["app1/app"]["outcome"] == "unchanged"
+    assert "configured-by-an-older-deploykit" not in shell.run("app3", f"cat {recorded}")
+    # Configured now: the next deploy of it has nothing to do.
+    again = deploykit("deploy", "--artifact", b["path"], "--json")
+    assert again.rc == 0, again.summary
+    assert again.summary["outcome"] == "unchanged"
+
+
 def test_rollback_returns_to_the_release_before_the_live_one(
     artifacts: dict[str, dict[str, Any]],
 ) -> None:
@@ -454,8 +476,9 @@ def test_the_history_records_every_attempt(artifacts: dict[str, dict[str, Any]])
     # Every attempt, in the order each ended: deploy A; deploy BAD (rolled back); the deploy refused
     # while B's held the lock; B; the one queued behind B (nothing left to do); (the SIGKILLed
     # deploy records nothing: it never ended) the deploy refused by its stale lease; the one that
-    # took it over; the deploy that put the hand-switched clone back; the rollback.
-    assert outcomes[-9:] == [
+    # took it over; the deploy that put the hand-switched clone back; the deploy that configured
+    # a clone again, and the one after it (nothing left to do); the rollback.
+    assert outcomes[-11:] == [
         ("deploy", "succeeded"),
         ("deploy", "rolled_back"),
         ("deploy", "refused"),
@@ -464,6 +487,8 @@ def test_the_history_records_every_attempt(artifacts: dict[str, dict[str, Any]])
         ("deploy", "refused"),
         ("deploy", "succeeded"),
         ("deploy", "succeeded"),
+        ("deploy", "succeeded"),
+        ("deploy", "unchanged"),
         ("rollback", "succeeded"),
     ], outcomes
     bad = next(r for r in reversed(mine) if r["outcome"] == "rolled_back")

@@ -120,6 +120,18 @@ def test_a_clone_on_the_release_and_up_is_settled() -> None:
     assert not any(is_settled(node, "r3") for node in report.nodes)
 
 
+def test_a_node_configured_by_other_code_is_not_settled() -> None:
+    # After an upgrade of deploykit or an inventory change, the survey of a deploy reports the
+    # node's last configuration as not the one wanted: a deploy of the same release configures it.
+    nodes = _nodes()
+    nodes["app2"]["configured"] = False
+    nodes["lb1"]["configured"] = True  # asked and matching; app1 and worker1 not asked (status)
+    report = status_from_survey("shop", nodes)
+    settled = {node.host: is_settled(node, "r2") for node in report.nodes}
+    assert settled == {"app1": True, "app2": False, "worker1": True, "lb1": True}
+    assert [n.to_dict()["configured"] for n in report.nodes] == [None, False, True, None]
+
+
 @pytest.mark.parametrize("view", ["MAINT", "DRAIN", "DOWN"])
 def test_a_clone_left_out_of_service_is_not_settled_though_its_release_is_right(view: str) -> None:
     # An interrupted rollout can leave a clone in maint (HAProxy keeps it across restarts, from its

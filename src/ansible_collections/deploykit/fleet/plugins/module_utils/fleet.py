@@ -40,6 +40,9 @@ class NodeStatus:
     pages_bake: str | None = None
     #: The floating address (balancer only, with keepalived): {"address", "held"}.
     virtual_address: dict[str, Any] | None = None
+    #: Whether the node's last configuration is the one this deploykit and inventory make for its
+    #: live release (None: not asked, as by `deploykit status`, or no live release).
+    configured: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +61,7 @@ class NodeStatus:
             "maintenance": self.maintenance,
             "pages_bake": self.pages_bake,
             "virtual_address": self.virtual_address,
+            "configured": self.configured,
         }
 
 
@@ -148,7 +152,7 @@ def _runner_node(
 ) -> NodeStatus:
     """An app clone's or a worker's status from its survey (tasks/survey.yml)."""
     groups = [str(g) for g in report.get("groups") or []]
-    node = NodeStatus(host=host, role=role, groups=groups)
+    node = NodeStatus(host=host, role=role, groups=groups, configured=_configured(report))
     survey = report.get(role)
     if not isinstance(survey, Mapping):
         node.problem = str(report.get(f"{role}_error") or "no answer")[:300]
@@ -185,7 +189,13 @@ def _runner_node(
 
 def _balancer_node(host: str, report: Mapping[str, Any]) -> NodeStatus:
     groups = [str(g) for g in report.get("groups") or []]
-    node = NodeStatus(host=host, role="lb", groups=groups, current=report.get("static"))
+    node = NodeStatus(
+        host=host,
+        role="lb",
+        groups=groups,
+        current=report.get("static"),
+        configured=_configured(report),
+    )
     node.check_path = report.get("check_path")
     node.release = node.current
     node.pages_bake = report.get("static_bake")
@@ -201,6 +211,11 @@ def _balancer_node(host: str, report: Mapping[str, Any]) -> NodeStatus:
         up = sum(1 for server in servers if server.get("status") == "UP")
         node.service = f"{up}/{len(servers)} app servers UP"
     return node
+
+
+def _configured(report: Mapping[str, Any]) -> bool | None:
+    configured = report.get("configured")
+    return configured if isinstance(configured, bool) else None
 
 
 def status_from_survey(app: str, nodes: Mapping[str, Any]) -> StatusReport:
@@ -229,10 +244,16 @@ def _in_service(node: NodeStatus) -> bool:
 
 
 def is_settled(node: NodeStatus, release: str) -> bool:
-    """The node runs ``release``, ``current`` points to it and (a clone) every balancer sends it
-    requests. A clone left drained or in maint by an interrupted rollout is not settled: the next
-    deploy readies it even when its release is already the right one."""
-    return node.release == node.current == release and _in_service(node)
+    """The node runs ``release``, ``current`` points to it, it was configured for it by this
+    deploykit and inventory (after an upgrade or an inventory change, a deploy of the same
+    release configures the nodes again), and (a clone) every balancer sends it requests. A
+    clone left drained or in maint by an interrupted rollout is not settled: the next deploy
+    readies it even when its release is already the right one."""
+    return (
+        node.release == node.current == release
+        and node.configured is not False
+        and _in_service(node)
+    )
 
 
 def settled_everywhere(report: StatusReport, release: str) -> bool:

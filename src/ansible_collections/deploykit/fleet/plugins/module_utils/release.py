@@ -65,7 +65,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 MANIFEST = "manifest.json"
@@ -721,6 +721,28 @@ def cmd_exec(app_root: str, name: str, arguments: list[str]) -> int:
     os.chdir(release)
     os.execv(program, [program, *arguments])
     return 1  # not reached
+
+
+# <app_root>/shared/<CONFIGURED>: the fingerprint of the node's last configuration (the rollout's
+# stage.yml records it once the node is configured for a release).
+CONFIGURED = "configured"
+
+
+def configuration(root: str, given: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """{configuration: the fingerprint of the node's configuration for the release of
+    ``manifest`` (``given``: the controller's digest of the configuration code and inventory),
+    configured: whether the one recorded on the node (root's, in the root-only shared/) is the
+    same}. The stage skips configuring a node that is; a deploy is settled only where it is."""
+    if not given:
+        return {"configuration": "", "configured": False}
+    release = {"name": manifest.get("name"), "contract": manifest.get("contract")}
+    digest = hashlib.sha256(f"{given}\0{json.dumps(release, sort_keys=True)}".encode()).hexdigest()
+    try:
+        with open(os.path.join(root, "shared", CONFIGURED), encoding="utf-8") as handle:
+            recorded = handle.read().strip()
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        recorded = ""
+    return {"configuration": digest, "configured": recorded == digest}
 
 
 def main(argv: list[str] | None = None) -> int:

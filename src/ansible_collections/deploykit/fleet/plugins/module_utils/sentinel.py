@@ -48,6 +48,8 @@ SENTINEL_APP_RULES = (
 )
 #: The Sentinels' own user, on the Sentinels (each other, and the role's checks): everything.
 SENTINEL_PEER_RULES = ("~*", "&*", "+@all")
+
+
 class RespError(Exception):
     """The server answered with an error reply."""
 

@@ -59,8 +59,6 @@ configured:
 """
 
 import grp
-import hashlib
-import json
 import os
 import pwd
 import re
@@ -73,6 +71,7 @@ from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
     VENV,
     VENV_MARKER,
     ReleaseProblem,
+    configuration,
     kept_releases,
     live_release,
     load_manifest,
@@ -81,9 +80,6 @@ from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
     verify_artifact,
     verify_tree,
 )
-
-# <app_root>/shared/<CONFIGURED>: the fingerprint of the node's last configuration (stage.yml).
-CONFIGURED = "configured"
 
 
 def ensure_dir(path: str, mode: int, owner: str = "root", group: str = "root") -> bool:
@@ -101,21 +97,6 @@ def ensure_dir(path: str, mode: int, owner: str = "root", group: str = "root") -
         os.chmod(path, mode)
         changed = True
     return changed
-
-
-def configuration(root: str, given: str, manifest: dict) -> dict:
-    """{configuration: the fingerprint of the node's configuration for this release, configured:
-    whether the one recorded on the node (root's, in the root-only shared/) is the same}."""
-    if not given:
-        return {"configuration": "", "configured": False}
-    release = {"name": manifest.get("name"), "contract": manifest.get("contract")}
-    digest = hashlib.sha256(f"{given}\0{json.dumps(release, sort_keys=True)}".encode()).hexdigest()
-    try:
-        with open(os.path.join(root, "shared", CONFIGURED), encoding="utf-8") as handle:
-            recorded = handle.read().strip()
-    except (FileNotFoundError, NotADirectoryError):
-        recorded = ""
-    return {"configuration": digest, "configured": recorded == digest}
 
 
 def remove_later(module: AnsibleModule, path: str) -> None:

@@ -20,12 +20,13 @@ options:
   worker_unit: {description: The worker unit, on a worker., type: str}
   backend: {description: The HAProxy backend of the app servers, on a balancer., type: str}
   virtual_address: {description: "The balancers' floating address (keepalived_virtual_address), on a balancer: reported held or not.", type: str}
+  configuration: {description: "The controller's digest of the configuration code and inventory (the rollout's rollout_configuration): the node reports whether it was configured for its live release with it (configured). Empty: not reported.", type: str, default: ""}
   socket: {description: HAProxy's admin socket., type: path, default: /run/haproxy/admin.sock}
   config: {description: "HAProxy's configuration, where the backend's check path is read.", type: path, default: /etc/haproxy/haproxy.cfg}
 """
 
 RETURN = r"""
-report: {description: "{app, app_error, worker, worker_error, apps, lb, lb_error, static, static_bake, check_path, maintenance}; static: the release whose pages the balancer serves, static_bake: the bake from live data they come from, if any; virtual_address: {address, held}, the floating address and whether this balancer holds it; maintenance: the balancer's maintenance mode (module_utils/maintenance.py), null where HAProxy has none; apps: every application deploykit installed on an app clone or worker, {app: {unit: {active, enabled}}}; check_path: the path HAProxy checks the app servers on", returned: always, type: dict}
+report: {description: "{app, app_error, worker, worker_error, apps, lb, lb_error, static, static_bake, check_path, maintenance, configured}; configured: whether the node's last configuration is the one O(configuration) and its live release make (absent without O(configuration)); static: the release whose pages the balancer serves, static_bake: the bake from live data they come from, if any; virtual_address: {address, held}, the floating address and whether this balancer holds it; maintenance: the balancer's maintenance mode (module_utils/maintenance.py), null where HAProxy has none; apps: every application deploykit installed on an app clone or worker, {app: {unit: {active, enabled}}}; check_path: the path HAProxy checks the app servers on", returned: always, type: dict}
 """
 
 import os
@@ -41,6 +42,7 @@ from ansible_collections.deploykit.fleet.plugins.module_utils.maintenance import
 from ansible_collections.deploykit.fleet.plugins.module_utils.pages import served_pages
 from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
     ReleaseProblem,
+    configuration,
     deploykit_apps,
     live_release,
     load_manifest,
@@ -57,6 +59,7 @@ def main() -> None:
             "worker_unit": {"type": "str"},
             "backend": {"type": "str"},
             "virtual_address": {"type": "str"},
+            "configuration": {"type": "str", "default": ""},
             "socket": {"type": "path", "default": "/run/haproxy/admin.sock"},
             "config": {"type": "path", "default": "/etc/haproxy/haproxy.cfg"},
         },
@@ -87,6 +90,23 @@ def main() -> None:
             report[role] = survey(p["app_root"], [unit], health_url)
         except Exception as error:  # a report, not a failure: the rollout decides
             report[role], report[f"{role}_error"] = None, str(error)[:300]
+    if p["configuration"]:
+        # Whether the node was configured for its live release by this configuration (the same
+        # code and inventory): a deploy of a release every node runs is settled only then, so
+        # that after an upgrade of deploykit or a change of the inventory it configures again.
+        live = live_release(
+            os.path.join(p["app_root"], "current"), os.path.join(p["app_root"], "releases")
+        )
+        try:
+            manifest = (
+                load_manifest(os.path.join(p["app_root"], "releases", live)) if live else None
+            )
+        except ReleaseProblem:
+            manifest = None
+        if manifest is not None:
+            report["configured"] = configuration(p["app_root"], p["configuration"], manifest)[
+                "configured"
+            ]
     if p["app_unit"] or p["worker_unit"]:
         # Which applications this node serves, whichever one the rollout is for: a fleet serves
         # one application, and another one's deploy must not take its port.
