@@ -130,6 +130,8 @@ def test_configuration_files(lab):
     assert rules == [
         ["local", "all", "postgres", "peer"],
         ["host", '"app"', '"app"', "172.30.105.11/32", "scram-sha-256"],
+        # postgresql_replication: the standby (pg-db2), for replication only.
+        ["host", "replication", '"replicator"', "172.30.105.13/32", "scram-sha-256"],
         ["local", "all", "all", "reject"],
         ["host", "all", "all", "0.0.0.0/0", "reject"],
         ["host", "all", "all", "::/0", "reject"],

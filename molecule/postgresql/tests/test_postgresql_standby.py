@@ -1,0 +1,1 @@
+../../../tests/infra/test_postgresql_standby.py
