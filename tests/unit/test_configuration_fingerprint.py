@@ -1,14 +1,14 @@
 """A node is configured again only when what its configuration is made of changed: the
 configuration code (rollout.configuration_code_digest), the inventory's part (the play's
-rollout_configuration) and the release's name and contract (the stage module's
-configuration())."""
+rollout_configuration) and the release's name and contract (module_utils/release.py's
+configuration(), which the stage and the survey share)."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-from ansible_collections.deploykit.fleet.plugins.modules import stage
+from ansible_collections.deploykit.fleet.plugins.module_utils import release
 from deploykit import rollout
 
 REPO = Path(__file__).resolve().parents[2]
@@ -17,34 +17,34 @@ SHOP = {"name": "shop", "contract": {"settings": ["SECRET_KEY"], "worker": "shop
 
 def _recorded(root: Path, fingerprint: str) -> None:
     (root / "shared").mkdir(parents=True, exist_ok=True)
-    (root / "shared" / stage.CONFIGURED).write_text(fingerprint + "\n")
+    (root / "shared" / release.CONFIGURED).write_text(fingerprint + "\n")
 
 
 def test_a_node_never_configured_is_not_configured(tmp_path: Path) -> None:
-    answer = stage.configuration(str(tmp_path), "inventory-part", SHOP)
+    answer = release.configuration(str(tmp_path), "inventory-part", SHOP)
     assert answer["configured"] is False
     assert len(answer["configuration"]) == 64
 
 
 def test_the_recorded_fingerprint_of_the_same_inputs_is_configured(tmp_path: Path) -> None:
-    _recorded(tmp_path, stage.configuration(str(tmp_path), "inventory-part", SHOP)["configuration"])
-    assert stage.configuration(str(tmp_path), "inventory-part", SHOP)["configured"] is True
+    _recorded(tmp_path, release.configuration(str(tmp_path), "inventory-part", SHOP)["configuration"])
+    assert release.configuration(str(tmp_path), "inventory-part", SHOP)["configured"] is True
 
 
 def test_another_inventory_or_contract_or_application_is_not_configured(tmp_path: Path) -> None:
-    _recorded(tmp_path, stage.configuration(str(tmp_path), "inventory-part", SHOP)["configuration"])
+    _recorded(tmp_path, release.configuration(str(tmp_path), "inventory-part", SHOP)["configuration"])
     new_setting = {**SHOP, "contract": {**SHOP["contract"], "settings": ["SECRET_KEY", "NEW"]}}
     for given, manifest in (
         ("another-inventory-part", SHOP),
         ("inventory-part", new_setting),
         ("inventory-part", {**SHOP, "name": "notes"}),
     ):
-        assert stage.configuration(str(tmp_path), given, manifest)["configured"] is False
+        assert release.configuration(str(tmp_path), given, manifest)["configured"] is False
 
 
 def test_without_a_fingerprint_every_node_is_configured(tmp_path: Path) -> None:
     _recorded(tmp_path, "")
-    assert stage.configuration(str(tmp_path), "", SHOP) == {
+    assert release.configuration(str(tmp_path), "", SHOP) == {
         "configuration": "",
         "configured": False,
     }
