@@ -27,12 +27,16 @@ def test_a_node_never_configured_is_not_configured(tmp_path: Path) -> None:
 
 
 def test_the_recorded_fingerprint_of_the_same_inputs_is_configured(tmp_path: Path) -> None:
-    _recorded(tmp_path, release.configuration(str(tmp_path), "inventory-part", SHOP)["configuration"])
+    _recorded(
+        tmp_path, release.configuration(str(tmp_path), "inventory-part", SHOP)["configuration"]
+    )
     assert release.configuration(str(tmp_path), "inventory-part", SHOP)["configured"] is True
 
 
 def test_another_inventory_or_contract_or_application_is_not_configured(tmp_path: Path) -> None:
-    _recorded(tmp_path, release.configuration(str(tmp_path), "inventory-part", SHOP)["configuration"])
+    _recorded(
+        tmp_path, release.configuration(str(tmp_path), "inventory-part", SHOP)["configuration"]
+    )
     new_setting = {**SHOP, "contract": {**SHOP["contract"], "settings": ["SECRET_KEY", "NEW"]}}
     for given, manifest in (
         ("another-inventory-part", SHOP),
