@@ -1,7 +1,7 @@
 """Redis replication under Sentinel (the redis role with redis_sentinel). Standard library only.
 
 Three facts, one implementation each, used by the modules deploykit.fleet.redis_primary,
-redis_sentinel and redis_replica on the cache hosts, and by the controller's survey:
+redis_sentinel and redis_replica on the cache hosts (and by tests/unit/test_sentinel.py):
 
 - **which host is the primary now**: the answer of the Sentinels of the group (the most common
   one, when they disagree mid-failover), else the primary the inventory names (a first run, no

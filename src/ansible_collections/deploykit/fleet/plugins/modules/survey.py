@@ -67,33 +67,10 @@ def main() -> None:
     )
     p = module.params
     report: dict = {}
-    url = None
-    if p["health_address"]:
-        live = live_release(
-            os.path.join(p["app_root"], "current"), os.path.join(p["app_root"], "releases")
-        )
-        try:
-            contract = (
-                load_manifest(os.path.join(p["app_root"], "releases", live)).get("contract")
-                if live
-                else {}
-            )
-        except ReleaseProblem:
-            contract = {}
-        url = p["health_address"].rstrip("/") + str(
-            (contract or {}).get("health_path") or "/healthz"
-        )
-    for role, unit, health_url in (("app", p["app_unit"], url), ("worker", p["worker_unit"], None)):
-        if not unit:
-            continue
-        try:
-            report[role] = survey(p["app_root"], [unit], health_url)
-        except Exception as error:  # a report, not a failure: the rollout decides
-            report[role], report[f"{role}_error"] = None, str(error)[:300]
-    if p["configuration"]:
-        # Whether the node was configured for its live release by this configuration (the same
-        # code and inventory): a deploy of a release every node runs is settled only then, so
-        # that after an upgrade of deploykit or a change of the inventory it configures again.
+    # The live release's manifest, read once: its contract names the health path, and the
+    # node's configuration is judged against it.
+    manifest = None
+    if p["health_address"] or p["configuration"]:
         live = live_release(
             os.path.join(p["app_root"], "current"), os.path.join(p["app_root"], "releases")
         )
@@ -103,10 +80,23 @@ def main() -> None:
             )
         except ReleaseProblem:
             manifest = None
-        if manifest is not None:
-            report["configured"] = configuration(p["app_root"], p["configuration"], manifest)[
-                "configured"
-            ]
+    url = None
+    if p["health_address"]:
+        contract = (manifest or {}).get("contract") or {}
+        url = p["health_address"].rstrip("/") + str(contract.get("health_path") or "/healthz")
+    for role, unit, health_url in (("app", p["app_unit"], url), ("worker", p["worker_unit"], None)):
+        if not unit:
+            continue
+        try:
+            report[role] = survey(p["app_root"], [unit], health_url)
+        except Exception as error:  # a report, not a failure: the rollout decides
+            report[role], report[f"{role}_error"] = None, str(error)[:300]
+    if p["configuration"] and manifest is not None:
+        # Whether the node was configured for its live release by this configuration (the same
+        # code and inventory): a deploy of a release every node runs is settled only then, so
+        # that after an upgrade of deploykit or a change of the inventory it configures again.
+        configured = configuration(p["app_root"], p["configuration"], manifest)
+        report["configured"] = configured["configured"]
     if p["app_unit"] or p["worker_unit"]:
         # Which applications this node serves, whichever one the rollout is for: a fleet serves
         # one application, and another one's deploy must not take its port.
