@@ -4,12 +4,16 @@ The scenario has three hosts on a network of their own:
 
 * ``mq-queue`` (queue, 172.30.104.10): common + rabbitmq;
 * ``mq-app`` (app, 172.30.104.11): an AMQP client (python3-pika, installed by prepare), admitted;
-* ``mq-lb`` (lb, 172.30.104.12): not admitted to AMQP.
+* ``mq-lb`` (lb, 172.30.104.12): not admitted to AMQP;
+* ``mq-node1..3`` (queue_ha, 172.30.104.13-15): common + rabbitmq with ``rabbitmq_cluster``, one
+  cluster of three.
 
 The security claims are proved over the network from ``mq-app`` with a real AMQP client (the
 application user gets in, guest and other vhosts do not), the firewall from ``mq-lb``, and
 persistence by publishing a persistent message to a durable queue, restarting RabbitMQ and
-reading the message back.
+reading the message back. The cluster is proved by its status on every node, its ports (open to
+its members, closed to the app host), a quorum queue that keeps every confirmed message when its
+leader's node stops, and a node that was reset joining again on the next run.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ pytestmark = pytest.mark.skipif(
 QUEUE, APP, LB = "mq-queue", "mq-app", "mq-lb"
 QUEUE_ADDRESS = "172.30.104.10"
 AMQP_PORT = 5672
+# The cluster: host -> private address; its node names are rabbit@<address>.
+CLUSTER = {"mq-node1": "172.30.104.13", "mq-node2": "172.30.104.14", "mq-node3": "172.30.104.15"}
+NODE_NAMES = sorted(f"rabbit@{address}" for address in CLUSTER.values())
 
 # Runs on the source host: connect to (address, port) and say how it went.
 KNOCK = """
@@ -57,8 +64,11 @@ except OSError as error:
 #   connect  open a connection and a channel                     -> ok
 #   publish  declare a durable queue, publish a persistent message (publisher confirms) -> ok
 #   get      read one message from the (existing, durable) queue -> the body, or "empty"
+#   publish-quorum  declare a quorum queue, publish N persistent messages, each confirmed -> ok
+#   drain-quorum    read every message of the quorum queue -> {"count": n, "unique": n}
 # Any failure prints "error: <exception type>: <message>".
 AMQP = """
+import json
 import sys
 import pika
 
@@ -92,6 +102,24 @@ try:
         channel.queue_declare(queue=queue, durable=True, passive=True)
         method, properties, body = channel.basic_get(queue=queue, auto_ack=True)
         print(body.decode() if method else "empty")
+    elif action == "publish-quorum":
+        queue, count = sys.argv[6], int(sys.argv[7])
+        channel.confirm_delivery()
+        channel.queue_declare(queue=queue, durable=True, arguments={"x-queue-type": "quorum"})
+        for number in range(count):
+            channel.basic_publish(exchange="", routing_key=queue, body=str(number).encode(),
+                                  properties=pika.BasicProperties(delivery_mode=2), mandatory=True)
+        print("ok")
+    elif action == "drain-quorum":
+        queue, bodies = sys.argv[6], []
+        channel.queue_declare(queue=queue, durable=True, arguments={"x-queue-type": "quorum"})
+        while True:
+            method, properties, body = channel.basic_get(queue=queue, auto_ack=True)
+            if method is None:
+                break
+            bodies.append(body)
+        channel.queue_delete(queue=queue)
+        print(json.dumps({"count": len(bodies), "unique": len(set(bodies))}))
     connection.close()
 except Exception as error:
     print(describe(error))
@@ -105,9 +133,18 @@ def knock(source, address: str, port: int, timeout: float = 3.0) -> str:
     return result.stdout.strip()
 
 
-def amqp(source, action: str, user: str, password: str, vhost: str, *extra: str) -> str:
-    """Run an AMQP action from ``source`` against the queue host; its one-line outcome."""
-    args = [action, QUEUE_ADDRESS, user, password, vhost, *extra]
+def amqp(
+    source,
+    action: str,
+    user: str,
+    password: str,
+    vhost: str,
+    *extra: str,
+    address: str = QUEUE_ADDRESS,
+) -> str:
+    """Run an AMQP action from ``source`` against a node (the single queue host unless
+    ``address``); its one-line outcome."""
+    args = [action, address, user, password, vhost, *extra]
     result = source.run("python3 -c %s" + " %s" * len(args), AMQP, *args)
     assert result.rc == 0, result.stderr
     return result.stdout.strip()
@@ -124,7 +161,7 @@ def lab(request):
     inventory = request.config.option.ansible_inventory
     return {
         name: testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
-        for name in (QUEUE, APP, LB)
+        for name in (QUEUE, APP, LB, *CLUSTER)
     }
 
 
@@ -265,19 +302,21 @@ def test_app_user_is_refused_on_other_vhosts(lab, queue_vars):
 # --- the password is rotated, and an unchanged password changes nothing --------------------------
 
 
-def run_app_user_tasks(inventory: str, *extra: str) -> tuple[dict[str, int], str]:
-    """Run the role's tasks/app_user.yml on the queue host, as the role runs them: the recap's
-    counts for that host (ok, changed, failed...) and the run's whole output."""
+def run_role_tasks(
+    inventory: str, hosts: str, tasks_from: str, *extra: str
+) -> tuple[dict[str, dict[str, int]], str]:
+    """Run the role's tasks/<tasks_from>.yml on ``hosts``, as the role runs them: each host's
+    recap counts (ok, changed, failed...) and the run's whole output."""
     root = Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory() as workdir:
-        playbook = Path(workdir) / "app_user.yml"
+        playbook = Path(workdir) / f"{tasks_from}.yml"
         playbook.write_text(
-            f"- hosts: {QUEUE}\n"
+            f"- hosts: {hosts}\n"
             "  gather_facts: false\n"
             "  tasks:\n"
             "    - ansible.builtin.include_role:\n"
             "        name: rabbitmq\n"
-            "        tasks_from: app_user\n"
+            f"        tasks_from: {tasks_from}\n"
         )
         ansible_playbook = Path(sys.executable).parent / "ansible-playbook"
         proc = subprocess.run(
@@ -287,9 +326,19 @@ def run_app_user_tasks(inventory: str, *extra: str) -> tuple[dict[str, int], str
         )  # fmt: skip
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
-    recap = re.search(rf"^{QUEUE}\s*:(.*)$", proc.stdout, re.MULTILINE)
-    assert recap, output[-3000:]
-    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", recap.group(1))}, output
+    recaps = {
+        host: {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", counts)}
+        for host, counts in re.findall(r"^(\S+)\s*:\s*(ok=.*)$", proc.stdout, re.MULTILINE)
+    }
+    assert recaps, output[-3000:]
+    return recaps, output
+
+
+def run_app_user_tasks(inventory: str, *extra: str) -> tuple[dict[str, int], str]:
+    """tasks/app_user.yml on the single queue host: its recap counts and the output."""
+    recaps, output = run_role_tasks(inventory, QUEUE, "app_user", *extra)
+    assert QUEUE in recaps, output[-3000:]
+    return recaps[QUEUE], output
 
 
 def test_new_password_is_applied_and_then_left_alone(lab, queue_vars, request):
@@ -333,3 +382,126 @@ def test_persistent_message_survives_a_restart(lab, queue_vars):
         assert time.monotonic() < deadline, "RabbitMQ did not come back within 60 s"
         time.sleep(1)
     assert amqp(app, "get", "app", password, "app", name) == body
+
+
+# --- the cluster ---------------------------------------------------------------------------------
+
+
+def cluster_status(host) -> dict:
+    status = rabbitmqctl(host, "cluster_status", "--formatter", "json")
+    assert status.rc == 0, status.stderr
+    return json.loads(status.stdout)
+
+
+def wait_for_running_nodes(host, count: int, seconds: float) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        status = rabbitmqctl(host, "cluster_status", "--formatter", "json")
+        if status.rc == 0 and len(json.loads(status.stdout)["running_nodes"]) == count:
+            return json.loads(status.stdout)
+        assert time.monotonic() < deadline, (
+            f"not {count} running nodes within {seconds:.0f} s: {status.stdout}"
+        )
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def cluster_vars(lab) -> dict:
+    return lab["mq-node1"].ansible.get_variables()
+
+
+def test_cluster_every_node_sees_the_three(lab):
+    for host in CLUSTER:
+        status = cluster_status(lab[host])
+        assert sorted(status["disk_nodes"]) == NODE_NAMES, host
+        assert sorted(status["running_nodes"]) == NODE_NAMES, host
+        assert status["cluster_name"] == "deploykit-queue_ha"
+        assert status["partitions"] == {}
+    # The single node is nobody's member.
+    assert cluster_status(lab[QUEUE])["disk_nodes"] == ["rabbit@localhost"]
+
+
+def test_cluster_listens_on_the_private_address_and_loopback_only(lab):
+    for host, address in CLUSTER.items():
+        sockets = listening(lab[host])
+        assert sockets[AMQP_PORT] == {address}
+        assert sockets[4369] == {"127.0.0.1", address}
+        assert sockets[25672] == {address}
+        wildcard = {
+            port for port, addresses in sockets.items() if addresses & {"0.0.0.0", "::", "*"}
+        }
+        assert wildcard <= {22}, sockets
+    env = lab["mq-node1"].file("/etc/rabbitmq/rabbitmq-env.conf").content_string
+    assert "NODENAME=rabbit@172.30.104.13" in env
+    assert "USE_LONGNAME=true" in env
+    conf = lab["mq-node1"].file("/etc/rabbitmq/rabbitmq.conf").content_string
+    assert "cluster_partition_handling = pause_minority" in conf
+
+
+def test_cluster_ports_are_admitted_from_its_members_only(lab):
+    first = CLUSTER["mq-node1"]
+    for port in (4369, 25672):
+        assert knock(lab["mq-node2"], first, port) == "open", port
+        assert knock(lab[APP], first, port) == "timeout", port
+    assert knock(lab[APP], first, AMQP_PORT) == "open"
+    assert knock(lab[LB], first, AMQP_PORT) == "timeout"
+
+
+def test_cluster_users_are_set_once_for_every_node(lab, cluster_vars):
+    for host in CLUSTER:
+        users = rabbitmqctl(lab[host], "list_users", "--formatter", "json")
+        assert users.rc == 0, users.stderr
+        assert sorted(user["user"] for user in json.loads(users.stdout)) == ["app"], host
+    password = cluster_vars["rabbitmq_app_password"]
+    for address in CLUSTER.values():
+        assert amqp(lab[APP], "connect", "app", password, "app", address=address) == "ok"
+
+
+def test_quorum_queue_keeps_every_confirmed_message_when_its_leaders_node_stops(lab, cluster_vars):
+    app, password = lab[APP], cluster_vars["rabbitmq_app_password"]
+    queue, count = f"molecule-quorum-{uuid.uuid4().hex[:8]}", 300
+    first = CLUSTER["mq-node1"]
+    assert (
+        amqp(app, "publish-quorum", "app", password, "app", queue, str(count), address=first)
+        == "ok"
+    )
+    columns = ("name", "type", "leader", "members")
+    listed = rabbitmqctl(
+        lab["mq-node1"], "list_queues", "-p", "app", *columns, "--formatter", "json"
+    )
+    assert listed.rc == 0, listed.stderr
+    (entry,) = [q for q in json.loads(listed.stdout) if q["name"] == queue]
+    assert entry["type"] == "quorum"
+    assert sorted(entry["members"]) == NODE_NAMES  # a copy on every node
+    leader_host = next(
+        host for host, address in CLUSTER.items() if entry["leader"] == f"rabbit@{address}"
+    )
+    survivor = next(address for host, address in CLUSTER.items() if host != leader_host)
+    stopped = lab[leader_host].run("systemctl stop rabbitmq-server")
+    assert stopped.rc == 0, stopped.stderr
+    try:
+        started = time.monotonic()
+        outcome = amqp(app, "drain-quorum", "app", password, "app", queue, address=survivor)
+        elapsed = time.monotonic() - started
+        print(f"leader {leader_host} stopped: {outcome} read from {survivor} in {elapsed:.1f} s")
+        assert json.loads(outcome) == {"count": count, "unique": count}
+    finally:
+        assert lab[leader_host].run("systemctl start rabbitmq-server").rc == 0
+    wait_for_running_nodes(lab["mq-node1"], 3, 120)
+
+
+def test_a_node_that_was_reset_joins_again_on_the_next_run(lab, request):
+    node3 = lab["mq-node3"]
+    for command in ("stop_app", "reset", "start_app"):
+        result = rabbitmqctl(node3, command)
+        assert result.rc == 0, result.stderr
+    assert cluster_status(node3)["disk_nodes"] == ["rabbit@172.30.104.15"]
+    assert sorted(cluster_status(lab["mq-node1"])["disk_nodes"]) == NODE_NAMES[:2]
+
+    inventory = request.config.option.ansible_inventory
+    recaps, output = run_role_tasks(inventory, "queue_ha", "cluster")
+    assert recaps["mq-node3"]["changed"] == 1, output[-3000:]
+    assert recaps["mq-node1"]["changed"] == recaps["mq-node2"]["changed"] == 0, output[-3000:]
+    assert sorted(cluster_status(node3)["running_nodes"]) == NODE_NAMES
+    recaps, output = run_role_tasks(inventory, "queue_ha", "cluster")
+    assert all(counts["changed"] == 0 for counts in recaps.values()), output[-3000:]

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from shop.catalogue import COLLECTIONS, JOBS, seed
 from shop.docstore import DocumentStore, open_store
+from shop.jobs import job_queue
 from shop.settings import Settings
 from shop.web import create_app
 from shop_test_support import closed_port, unavailable
@@ -136,7 +137,7 @@ def test_job_survives_the_death_of_its_worker(
     try:
         with celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=0)
-            conn.SimpleQueue("shop").clear()  # nothing left over from an earlier run
+            conn.SimpleQueue(job_queue()).clear()  # nothing left over from an earlier run
     except Exception as exc:
         unavailable("the Celery broker (Redis)", f"not reachable at {broker}: {exc}")
 

@@ -15,9 +15,12 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from kombu.exceptions import OperationalError
 from shop.cache import DEFAULT_TTL
+from shop.jobs import job_queue
 from shop.sessions import EXPIRY_INDEX, KEY_PREFIX
 from shop.settings import Settings
+from shop.web import broker_probe
 from shop_test_support import closed_port, dead_url
 
 COOKIE = "shop_session"
@@ -302,6 +305,21 @@ def test_healthz_broker_down_is_reported_but_not_fatal(make_app: Callable[..., F
     assert (job.status_code, job.json["status"]) == (200, "failed")  # type: ignore[index]
 
 
+def test_broker_probe_tries_every_node_of_a_failover_list(redis_url: str) -> None:
+    # BROKER_URL of a RabbitMQ cluster lists every node (`url1;url2;...`); the health check is
+    # fine while any of them answers, and fails fast when none does. Redis stands in for the
+    # broker (kombu's failover is the transport's, not RabbitMQ's).
+    first, second = closed_port(), closed_port()
+    down = [f"redis://127.0.0.1:{port}/15" for port in (first, second)]
+    up = redis_url.rsplit("/", 1)[0] + "/15"
+    broker_probe(";".join([*down, up]))
+    started = time.monotonic()
+    # The error names the last node tried: the second.
+    with pytest.raises(OperationalError, match=rf"127\.0\.0\.1:{second}\b"):
+        broker_probe(";".join(down))
+    assert time.monotonic() - started < 5
+
+
 # --- reports: the job queue --------------------------------------------------------------------
 
 
@@ -333,7 +351,7 @@ def test_report_enqueue_publishes_one_message(make_app: Callable[..., Flask]) ->
     app = make_app()
     celery = app.extensions["shop"].celery
     with celery.connection_for_read() as conn:
-        queue = conn.SimpleQueue("shop")
+        queue = conn.SimpleQueue(job_queue())
         queue.clear()
         response = app.test_client().post("/reports")
         assert response.status_code == 202

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 from shop.catalogue import JOBS, all_products, catalogue_report
 from shop.docstore import DocstoreUnavailable, DocumentStore, open_store
@@ -31,7 +32,13 @@ from shop.settings import Settings
 log = logging.getLogger(__name__)
 
 TASK_NAME = "shop.generate_report"
-QUEUE = "shop"
+# A quorum queue: replicated on every node of a RabbitMQ cluster (the majority must confirm a
+# message before the publisher is told it is safe), and on a single node just a durable queue.
+# Its name is new with the queue type (the classic queue was "shop"): RabbitMQ refuses to declare
+# an existing queue with another type, and a release that publishes to "shop.jobs" can run beside
+# one that still consumes "shop" during a rolling deploy.
+QUEUE = "shop.jobs"
+QUEUE_ARGUMENTS = {"x-queue-type": "quorum"}
 
 # Worker-side settings: what the worker role's `celery -A shop.jobs:celery_app worker` needs.
 WORKER_SETTINGS = ("BROKER_URL", "DOCSTORE_ENGINE", "DOCSTORE_URL")
@@ -67,6 +74,11 @@ def run_report(store: DocumentStore, job_id: str, seconds: float, release: str |
     return True
 
 
+def job_queue() -> Queue:
+    """The queue the web side publishes jobs to and the workers consume."""
+    return Queue(QUEUE, Exchange(QUEUE), routing_key=QUEUE, queue_arguments=QUEUE_ARGUMENTS)
+
+
 def make_celery(settings: Settings, store: DocumentStore | None = None) -> Celery:
     """The Celery application: the web side publishes through it, workers consume with it.
 
@@ -80,6 +92,7 @@ def make_celery(settings: Settings, store: DocumentStore | None = None) -> Celer
         task_serializer="json",
         accept_content=["json"],
         task_default_queue=QUEUE,
+        task_queues=[job_queue()],
         # A job survives a worker crash (see the module's docstring).
         task_acks_late=True,
         task_reject_on_worker_lost=True,

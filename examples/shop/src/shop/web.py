@@ -111,8 +111,10 @@ def connect_redis(
 
 
 def broker_probe(url: str) -> None:
+    """Connect to the broker: with a failover list (``url1;url2;...``), the first that answers."""
     with Connection(url, connect_timeout=1) as conn:  # type: ignore[no-untyped-call]
-        conn.ensure_connection(max_retries=0)
+        # One attempt per node, no pause between them (kombu sleeps only after a whole round).
+        conn.ensure_connection(max_retries=max(len(conn.alt), 1) - 1, interval_start=0)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
