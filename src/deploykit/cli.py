@@ -785,13 +785,15 @@ def _add_lab_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="number of app clones (default: 3 for the full profile, 1 for small)",
+        help="number of app clones (default: 3 for the full and ha profiles, 1 for small)",
     )
     parser.add_argument(
         "--profile",
         choices=sorted(lab.PROFILES),
         default="full",
-        help="full: lb, app1..N, worker1, cache1, db1, queue1; small: everything on two hosts",
+        help="full: lb, app1..N, worker1, cache1, db1, queue1; small: everything on two hosts; "
+        "ha: no single point of failure (lb1-2 on a floating address, worker1-2, cache1-3 with "
+        "Sentinel, a RabbitMQ cluster queue1-3, db1 and its standby db2)",
     )
     parser.add_argument(
         "--docstore",

@@ -46,7 +46,9 @@ LABEL = "io.deploykit.lab"
 IMAGE_REPOSITORY = "deploykit/debian"
 # The alias molecule scenarios use; always points at the image of the current recipe.
 IMAGE_ALIAS = f"{IMAGE_REPOSITORY}:12"
-PROFILES = {"full": 3, "small": 1}  # profile -> default number of app clones
+PROFILES = {"full": 3, "small": 1, "ha": 3}  # profile -> default number of app clones
+# The ha profile's floating address (keepalived): the last usable address of the first /24.
+HA_VIRTUAL_ADDRESS_OFFSET = 254
 DOCSTORE_ENGINES = ("postgresql", "mongodb")
 # MongoDB's packages cannot be downloaded from these machines, so the lab's document store is
 # PostgreSQL (JSONB documents, the second supported engine) unless asked otherwise.
@@ -64,6 +66,8 @@ LAB_SECRETS: dict[str, Callable[[], str]] = {
     "mongodb_app_password": lambda: secrets.token_urlsafe(24),
     # mongod's key file: base64 characters only, 6 to 1024 of them.
     "mongodb_replica_set_key": lambda: base64.b64encode(secrets.token_bytes(96)).decode(),
+    # The RabbitMQ cluster's Erlang cookie (the ha profile); a single node is given it too.
+    "rabbitmq_erlang_cookie": lambda: secrets.token_hex(32),
 }
 MAX_APP_CLONES = 100
 
@@ -286,8 +290,40 @@ class LabSpec:
                 HostPlan("queue1", ("queue",), at(13)),
                 HostPlan("worker1", ("worker",), at(14)),
             ]
+        if self.profile == "ha":
+            # No single point of failure: the full profile's hosts keep their addresses, and the
+            # second (third) of each tier takes .15-.19 and .5-.9 (the clones stay at .20 on).
+            services[1:1] = [HostPlan("lb2", ("lb",), at(15))]
+            services += [
+                HostPlan("worker2", ("worker",), at(16)),
+                HostPlan("cache2", ("cache",), at(17)),
+                HostPlan("cache3", ("cache",), at(18)),
+                HostPlan("db2", ("docstore",), at(19)),
+                HostPlan("queue2", ("queue",), at(5)),
+                HostPlan("queue3", ("queue",), at(6)),
+            ]
         clones_plan = [HostPlan(f"app{i}", ("app",), at(19 + i)) for i in range(1, clones + 1)]
-        return services[:1] + clones_plan + services[1:]
+        balancers = [plan for plan in services if plan.groups == ("lb",)]
+        return balancers + clones_plan + [plan for plan in services if plan not in balancers]
+
+    def virtual_address(self) -> str:
+        """The balancers' floating address with the network's prefix (ha profile), else ''."""
+        if self.profile != "ha":
+            return ""
+        net = self.network()
+        return f"{net.network_address + HA_VIRTUAL_ADDRESS_OFFSET}/{net.prefixlen}"
+
+    def profile_vars(self) -> dict[str, Any]:
+        """The group variables a profile sets for every host (the ha profile turns on each
+        tier's redundancy)."""
+        if self.profile != "ha":
+            return {}
+        return {
+            "keepalived_virtual_address": self.virtual_address(),
+            "redis_sentinel": True,
+            "rabbitmq_cluster": True,
+            "postgresql_replication": self.docstore == "postgresql",
+        }
 
 
 @dataclass
@@ -363,6 +399,7 @@ def render_inventory(
     known_hosts: Path,
     docstore: str = DEFAULT_LAB_DOCSTORE,
     subnet: str = DEFAULT_SUBNET,
+    profile_vars: dict[str, Any] | None = None,
 ) -> str:
     """inventories/lab/hosts.yml: every host once under all.hosts (its address), and each group
     listing its members, so a host in several groups (the small profile) is defined once. SSH is
@@ -390,6 +427,7 @@ def render_inventory(
                 # The shop answers every GET well within 3 s: one in flight on a clone whose host
                 # is lost is retried on another clone after 3 s (roles/haproxy).
                 "haproxy_timeout_idempotent": "3s",
+                **(profile_vars or {}),
             },
             "hosts": {
                 p.name: {"ansible_host": p.address, "deploykit_private_address": p.address}
@@ -844,6 +882,7 @@ def up(spec: LabSpec, *, root: Path | None = None, log: Log = print) -> LabUpRes
             known_hosts=known_hosts_file,
             docstore=spec.docstore,
             subnet=spec.subnet,
+            profile_vars=spec.profile_vars(),
         ),
     )
     changed |= ensure_lab_secrets(root)[1]

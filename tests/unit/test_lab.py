@@ -39,11 +39,58 @@ def test_small_profile_puts_the_services_on_one_host() -> None:
     assert plans[2].groups == ("worker", "cache", "docstore", "queue")
 
 
+def test_ha_profile_has_no_single_point_of_failure() -> None:
+    spec = lab.LabSpec(profile="ha")
+    plans = spec.hosts()
+    groups: dict[str, list[str]] = {}
+    for plan in plans:
+        for group in plan.groups:
+            groups.setdefault(group, []).append(plan.name)
+    assert groups == {
+        "lb": ["lb1", "lb2"],
+        "app": ["app1", "app2", "app3"],
+        "cache": ["cache1", "cache2", "cache3"],
+        "docstore": ["db1", "db2"],
+        "queue": ["queue1", "queue2", "queue3"],
+        "worker": ["worker1", "worker2"],
+    }
+    # The full profile's hosts keep their addresses; every address is distinct.
+    full = {p.name: p.address for p in lab.LabSpec().hosts()}
+    ha = {p.name: p.address for p in plans}
+    assert {name: ha[name] for name in full} == full
+    assert len(set(ha.values())) == len(ha)
+    assert spec.virtual_address() == "172.30.99.254/24"
+    assert spec.virtual_address().split("/")[0] not in ha.values()
+    assert spec.profile_vars() == {
+        "keepalived_virtual_address": "172.30.99.254/24",
+        "redis_sentinel": True,
+        "rabbitmq_cluster": True,
+        "postgresql_replication": True,
+    }
+    assert lab.LabSpec().profile_vars() == {}
+
+
+def test_ha_inventory_turns_on_each_tiers_redundancy(tmp_path: Path) -> None:
+    spec = lab.LabSpec(profile="ha", subnet="10.9.0.0/16")
+    text = lab.render_inventory(
+        spec.hosts(),
+        private_key=tmp_path / "id",
+        known_hosts=tmp_path / "kh",
+        subnet=spec.subnet,
+        profile_vars=spec.profile_vars(),
+    )
+    variables = yaml.safe_load(text)["all"]["vars"]
+    assert variables["keepalived_virtual_address"] == "10.9.0.254/16"
+    assert variables["redis_sentinel"] is True
+    assert variables["rabbitmq_cluster"] is True
+    assert variables["postgresql_replication"] is True
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
         (lab.LabSpec(app_clones=0), "--app-clones 0: give a number from 1 to 100"),
-        (lab.LabSpec(profile="huge"), "--profile 'huge': choose one of full, small"),
+        (lab.LabSpec(profile="huge"), "--profile 'huge': choose one of full, small, ha"),
         (
             lab.LabSpec(subnet="10.0.0.0/28"),
             "--subnet '10.0.0.0/28': give an IPv4 network of /24 or larger such as 172.30.99.0/24",
