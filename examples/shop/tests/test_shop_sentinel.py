@@ -180,3 +180,29 @@ def test_logged_in_users_survive_the_primary_s_loss(
     other = app.test_client()
     assert other.post("/login", json={"user": "bob"}).status_code == 200
     assert other.get("/me").json["user"] == "bob"  # type: ignore[index]
+
+
+def test_a_sentinel_that_does_not_answer_is_passed_over_at_once(
+    sentinel_group: dict[str, object], make_app: Callable[..., Flask]
+) -> None:
+    # A lost host's Sentinel sends no reset: a socket that accepts and never answers is one. It
+    # is listed first; the shop must go on to the next Sentinel within its socket timeout
+    # (0.5 s), not retry it with a backoff of seconds.
+    sentinels = sentinel_group["sentinels"]
+    assert isinstance(sentinels, list)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        app = make_app(
+            redis_url=f"redis://app:{APP_PW}@127.0.0.1:1/0",
+            redis_sentinels=(silent.getsockname(), *(("127.0.0.1", port) for port in sentinels)),
+            redis_master_name=NAME,
+            secret_key=secrets.token_urlsafe(32),
+        )
+        client = app.test_client()
+        started = time.monotonic()
+        assert client.post("/login", json={"user": "cy"}).status_code == 200
+        assert client.get("/me").json["user"] == "cy"  # type: ignore[index]
+        elapsed = time.monotonic() - started
+    print(f"a silent Sentinel first in the list: login and /me in {elapsed:.2f} s")
+    assert elapsed < 1.5, elapsed

@@ -7,6 +7,7 @@ Redis and the document store, exactly like two gunicorn processes on two app ser
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from shop.cache import DEFAULT_TTL
 from shop.jobs import job_queue
 from shop.sessions import EXPIRY_INDEX, KEY_PREFIX
 from shop.settings import Settings
-from shop.web import broker_probe
+from shop.web import REDIS_COOLDOWN, RedisCircuitOpen, broker_probe, connect_redis
 from shop_test_support import closed_port, dead_url
 
 COOKIE = "shop_session"
@@ -303,6 +304,36 @@ def test_healthz_broker_down_is_reported_but_not_fatal(make_app: Callable[..., F
     assert queued.json is not None
     job = client.get(f"/reports/{queued.json['job_id']}")
     assert (job.status_code, job.json["status"]) == (200, "failed")  # type: ignore[index]
+
+
+def test_a_redis_that_stops_answering_fails_one_call_in_time_and_the_next_at_once() -> None:
+    # A lost host sends no reset: a server that accepts connections and never answers is one.
+    # The first call waits out the socket timeout (2 s), the calls in the cooldown fail at once
+    # (every worker of a clone would otherwise wait, and the balancer's check with them), and
+    # after the cooldown one call tries again.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        client = connect_redis(f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+        started = time.monotonic()
+        # The timeout, or the breaker's answer to the client's own retry right after it.
+        with pytest.raises(redis.RedisError):
+            client.get("k")
+        first = time.monotonic() - started
+        started = time.monotonic()
+        with pytest.raises(RedisCircuitOpen):
+            client.get("k")
+        with pytest.raises(RedisCircuitOpen):
+            client.pipeline(transaction=False).set("k", "v").execute()
+        at_once = time.monotonic() - started
+        time.sleep(REDIS_COOLDOWN + 0.1)
+        started = time.monotonic()
+        with pytest.raises(redis.RedisError):
+            client.get("k")
+        again = time.monotonic() - started
+    assert 1.5 < first < 3.5, first
+    assert at_once < 0.1, at_once
+    assert 1.5 < again < 3.5, again
 
 
 def test_broker_probe_tries_every_node_of_a_failover_list(redis_url: str) -> None:

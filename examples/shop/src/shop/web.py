@@ -14,8 +14,9 @@ import os
 import re
 import socket
 import threading
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +29,7 @@ from flask import Flask, Response, current_app, jsonify, request, session
 from kombu.connection import Connection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from shop import catalogue
@@ -78,15 +79,73 @@ def clone_name() -> str:
     return socket.gethostname()
 
 
+class RedisCircuitOpen(redis.ConnectionError):
+    """Redis failed moments ago: this call fails at once instead of waiting out a timeout."""
+
+
+class RedisBreaker:
+    """Fail at once for ``cooldown`` seconds after Redis did not answer.
+
+    A Redis host that is lost (a power cut, a failover's old primary) sends no reset: every call
+    would wait out its timeout, and with every worker of a clone waiting, the clone stops
+    answering even the balancer's health check. After one such failure, calls fail at once (the
+    app's own 503) until the cooldown has passed; then one call tries again, through the
+    Sentinels when there are some (so a new primary is found as soon as they name it)."""
+
+    def __init__(self, cooldown: float) -> None:
+        self.cooldown = cooldown
+        self.open_until = 0.0
+
+    def check(self) -> None:
+        left = self.open_until - time.monotonic()
+        if left > 0:
+            raise RedisCircuitOpen(
+                f"Redis did not answer just now; failing at once for {left:.1f} s"
+            )
+
+    def watch(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(*args, **kwargs)
+        except RedisCircuitOpen:
+            raise
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.open_until = time.monotonic() + self.cooldown
+            raise
+
+
+def fail_fast(base: type[redis.Connection], breaker: RedisBreaker) -> type[redis.Connection]:
+    """A redis-py connection class whose every network step goes through ``breaker``."""
+
+    class FailFastConnection(base):  # type: ignore[valid-type,misc]
+        def connect(self) -> None:
+            breaker.check()
+            breaker.watch(super().connect)
+
+        def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
+            breaker.check()
+            breaker.watch(super().send_packed_command, *args, **kwargs)
+
+        def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            return breaker.watch(super().read_response, *args, **kwargs)
+
+    return FailFastConnection
+
+
+#: Seconds calls fail at once after Redis did not answer (RedisBreaker).
+REDIS_COOLDOWN = 1.0
+
+
 def connect_redis(
     url: str, sentinels: Sequence[tuple[str, int]] = (), master_name: str = ""
 ) -> redis.Redis:
-    """A Redis client with short timeouts and a single immediate retry (a stale pooled connection
-    after a Redis restart), so that a dead Redis fails a request in about a second, not hangs it.
+    """A Redis client with short timeouts, a single immediate retry (a stale pooled connection
+    after a Redis restart) and a breaker (RedisBreaker), so that a dead Redis fails a request in
+    about a second and the requests after it at once, never hangs them.
 
     With Sentinels, the client asks them for the primary on each new connection (REDIS_URL gives
     the user, password and database): after a failover, the first request on a connection to the
     old primary fails (the app's own 503) and the next one goes to the new primary."""
+    breaker = RedisBreaker(REDIS_COOLDOWN)
     options: dict[str, Any] = {
         "decode_responses": True,
         "socket_connect_timeout": 1,
@@ -95,19 +154,34 @@ def connect_redis(
         "health_check_interval": 30,
     }
     if not sentinels:
-        return redis.Redis.from_url(url, **options)
+        return redis.Redis.from_url(
+            url, connection_class=fail_fast(redis.Connection, breaker), **options
+        )
     parts = urlsplit(url)
     credentials = {
         "username": unquote(parts.username) if parts.username else None,
         "password": unquote(parts.password) if parts.password else None,
     }
+    # A Sentinel that does not answer is passed over at once for the next (no retry: redis-py's
+    # default retries with a backoff of seconds, and a lost host's Sentinel held every request
+    # after a failover for 3 s and more).
     sentinel = Sentinel(
         list(sentinels),
-        sentinel_kwargs={**credentials, "socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        sentinel_kwargs={
+            **credentials,
+            "socket_connect_timeout": 0.5,
+            "socket_timeout": 0.5,
+            "retry": Retry(NoBackoff(), 0),
+        },
         **credentials,
     )
     database = int(parts.path.strip("/") or 0)
-    return sentinel.master_for(master_name, db=database, **options)
+    return sentinel.master_for(
+        master_name,
+        db=database,
+        connection_class=fail_fast(SentinelManagedConnection, breaker),
+        **options,
+    )
 
 
 def broker_probe(url: str) -> None:
