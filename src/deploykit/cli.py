@@ -486,6 +486,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 soft_wrap=True,
             )
     _print_floating_address(report.nodes)
+    for line in report.tiers:
+        colour = "" if line.healthy else "red"
+        text = escape(line.text)
+        out.print(f"[{colour}]{text}[/{colour}]" if colour else text, highlight=False)
     return EXIT_OK
 
 

@@ -50,6 +50,9 @@ from ansible_collections.deploykit.fleet.plugins.module_utils.fleet import (
     settled_everywhere,
     status_from_survey,
 )
+from ansible_collections.deploykit.fleet.plugins.module_utils.tiers import (
+    summarize as summarize_tiers,
+)
 from deploykit import inventory, runner
 from deploykit.errors import BadInput, DeploykitError
 from deploykit.hooks import Hooks, environment
@@ -88,6 +91,20 @@ _BATCH = re.compile(r"^(?:(?P<count>[1-9]\d*)|(?P<percent>[1-9]\d?|100)%)$")
 
 Log = Callable[[str], None]
 Step = Callable[[Mapping[str, Any]], None]
+
+
+def unreachable_hint(hosts: Sequence[str], command: str) -> str | None:
+    """How to go on when hosts do not answer: a rollout changes every node of the inventory
+    (each balancer drains and readies every clone), so it never starts without one."""
+    if not hosts:
+        return None
+    names = ", ".join(hosts)
+    return (
+        f"{names} did not answer over SSH. If that is for a while or for good, take {names} out "
+        f"of the inventory (a balancer's peers keep the floating address) and run deploykit "
+        f"{command} again; once back in the inventory, `deploykit provision` and the same "
+        f"deploykit {command} bring it in line with the others (configuration, pages, release)"
+    )
 
 
 class RolloutFailed(DeploykitError):
@@ -333,6 +350,7 @@ def _who() -> str:
 STEP_OF: dict[str, str] = {
     f"{runner.FLEET}.ledger": "lock",
     f"{runner.FLEET}.survey": "survey",
+    f"{runner.FLEET}.tier_state": "tiers",
     f"{runner.FLEET}.stage": "stage",
     f"{runner.FLEET}.drain": "drain",
     f"{runner.FLEET}.activate": "switch",
@@ -676,8 +694,10 @@ class Rollouts:
                     failure=f"{host}: {message}",
                 )  # fmt: skip
                 self._finish(failed)
+            unreachable = [failure.host for failure in result.failures if failure.unreachable]
             raise RolloutFailed(
-                f"could not survey the nodes ({host}: {message}); nothing was changed"
+                f"could not survey the nodes ({host}: {message}); nothing was changed",
+                hint=unreachable_hint(unreachable, str(holder.get("command") or "deploy")),
             )
         status = status_from_survey(app, self._survey(result))
         records = history_answer.get("records") if isinstance(history_answer, Mapping) else None
@@ -1279,11 +1299,12 @@ class Rollouts:
 
     def status(self, *, app_name: str | None = None) -> StatusReport:
         layout = self._check_inventory()
-        return self._surveyed(self._app_name(layout, app_name))
+        return self._surveyed(self._app_name(layout, app_name), tiers=True)
 
-    def _surveyed(self, app: str) -> StatusReport:
-        """Every node's survey for ``app`` (status.yml: read-only, no lock)."""
-        result = self._run("status.yml", {"rollout_app": app})
+    def _surveyed(self, app: str, *, tiers: bool = False) -> StatusReport:
+        """Every node's survey for ``app`` (status.yml: read-only, no lock); with ``tiers``, each
+        shared-service tier's state too."""
+        result = self._run("status.yml", {"rollout_app": app, "rollout_tiers": tiers})
         nodes = self._survey(result)
         if not result.ok and not nodes:
             _, _, message = self._failure(result)
@@ -1293,6 +1314,13 @@ class Rollouts:
             report.nodes.append(
                 NodeStatus(host=failure.host, role="?", groups=[], problem=failure.message[:300])
             )
+        answers = {
+            answer.host: answer.res["report"]
+            for answer in result.results_of("tier_state")
+            if isinstance(answer.res.get("report"), Mapping)
+        }
+        names = {str(report.get("address")): host for host, report in answers.items()}
+        report.tiers = summarize_tiers(answers, names)
         return report
 
     def ledger(self, *argv: str) -> dict[str, Any]:

@@ -166,9 +166,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked `lab_teardown` tear the shared lab down: they run after every other test.
     The benches run just before them: they deploy releases of their own and take minutes, so
     every other test has reported first (and sees the release `deploykit up` deployed), and they
-    print times, so they run after the molecule scenarios, on a machine that runs nothing else."""
+    print times, so they run after the molecule scenarios, on a machine that runs nothing else.
+    The ha tests (test_ha.py) build a lab of their own, once the default lab is gone."""
 
     def rank(item: pytest.Item) -> int:
+        # The ha lab replaces the default lab: after everything that uses it, its teardown too.
+        if item.get_closest_marker("ha"):
+            return 4
         if item.get_closest_marker("lab_teardown"):
             return 3
         if item.get_closest_marker("bench"):

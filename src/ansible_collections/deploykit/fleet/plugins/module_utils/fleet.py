@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ansible_collections.deploykit.fleet.plugins.module_utils.release import serving
+from ansible_collections.deploykit.fleet.plugins.module_utils.tiers import TierLine
 
 
 @dataclass
@@ -69,6 +70,8 @@ class NodeStatus:
 class StatusReport:
     app: str
     nodes: list[NodeStatus]
+    #: One line per shared-service tier with redundancy (module_utils/tiers.py), for status.
+    tiers: list[TierLine] = field(default_factory=list)
 
     def of(self, role: str) -> list[NodeStatus]:
         return [node for node in self.nodes if node.role == role]
@@ -133,6 +136,10 @@ class StatusReport:
             "drift": bool(self.drift),
             "drift_reasons": self.drift,
             "nodes": [node.to_dict() for node in self.nodes],
+            "tiers": [
+                {"tier": line.tier, "text": line.text, "healthy": line.healthy}
+                for line in self.tiers
+            ],
         }
 
 
