@@ -759,6 +759,19 @@ class Rollouts:
                 f"[red]could not record the rollout or release the deploy lock[/red]: {message}; "
                 "check with deploykit lock status"
             )
+            return
+        # The first balancer's answers come first; the others' are the copies.
+        answers = finished.results_of("ledger")
+        first = answers[0].host if answers else None
+        missed = sorted(
+            {f.host for f in finished.failures if f.host and f.host != first}
+            | {r.host for r in answers if r.host != first and not r.ok}
+        )
+        if missed:
+            self.log(
+                f"[yellow]the history's copy on {', '.join(missed)} misses this record[/yellow] "
+                "(unreachable, or no ledger role yet: deploykit provision)"
+            )
 
     def _holder(self, command: str, release: str) -> dict[str, Any]:
         return {

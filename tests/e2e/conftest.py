@@ -254,14 +254,18 @@ class LabShell:
             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
         ]  # fmt: skip
 
-    def run(self, host: str, command: str, *, stdin: str | None = None) -> str:
-        """Run COMMAND on HOST as root; return its stdout; fail the test on a non-zero exit."""
+    def run(
+        self, host: str, command: str, *, stdin: str | None = None, shown: str | None = None
+    ) -> str:
+        """Run COMMAND on HOST as root; return its stdout; fail the test on a non-zero exit,
+        naming the command as SHOWN (when it holds a secret) or as it is."""
         proc = subprocess.run(
             [*self._ssh, f"root@{self.addresses[host]}", command],
             input=stdin, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         if proc.returncode != 0:
-            pytest.fail(f"{host}: {command!r} exited {proc.returncode}: {proc.stderr.strip()}")
+            what = shown or command
+            pytest.fail(f"{host}: {what!r} exited {proc.returncode}: {proc.stderr.strip()}")
         return proc.stdout.strip()
 
     def succeeds(self, host: str, command: str) -> bool:
@@ -273,10 +277,17 @@ class LabShell:
         return proc.returncode == 0
 
     def python(self, host: str, code: str, *args: str, env: dict[str, str] | None = None) -> str:
-        """Run a stdlib python3 probe on HOST with ARGS; return what it printed."""
+        """Run a stdlib python3 probe on HOST with ARGS; return what it printed. ENV's values
+        (credentials) are never shown in a failure's message."""
         prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
+        hidden = " ".join(f"{k}=***" for k in env or {})
         quoted = " ".join(shlex.quote(a) for a in args)
-        return self.run(host, f"{prefix} python3 - {quoted}".strip(), stdin=code)
+        return self.run(
+            host,
+            f"{prefix} python3 - {quoted}".strip(),
+            stdin=code,
+            shown=f"{hidden} python3 - {quoted}".strip(),
+        )
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,8 @@ except OSError:
     print("timeout")
 """
 
-# Sends one RESP command (argv[3:]) to Redis at ADDRESS:PORT, after AUTH when REDIS_AUTH="user pw"
-# is in the environment; prints the first line of each reply.
-REDIS_COMMAND = """
+# A command in RESP, the Redis protocol (the Redis probes' first lines).
+_RESP = """
 import os, socket, sys
 def resp(*words):
     out = b"*%d\\r\\n" % len(words)
@@ -25,6 +24,13 @@ def resp(*words):
         data = word.encode()
         out += b"$%d\\r\\n%s\\r\\n" % (len(data), data)
     return out
+"""
+
+# Sends one RESP command (argv[3:]) to Redis at ADDRESS:PORT, after AUTH when REDIS_AUTH="user pw"
+# is in the environment; prints the first line of each reply.
+REDIS_COMMAND = (
+    _RESP
+    + """
 conn = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
 reader = conn.makefile("rb")
 auth = os.environ.get("REDIS_AUTH")
@@ -37,6 +43,7 @@ if line.startswith("$") and line != "$-1":
     line = reader.readline().decode().strip()
 print(line)
 """
+)
 
 # An AMQP 0-9-1 handshake with PLAIN credentials USER PASSWORD against ADDRESS:PORT; prints
 # "accepted" when the broker goes on to Connection.Tune, "refused" when it closes the connection.
@@ -77,3 +84,26 @@ except ConnectionResetError:  # the broker drops the connection of a refused log
     reply = None
 print("accepted" if reply and reply[1][:4] == struct.pack(">HH", 10, 30) else "refused")
 """
+
+# The address of the Redis primary that the Sentinel at ADDRESS (port 26379) names for the master
+# "deploykit", as REDIS_AUTH="user password" (the application's user may ask that); "none" when it
+# names none, "error: ..." when the Sentinel does not answer.
+SENTINEL_PRIMARY = (
+    _RESP
+    + """
+try:
+    conn = socket.create_connection((sys.argv[1], 26379), timeout=2)
+    reader = conn.makefile("rb")
+    conn.sendall(resp("AUTH", *os.environ["REDIS_AUTH"].split(" ", 1)))
+    reader.readline()
+    conn.sendall(resp("SENTINEL", "get-master-addr-by-name", "deploykit"))
+    count = int(reader.readline()[1:])
+    words = []
+    for _ in range(max(count, 0)):
+        reader.readline()
+        words.append(reader.readline().decode().strip())
+    print(words[0] if words else "none")
+except OSError as error:
+    print("error: %s" % error)
+"""
+)

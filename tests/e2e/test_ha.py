@@ -8,8 +8,9 @@ goodbye to its peers) while users work through the floating address, prints what
 brings the host back in a `finally`:
 
 - the balancer that holds the floating address: the other takes it, sessions stay;
-- a deploy while a balancer is down: refused before any change, saying how to go on; going on
-  that way deploys under load without a failed request, and the balancer comes back in line;
+- a deploy while the first balancer (the deploy ledger's) is down: refused before any change,
+  saying how to go on; going on that way, the next balancer has the history's copy and the deploy
+  runs under load without a failed request; the balancer, back, comes in line;
 - the Redis primary: Sentinel promotes a replica; users logged in before stay logged in, and the
   shop answers with its own error (never a hang) during the gap;
 - the RabbitMQ node that leads the job queue, while jobs flow: every job accepted is done, once.
@@ -26,15 +27,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import probes
 import pytest
 import yaml
 from conftest import ROOT, LabShell, deploykit
@@ -64,7 +65,7 @@ class HaLab:
     shell: LabShell
     url: str  # through the floating address
     vip: str
-    secrets: dict[str, str]
+    secrets: dict[str, str] = field(repr=False)  # never in a traceback
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +141,26 @@ def load(ha: HaLab, seed: str) -> LoadGenerator:
     )
 
 
+# --- 0. what status says of each tier -------------------------------------------------------------
+
+
+def test_status_shows_each_tiers_part(ha: HaLab) -> None:
+    proc = deploykit("status", timeout=300)
+    text = " ".join(proc.stdout.split())
+    print(f"\n--- deploykit status\n{proc.stdout[-2500:]}")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert f"floating address {ha.vip}: held by lb" in text
+    assert "Redis: primary cache" in text and "replicas" in text
+    assert "RabbitMQ: 3/3 cluster nodes running" in text
+    assert "PostgreSQL: primary db1; standby db2 streaming from db1" in text
+    tiers = json.loads(deploykit("status", "--json", timeout=300).stdout.splitlines()[-1])["tiers"]
+    assert [(tier["tier"], tier["healthy"]) for tier in tiers] == [
+        ("cache", True),
+        ("queue", True),
+        ("docstore", True),
+    ]
+
+
 # --- 1. the balancer that holds the floating address ----------------------------------------------
 
 
@@ -206,10 +227,9 @@ def test_the_floating_address_moves_when_its_balancer_is_lost(ha: HaLab) -> None
 def new_release(ha: HaLab, tmp_path_factory: pytest.TempPathFactory) -> str:
     out = tmp_path_factory.mktemp("ha-release")
     version = f"2.0.{int(time.time())}"
-    proc = subprocess.run(
-        [sys.executable, "-m", "deploykit", "build", "--app", str(ROOT / "examples" / APP),
-         "--version", version, "--out", str(out), "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+    proc = deploykit(
+        "build", "--app", str(ROOT / "examples" / APP), "--version", version, "--out", str(out),
+        "--json", timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     (artifact,) = out.glob("*.tar.gz")
@@ -217,18 +237,29 @@ def new_release(ha: HaLab, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def releases(ha: HaLab, inventory: Path | None = None) -> dict[str, str]:
-    args = ["status", "--json"] + (["-i", str(inventory)] if inventory else [])
+    # --app-name: with the first balancer down, the ledger there cannot name the application.
+    args = ["status", "--json", "--app-name", APP] + (["-i", str(inventory)] if inventory else [])
     proc = deploykit(*args, timeout=300)
     nodes = json.loads(proc.stdout.splitlines()[-1])["nodes"]
     return {node["host"]: node.get("release") or "" for node in nodes}
 
 
-def test_a_deploy_with_a_balancer_down_is_refused_then_goes_on_without_it(
+def history(inventory: Path | None = None) -> list[dict[str, object]]:
+    args = ["releases", "--json"] + (["-i", str(inventory)] if inventory else [])
+    proc = deploykit(*args, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    records: list[dict[str, object]] = json.loads(proc.stdout.splitlines()[-1])["records"]
+    return records
+
+
+def test_a_deploy_with_the_first_balancer_down_is_refused_then_goes_on_without_it(
     ha: HaLab, new_release: str
 ) -> None:
-    (holder,) = vip_holders(ha)
-    (down,) = [host for host in BALANCERS if host != holder]
+    # The first balancer: it holds the deploy lock and the history (the others a copy).
+    down = "lb1"
     before = releases(ha)
+    earlier = [(r["started"], r["action"]) for r in history()]
+    assert earlier, "no deploy in the history"
     lose(down)
     without = lab.inventory_file(ROOT).with_name(f"without-{down}.yml")
     try:
@@ -242,11 +273,14 @@ def test_a_deploy_with_a_balancer_down_is_refused_then_goes_on_without_it(
             host: release for host, release in before.items() if host != down
         }
 
-        # Going on as the hint says: the inventory without it, a deploy under load.
+        # Going on as the hint says: the inventory without it. The next balancer has the
+        # history (its copy), and takes the lock; the deploy runs under load.
         document = yaml.safe_load(lab.inventory_file(ROOT).read_text())
         del document["all"]["hosts"][down]
         document["all"]["children"]["lb"]["hosts"].pop(down)
         without.write_text(yaml.safe_dump(document, sort_keys=False))
+        copy = [(r["started"], r["action"]) for r in history(without)]
+        assert copy[: len(earlier)] == earlier, "the history's copy misses records"
         generator = load(ha, "ha-deploy")
         with generator:
             generator.phase("deploy without " + down)
@@ -262,42 +296,18 @@ def test_a_deploy_with_a_balancer_down_is_refused_then_goes_on_without_it(
     again = deploykit("deploy", "--artifact", new_release, timeout=900)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     now = releases(ha)
-    assert now[down] == now[holder] == now["app1"] != before["app1"], now
+    assert now[down] == now["lb2"] == now["app1"] != before["app1"], now
 
 
 # --- 3. the Redis primary -------------------------------------------------------------------------
-
-# Runs on an app host (admitted to the Sentinels): the address of the primary that the Sentinel at
-# argv[1] names, as the application's user (REDIS_AUTH="user password", as probes.REDIS_COMMAND).
-SENTINEL_PRIMARY = """
-import os, socket, sys
-def resp(*words):
-    out = b"*%d\\r\\n" % len(words)
-    for word in words:
-        data = word.encode()
-        out += b"$%d\\r\\n%s\\r\\n" % (len(data), data)
-    return out
-try:
-    conn = socket.create_connection((sys.argv[1], 26379), timeout=2)
-    reader = conn.makefile("rb")
-    conn.sendall(resp("AUTH", *os.environ["REDIS_AUTH"].split(" ", 1)))
-    reader.readline()
-    conn.sendall(resp("SENTINEL", "get-master-addr-by-name", "deploykit"))
-    count = int(reader.readline()[1:])
-    words = []
-    for _ in range(max(count, 0)):
-        reader.readline()
-        words.append(reader.readline().decode().strip())
-    print(words[0] if words else "none")
-except OSError as error:
-    print("error: %s" % error)
-"""
 
 
 def redis_primary(ha: HaLab, sentinel: str) -> str:
     address = ha.shell.addresses[sentinel]
     auth = f"app {ha.secrets['redis_password']}"
-    return ha.shell.python("app1", SENTINEL_PRIMARY, address, env={"REDIS_AUTH": auth}).strip()
+    return ha.shell.python(
+        "app1", probes.SENTINEL_PRIMARY, address, env={"REDIS_AUTH": auth}
+    ).strip()
 
 
 def test_sentinel_promotes_a_replica_when_the_redis_primary_is_lost(ha: HaLab) -> None:
@@ -319,14 +329,23 @@ def test_sentinel_promotes_a_replica_when_the_redis_primary_is_lost(ha: HaLab) -
                 timeout=60,
                 every=0.2,
             )
+            # The clones find the new primary on their next try (RedisBreaker's cooldown).
+            probe = users[0]
+            recovered = wait_until(
+                "the shop serving sessions again", lambda: probe.me().status == 200, timeout=30
+            )
+            # Each worker process of each clone has a breaker of its own: every one has tried
+            # again within its cooldown (1 s) of the first that did.
+            time.sleep(1.5)
             generator.phase("after")
             time.sleep(5)
         report = generator.report()
         print(f"\n--- Redis primary {primary} lost: {redis_primary(ha, witness)} promoted after "
-              f"{promoted:.1f} s\n{report.format_table()}")  # fmt: skip
+              f"{promoted:.1f} s, sessions served again {recovered:.1f} s later\n"
+              f"{report.format_table()}")  # fmt: skip
         # During the gap the shop answers with its own error (503 from a clone), never a hang, a
         # reset or HAProxy's own page: every failure is an HTTP status, from a clone.
-        gap = report.phase("primary lost")
+        gap = report.phase("primary lost")  # from the loss to the shop serving sessions again
         assert set(gap.failures_by_kind) <= {"status", "session"}, report.format_table()
         for example in gap.examples:
             assert "from app" in example.detail, report.format_table()

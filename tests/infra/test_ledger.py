@@ -1,14 +1,18 @@
-"""Testinfra checks of the ledger role, run by the molecule scenario ``ledger`` on ``ledger-lb``:
-the helper and the directory as the role leaves them, and the lock and the history used as a
-rollout uses them (through the installed helper, as root on the balancer)."""
+"""Testinfra checks of the ledger role, run by the molecule scenario ``ledger`` on ``ledger-lb``
+and ``ledger-lb2`` (both in lb): the helper and the directory as the role leaves them, the lock
+and the history used as a rollout uses them (through the installed helper, as root on the
+balancer), and the second balancer copying the records of the first that its history misses."""
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from typing import Any
 
 import pytest
+import testinfra
+from role_tasks import run_role_tasks
 
 SCENARIO = "ledger"
 
@@ -17,6 +21,7 @@ pytestmark = pytest.mark.skipif(
     reason="hosts of the molecule scenario 'ledger' only",
 )
 
+BALANCERS = ("ledger-lb", "ledger-lb2")
 HELPER = "/usr/local/libexec/deploykit-ledger"
 LEDGER_DIR = "/var/lib/deploykit-ledger"
 
@@ -83,3 +88,28 @@ def test_a_lease_not_renewed_is_stale_and_taken_over_only_then(host: Any) -> Non
     assert (rc, taken["took_over"]["holder"]["who"]) == (0, "ada@ctl")
     record = ledger(host, "history", "show", "--limit", "1")[1]["records"][0]
     assert (record["action"], record["holder"]["who"]) == ("lock take-over", "ada@ctl")
+
+
+def test_a_balancer_copies_the_history_records_it_misses(host: Any, request: Any) -> None:
+    # Each balancer in turn: records appended on the other one only (as while it was away) are
+    # copied by the role's next run on it, once each and in order, as the other holds them.
+    name = host.backend.get_hostname()
+    inventory = request.config.option.ansible_inventory
+    peer_name = next(n for n in BALANCERS if n != name)
+    peer = testinfra.get_host(f"ansible://{peer_name}", ansible_inventory=inventory)
+    marks = [f"copy-{uuid.uuid4().hex[:8]}-{n}" for n in range(3)]
+    for mark in marks:
+        rc, _ = ledger(peer, "history", "append", "--record", json.dumps({"action": mark}))
+        assert rc == 0
+
+    def marked(on: Any) -> list[dict[str, Any]]:
+        records = ledger(on, "history", "show")[1]["records"]
+        return [r for r in records if r.get("action") in marks]
+
+    assert marked(host) == []
+    recaps, output = run_role_tasks(inventory, name, "ledger", "main")
+    assert recaps[name]["changed"] == 1, output[-3000:]
+    assert marked(host) == marked(peer)
+    assert [r["action"] for r in marked(host)] == marks
+    recaps, output = run_role_tasks(inventory, name, "ledger", "main")
+    assert recaps[name]["changed"] == 0, output[-3000:]

@@ -20,16 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import testinfra
+from role_tasks import run_role_tasks
 
 SCENARIO = "rabbitmq"
 
@@ -302,41 +298,9 @@ def test_app_user_is_refused_on_other_vhosts(lab, queue_vars):
 # --- the password is rotated, and an unchanged password changes nothing --------------------------
 
 
-def run_role_tasks(
-    inventory: str, hosts: str, tasks_from: str, *extra: str
-) -> tuple[dict[str, dict[str, int]], str]:
-    """Run the role's tasks/<tasks_from>.yml on ``hosts``, as the role runs them: each host's
-    recap counts (ok, changed, failed...) and the run's whole output."""
-    root = Path(__file__).resolve().parents[2]
-    with tempfile.TemporaryDirectory() as workdir:
-        playbook = Path(workdir) / f"{tasks_from}.yml"
-        playbook.write_text(
-            f"- hosts: {hosts}\n"
-            "  gather_facts: false\n"
-            "  tasks:\n"
-            "    - ansible.builtin.include_role:\n"
-            "        name: rabbitmq\n"
-            f"        tasks_from: {tasks_from}\n"
-        )
-        ansible_playbook = Path(sys.executable).parent / "ansible-playbook"
-        proc = subprocess.run(
-            [str(ansible_playbook), "-i", inventory, *extra, str(playbook)],
-            cwd=root, capture_output=True, text=True, timeout=300, check=False,
-            env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"},  # a plain recap
-        )  # fmt: skip
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-3000:]
-    recaps = {
-        host: {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", counts)}
-        for host, counts in re.findall(r"^(\S+)\s*:\s*(ok=.*)$", proc.stdout, re.MULTILINE)
-    }
-    assert recaps, output[-3000:]
-    return recaps, output
-
-
 def run_app_user_tasks(inventory: str, *extra: str) -> tuple[dict[str, int], str]:
     """tasks/app_user.yml on the single queue host: its recap counts and the output."""
-    recaps, output = run_role_tasks(inventory, QUEUE, "app_user", *extra)
+    recaps, output = run_role_tasks(inventory, QUEUE, "rabbitmq", "app_user", *extra)
     assert QUEUE in recaps, output[-3000:]
     return recaps[QUEUE], output
 
@@ -499,9 +463,9 @@ def test_a_node_that_was_reset_joins_again_on_the_next_run(lab, request):
     assert sorted(cluster_status(lab["mq-node1"])["disk_nodes"]) == NODE_NAMES[:2]
 
     inventory = request.config.option.ansible_inventory
-    recaps, output = run_role_tasks(inventory, "queue_ha", "cluster")
+    recaps, output = run_role_tasks(inventory, "queue_ha", "rabbitmq", "cluster")
     assert recaps["mq-node3"]["changed"] == 1, output[-3000:]
     assert recaps["mq-node1"]["changed"] == recaps["mq-node2"]["changed"] == 0, output[-3000:]
     assert sorted(cluster_status(node3)["running_nodes"]) == NODE_NAMES
-    recaps, output = run_role_tasks(inventory, "queue_ha", "cluster")
+    recaps, output = run_role_tasks(inventory, "queue_ha", "rabbitmq", "cluster")
     assert all(counts["changed"] == 0 for counts in recaps.values()), output[-3000:]

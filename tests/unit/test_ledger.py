@@ -279,3 +279,23 @@ def test_bad_input_and_a_missing_directory_exit_2(tmp_path: Path) -> None:
     assert ledger(tmp_path, "lock", "renew", "--token", "")[0] == 2
     assert ledger(tmp_path, "history", "append", "--record", "[1, 2]")[0] == 2
     assert ledger(tmp_path / "missing", "lock", "status")[0] == 2
+
+
+def test_a_balancers_copy_gets_the_records_it_missed_once_in_order(tmp_path: Path) -> None:
+    first, copy = tmp_path / "first", tmp_path / "copy"
+    first.mkdir()
+    copy.mkdir()
+    records = [{"action": "deploy", "to": f"1.0.{n}", "started": f"T{n}"} for n in range(4)]
+    for record in records:
+        ledger_module.history_append(str(first), record)
+    # The copy had the first two (appended by the same rollouts, its own clock), then was away.
+    for record in records[:2]:
+        ledger_module.history_append(str(copy), record)
+    source = ledger_module.history_show(str(first))["records"]
+    assert ledger_module.history_merge(str(copy), source) == {"appended": True, "merged": 2}
+    merged = ledger_module.history_show(str(copy))["records"]
+    assert [r["to"] for r in merged] == ["1.0.0", "1.0.1", "1.0.2", "1.0.3"]
+    # The merged records keep the first balancer's "recorded" time; a second merge adds nothing.
+    assert merged[2:] == source[2:]
+    assert ledger_module.history_merge(str(copy), source) == {"appended": False, "merged": 0}
+    assert len(ledger_module.history_show(str(copy))["records"]) == 4

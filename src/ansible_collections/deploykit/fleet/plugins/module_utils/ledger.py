@@ -38,6 +38,8 @@ deploykit-ledger [--dir DIR] history append --record JSON
     Append one record (a JSON object) to DIR/history.jsonl, flushed to disk. "recorded" is added.
 deploykit-ledger [--dir DIR] history show [--limit N]
     Prints {"records": [...]}, oldest first (the last N when --limit is given).
+(module only) history merge, records: the records another balancer's history holds and this one
+    lacks are appended, in order, as they are (the other balancers keep a copy of the history).
 
 Renew, release and take-over are serialized by flock(2) on DIR/.ledger.guard, so each reads the
 holder and acts on that same holder (token-checked), never on one that replaced it meanwhile.
@@ -335,6 +337,31 @@ def history_show(directory: str, limit: int = 0) -> dict:
     return {"records": records}
 
 
+def _identity(record: dict) -> str:
+    """A record as every balancer's copy holds it: all but "recorded" (each host's own clock)."""
+    return json.dumps({k: v for k, v in record.items() if k != "recorded"}, sort_keys=True)
+
+
+def history_merge(directory: str, records: list) -> dict:
+    """Append the records (another balancer's history, oldest first) that this history lacks,
+    in their order and with their own "recorded" time: a balancer that was away, or is new,
+    gets the history it missed. Serialized with the other writers (the guard)."""
+    with guarded(directory):
+        present = {_identity(r) for r in history_show(directory)["records"]}
+        missing = [r for r in records if isinstance(r, dict) and "corrupt" not in r
+                   and _identity(r) not in present]  # fmt: skip
+        if missing:
+            path = os.path.join(directory, HISTORY)
+            descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in missing)
+                os.write(descriptor, lines.encode())
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+    return {"appended": bool(missing), "merged": len(missing)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="deploykit-ledger", description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default=DEFAULT_DIR)
@@ -379,30 +406,29 @@ def refused(answer: dict) -> bool:
 
 def run(directory: str, command: str, args: dict) -> dict:
     """One ledger command with its arguments (the module's and the command line's one path)."""
-    if command == "lock acquire":
-        holder = args["holder"]
-        if isinstance(holder, str):
-            holder = parse_object(holder, "--holder")
-        return lock_acquire(
-            directory, holder, float(args.get("wait") or 0), bool(args.get("take_over"))
-        )
-    if command == "lock renew":
-        return lock_renew(directory, str(args.get("token") or ""))
-    if command == "lock release":
-        return lock_release(
+
+    def given(name: str, flag: str) -> dict:
+        value = args[name]
+        return parse_object(value, flag) if isinstance(value, str) else value
+
+    commands = {
+        "lock acquire": lambda: lock_acquire(
+            directory, given("holder", "--holder"), float(args.get("wait") or 0),
+            bool(args.get("take_over")),
+        ),
+        "lock renew": lambda: lock_renew(directory, str(args.get("token") or "")),
+        "lock release": lambda: lock_release(
             directory, str(args.get("token") or ""), bool(args.get("force")),
             str(args.get("who") or ""),
-        )  # fmt: skip
-    if command == "lock status":
-        return lock_status(directory)
-    if command == "history append":
-        record = args["record"]
-        if isinstance(record, str):
-            record = parse_object(record, "--record")
-        return history_append(directory, record)
-    if command == "history show":
-        return history_show(directory, int(args.get("limit") or 0))
-    raise LedgerError(f"unknown command {command!r}")
+        ),
+        "lock status": lambda: lock_status(directory),
+        "history append": lambda: history_append(directory, given("record", "--record")),
+        "history show": lambda: history_show(directory, int(args.get("limit") or 0)),
+        "history merge": lambda: history_merge(directory, list(args.get("records") or [])),
+    }  # fmt: skip
+    if command not in commands:
+        raise LedgerError(f"unknown command {command!r}")
+    return commands[command]()
 
 
 if __name__ == "__main__":

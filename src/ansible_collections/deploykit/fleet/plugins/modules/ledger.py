@@ -21,7 +21,13 @@ options:
     description: What to do.
     type: str
     required: true
-    choices: [lock acquire, lock renew, lock release, lock status, history append, history show, finish settled]
+    choices: [lock acquire, lock renew, lock release, lock status, history append, history show, history merge, finish settled]
+  records:
+    description:
+      - C(history merge) appends, in order and as they are, the records this history lacks (another
+        balancer's history; every balancer keeps a copy).
+    type: list
+    elements: dict
   dir:
     description: The ledger's directory (the ledger role creates it).
     type: path
@@ -105,7 +111,10 @@ from ansible_collections.deploykit.fleet.plugins.module_utils.ledger import (
     run,
 )
 
-CHANGING = ("lock acquire", "lock renew", "lock release", "history append", "finish settled")
+CHANGING = (
+    "lock acquire", "lock renew", "lock release", "history append", "history merge",
+    "finish settled",
+)  # fmt: skip
 
 
 def finish_settled(params: dict) -> dict:
@@ -150,6 +159,7 @@ def main() -> None:
                     "lock status",
                     "history append",
                     "history show",
+                    "history merge",
                     "finish settled",
                 ],
             },
@@ -162,6 +172,7 @@ def main() -> None:
             "who": {"type": "str", "default": ""},
             "record": {"type": "dict"},
             "limit": {"type": "int", "default": 0},
+            "records": {"type": "list", "elements": "dict"},
             "surveys": {"type": "dict"},
             "hosts": {"type": "list", "elements": "str", "default": []},
         },
@@ -169,6 +180,7 @@ def main() -> None:
             ("command", "lock acquire", ["holder"]),
             ("command", "lock renew", ["token"]),
             ("command", "history append", ["record"]),
+            ("command", "history merge", ["records"]),
             ("command", "finish settled", ["record", "surveys", "token"]),
         ],
         supports_check_mode=False,

@@ -1,0 +1,1 @@
+../../../tests/infra/role_tasks.py
