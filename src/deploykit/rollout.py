@@ -1332,7 +1332,7 @@ class Rollouts:
             for answer in result.results_of("tier_state")
             if isinstance(answer.res.get("report"), Mapping)
         }
-        names = {str(report.get("address")): host for host, report in answers.items()}
+        names = {str(answer.get("address")): host for host, answer in answers.items()}
         report.tiers = summarize_tiers(answers, names)
         return report
 

@@ -25,6 +25,7 @@ from deploykit.rollout import (
     plan_batches,
     previous_release,
     status_from_survey,
+    unreachable_hint,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -409,3 +410,13 @@ def test_the_ledger_leaves_a_deploy_with_something_to_do_to_the_controller(
     assert _finish_settled(tmp_path, nodes, hosts=hosts)["settled"] is False
     assert ledger.lock_status(str(tmp_path))["held"]
     assert ledger.history_show(str(tmp_path))["records"] == []
+
+
+def test_a_refusal_for_unreachable_hosts_says_how_to_go_on() -> None:
+    assert unreachable_hint([], "deploy") is None
+    hint = unreachable_hint(["lb1"], "rollback")
+    assert hint is not None
+    assert "take lb1 out of the inventory" in hint
+    assert "deploykit rollback again" in hint
+    assert "deploykit provision" in hint
+
