@@ -419,4 +419,3 @@ def test_a_refusal_for_unreachable_hosts_says_how_to_go_on() -> None:
     assert "take lb1 out of the inventory" in hint
     assert "deploykit rollback again" in hint
     assert "deploykit provision" in hint
-
