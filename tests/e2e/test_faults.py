@@ -152,8 +152,13 @@ def site(shop: str, lab_shell: LabShell) -> str:
 # --- reports (jobs through the queue) -------------------------------------------------------------
 
 
+# RabbitMQ counts a quorum queue's messages on the queue's tick (quorum_tick_interval, 5 s by
+# default): a count read right after a change can be the one before it. Counts are waited for.
+QUORUM_COUNTS_LAG = 5.0
+
+
 def queue_depth(shell: LabShell) -> tuple[int, int]:
-    """(ready, unacknowledged) messages of the shop's queue on the broker."""
+    """(ready, unacknowledged) messages of the shop's queue on the broker, as last counted."""
     listing = json.loads(
         shell.run(
             "queue1",
@@ -161,8 +166,10 @@ def queue_depth(shell: LabShell) -> tuple[int, int]:
             "--formatter json",
         )
     )
-    row = next(q for q in listing if q["name"] == JOB_QUEUE)
-    return int(row["messages_ready"]), int(row["messages_unacknowledged"])
+    row = next((q for q in listing if q["name"] == JOB_QUEUE), None)
+    if row is None:  # not listed (yet: a quorum queue right after its node started)
+        return -1, -1
+    return int(row["messages_ready"] or 0), int(row["messages_unacknowledged"] or 0)
 
 
 def worker_restarts(shell: LabShell) -> int:
@@ -292,9 +299,10 @@ def test_a_worker_killed_mid_job_loses_no_job_and_runs_none_twice(
             assert done[job_id] == at_kill[job_id]
         # Nothing left on the queue or unacknowledged (a late ack follows the job's last write):
         # no message is left that could redo a job; a retry or a redelivery would be one, ready
-        # or held unacknowledged. So the jobs stay as they were when done (no fixed pause: the
-        # empty queue is the signal), and the queue is still empty after they are read.
-        wait_until("an empty queue", lambda: queue_depth(lab_shell) == (0, 0), timeout=15)
+        # or held unacknowledged. So the jobs stay as they were when done (the empty queue is the
+        # signal), and the queue is still empty a count later, after they are read.
+        wait_until("an empty queue", lambda: queue_depth(lab_shell) == (0, 0), timeout=20)
+        time.sleep(QUORUM_COUNTS_LAG + 1)
         assert jobs(user, ids) == done
         assert queue_depth(lab_shell) == (0, 0), "a message came back after the queue emptied"
         print(
@@ -332,14 +340,16 @@ def test_jobs_queued_while_rabbitmq_restarts_are_all_done(site: str, lab_shell: 
     lab_shell.run(WORKER, f"systemctl stop {APP}-worker.service")
     try:
         ids = submit_reports(user, 5)
-        assert queue_depth(lab_shell) == (5, 0), "the jobs are not waiting on the queue"
+        five = lambda: queue_depth(lab_shell) == (5, 0)  # noqa: E731
+        wait_until("the 5 jobs waiting on the queue", five, timeout=3 * QUORUM_COUNTS_LAG)
         lab_shell.run("queue1", "systemctl restart rabbitmq-server")
-        # Durable queue, persistent messages: the jobs are still there after the restart.
-        assert queue_depth(lab_shell) == (5, 0), "jobs were lost in the broker's restart"
+        # A durable (quorum) queue, persistent messages: the jobs are still there after the
+        # restart (a lost one would keep the count under 5).
+        wait_until("the 5 jobs still on the queue", five, timeout=6 * QUORUM_COUNTS_LAG)
         lab_shell.run(WORKER, f"systemctl start {APP}-worker.service")
         done = wait_done(user, ids, timeout=90)
         assert all(doc["attempts"] == 1 for doc in done.values()), done
-        wait_until("an empty queue", lambda: queue_depth(lab_shell) == (0, 0), timeout=15)
+        wait_until("an empty queue", lambda: queue_depth(lab_shell) == (0, 0), timeout=20)
         # The clones publish again once the broker is back (each reconnects on its next job).
         again = [user.post("/reports") for _ in range(3)]
         print("POST /reports after the restart: " + ", ".join(str(a.status) for a in again))
