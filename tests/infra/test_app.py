@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 import pytest
-import testinfra
 import yaml
+from lab_probes import http_request, ipv4, knock, scenario_hosts
 
 SCENARIO = "app"
 
@@ -45,61 +45,10 @@ UNIT = "minimal-web.service"
 PORT = 8000
 HELPER = "/usr/local/libexec/deploykit-release"
 
-# Runs on a client: one request; prints {status, headers, body} or {error}.
-CLIENT = r"""
-import json, sys, urllib.error, urllib.request
-request = urllib.request.Request(sys.argv[1], method=sys.argv[2])
-try:
-    response = urllib.request.urlopen(request, timeout=5)
-    status, headers, body = response.status, response.headers, response.read()
-except urllib.error.HTTPError as error:
-    status, headers, body = error.code, error.headers, error.read()
-except OSError as error:
-    print(json.dumps({"error": str(error)}))
-    sys.exit(0)
-print(json.dumps({"status": status, "headers": {k.lower(): v for k, v in headers.items()},
-                  "body": body.decode(errors="replace")}))
-"""
-
-KNOCK = """
-import socket, sys
-try:
-    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()
-    print("open")
-except socket.timeout:
-    print("timeout")
-except ConnectionRefusedError:
-    print("refused")
-except OSError as error:
-    print("error: %s" % error)
-"""
-
 
 @pytest.fixture(scope="module")
 def lab(request):
-    inventory = request.config.option.ansible_inventory
-    return {
-        name: testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
-        for name in (LB, WEB, OTHER)
-    }
-
-
-def address_of(host) -> str:
-    addresses = [a for a in host.interface.default().addresses if "." in a]
-    assert addresses, "no IPv4 address on the default interface"
-    return addresses[0]
-
-
-def request(client, url: str, method: str = "GET") -> dict:
-    result = client.run("python3 -c %s %s %s", CLIENT, url, method)
-    assert result.rc == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def knock(source, address: str, port: int, timeout: float = 3.0) -> str:
-    result = source.run("python3 -c %s %s %s %s", KNOCK, address, str(port), str(timeout))
-    assert result.rc == 0, result.stderr
-    return result.stdout.strip()
+    return scenario_hosts(request, LB, WEB, OTHER)
 
 
 def main_pid(web) -> int:
@@ -122,7 +71,7 @@ def wait_for_health(client, lb_address: str, release: str, deadline: float = 30.
     """Poll /healthz through HAProxy until it reports `release` (and 200)."""
     end = time.monotonic() + deadline
     while True:
-        answer = request(client, f"http://{lb_address}/healthz")
+        answer = http_request(client, f"http://{lb_address}/healthz")
         if answer.get("status") == 200 and json.loads(answer["body"]).get("release") == release:
             return answer
         if time.monotonic() > end:
@@ -142,7 +91,7 @@ def releases(lab) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def lb_address(lab) -> str:
-    return address_of(lab[LB])
+    return ipv4(lab[LB])
 
 
 def switch(web, release: str) -> None:
@@ -387,12 +336,12 @@ def test_hardening_is_in_effect(lab, release_a_live):
 def test_gunicorn_listens_on_the_private_address_only(lab):
     web = lab[WEB]
     listening = [line.split()[3] for line in web.run("ss -Hltn").stdout.splitlines()]
-    assert f"{address_of(web)}:{PORT}" in listening
+    assert f"{ipv4(web)}:{PORT}" in listening
     assert f"0.0.0.0:{PORT}" not in listening and f"[::]:{PORT}" not in listening
 
 
 def test_app_port_admitted_from_the_balancer_only(lab, release_a_live):
-    target = address_of(lab[WEB])
+    target = ipv4(lab[WEB])
     assert knock(lab[LB], target, PORT) == "open"
     assert knock(lab[OTHER], target, PORT) == "timeout"
 
@@ -401,7 +350,7 @@ def test_app_port_admitted_from_the_balancer_only(lab, release_a_live):
 
 
 def test_health_through_haproxy_reports_the_release(lab, lb_address, releases, release_a_live):
-    answer = request(lab[OTHER], f"http://{lb_address}/healthz")
+    answer = http_request(lab[OTHER], f"http://{lb_address}/healthz")
     assert answer["status"] == 200, answer
     assert answer["headers"]["x-served-by"] == WEB
     assert json.loads(answer["body"]) == {"release": releases["A"], "checks": {"settings": "ok"}}
@@ -414,7 +363,7 @@ def test_a_switch_and_a_restart_report_the_new_release(lab, lb_address, releases
     switch(web, releases["B"])
     # Not restarted yet: still A.
     assert (
-        json.loads(request(lab[OTHER], f"http://{lb_address}/healthz")["body"])["release"]
+        json.loads(http_request(lab[OTHER], f"http://{lb_address}/healthz")["body"])["release"]
         == (releases["A"])
     )
     running = json.loads(web.run("%s running %s", HELPER, UNIT).stdout)
@@ -433,7 +382,7 @@ def test_a_switch_and_a_restart_report_the_new_release(lab, lb_address, releases
         time.sleep(0.5)
     assert main_pid(web) == master, "the reload replaced gunicorn's master"
     assert (
-        json.loads(request(lab[OTHER], f"http://{lb_address}/healthz")["body"])["release"]
+        json.loads(http_request(lab[OTHER], f"http://{lb_address}/healthz")["body"])["release"]
         == (releases["A"])
     )
     assert web.run("systemctl restart %s", UNIT).rc == 0
@@ -448,24 +397,24 @@ def test_baked_page_served_with_every_app_clone_stopped(lab, lb_address, release
     client, web = lab[OTHER], lab[WEB]
     baked = web.file(f"{APP}/releases/{releases['A']}/baked/index.html").content_string
     for path in ("/", "/index.html"):
-        answer = request(client, f"http://{lb_address}{path}")
+        answer = http_request(client, f"http://{lb_address}{path}")
         assert answer["status"] == 200, answer
         assert answer["headers"]["x-served-by"] == "static"
         assert answer["body"] == baked
     assert web.run("systemctl stop %s", UNIT).rc == 0
     deadline = time.monotonic() + 10
-    while request(client, f"http://{lb_address}/healthz").get("status") != 503:
+    while http_request(client, f"http://{lb_address}/healthz").get("status") != 503:
         assert time.monotonic() < deadline, "HAProxy still answers /healthz with the app stopped"
         time.sleep(0.5)
     for path in ("/", "/index.html"):
-        answer = request(client, f"http://{lb_address}{path}")
+        answer = http_request(client, f"http://{lb_address}{path}")
         assert answer["status"] == 200, answer
         assert answer["body"] == baked
-        head = request(client, f"http://{lb_address}{path}", method="HEAD")
+        head = http_request(client, f"http://{lb_address}{path}", method="HEAD")
         assert head["status"] == 200 and head["headers"]["x-served-by"] == "static"
     # Not a baked page, or not a GET/HEAD: the app's, which is down.
-    assert request(client, f"http://{lb_address}/other")["status"] == 503
-    assert request(client, f"http://{lb_address}/", method="POST")["status"] == 503
+    assert http_request(client, f"http://{lb_address}/other")["status"] == 503
+    assert http_request(client, f"http://{lb_address}/", method="POST")["status"] == 503
 
 
 def test_static_pages_published_on_the_balancer(lab, releases):

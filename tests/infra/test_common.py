@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 
 import pytest
-import testinfra
 import yaml
+from lab_probes import ipv4, knock, scenario_hosts
 
 SCENARIO = "common"
 
@@ -34,51 +34,17 @@ ROLE_DEFAULTS = yaml.safe_load(
 
 TARGET, ALLOWED, OTHER = "fw-target", "fw-allowed", "fw-other"
 
-# Runs on the source host: connect to (address, port) and say how it went.
-KNOCK = """
-import socket, sys
-try:
-    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()
-    print("open")
-except socket.timeout:
-    print("timeout")
-except ConnectionRefusedError:
-    print("refused")
-except OSError as error:
-    print("error: %s" % error)
-"""
-
-
-def knock(source, address: str, port: int, timeout: float = 3.0) -> str:
-    """Open a TCP connection from ``source`` to address:port: open, timeout, refused or error."""
-    result = source.run("python3 -c %s %s %s %s", KNOCK, address, str(port), str(timeout))
-    assert result.rc == 0, result.stderr
-    return result.stdout.strip()
-
 
 @pytest.fixture(scope="module")
 def lab(request):
     """The scenario's hosts by name, from molecule's inventory."""
-    inventory = request.config.option.ansible_inventory
-    return {
-        name: testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
-        for name in (TARGET, ALLOWED, OTHER)
-    }
-
-
-def address_of(host) -> str:
-    """A host's address on the lab network: the one its default route leaves from."""
-    addresses = [a for a in host.interface.default().addresses if "." in a]
-    assert addresses, "no IPv4 address on the default interface"
-    return addresses[0]
+    return scenario_hosts(request, TARGET, ALLOWED, OTHER)
 
 
 @pytest.fixture(scope="module")
 def target_address(lab) -> str:
     """fw-target's address on the lab network: the one its default route leaves from."""
-    addresses = [a for a in lab[TARGET].interface.default().addresses if "." in a]
-    assert addresses, "fw-target has no IPv4 address on its default interface"
-    return addresses[0]
+    return ipv4(lab[TARGET])
 
 
 def nft_json(host, *command: str) -> list[dict]:
@@ -162,7 +128,7 @@ def test_inventory_rules_and_empty_group(lab):
     # node-exporter: lb and cache, both admitted.
     assert '"inventory/node-exporter"' in ruleset
     for name in (ALLOWED, OTHER):
-        address = next(a for a in lab[name].interface.default().addresses if "." in a)
+        address = ipv4(lab[name])
         assert address in content
     # jobs: group `worker` has no hosts, so the rule admits nobody (and is not "everyone").
     assert "admits NOBODY" in content
@@ -195,20 +161,20 @@ def test_ssh_is_admitted_from_the_configured_sources_only(lab, target_address):
     fw-other, on the same network, is dropped; fw-allowed admits the scenario's network."""
     assert knock(lab[ALLOWED], target_address, 22) == "open"
     assert knock(lab[OTHER], target_address, 22) == "timeout"
-    assert knock(lab[OTHER], address_of(lab[ALLOWED]), 22) == "open"
+    assert knock(lab[OTHER], ipv4(lab[ALLOWED]), 22) == "open"
     rules = lab[TARGET].run("nft list chain inet deploykit input").stdout
     ssh = [line.strip() for line in rules.splitlines() if 'comment "ssh"' in line]
     # One rule, from that address only (nft may print a one-element set without its braces).
     assert len(ssh) == 1 and ssh[0].startswith("ip saddr "), ssh
     assert ssh[0].replace("{", "").replace("}", "").split()[2] in {
-        address_of(lab[ALLOWED]),
-        f"{address_of(lab[ALLOWED])}/32",
+        ipv4(lab[ALLOWED]),
+        f"{ipv4(lab[ALLOWED])}/32",
     }, ssh
 
 
 def test_ssh_from_everywhere_only_by_explicit_opt_in(lab):
     """fw-other sets common_firewall_ssh_from_anywhere (no sources): SSH from every address."""
-    assert knock(lab[TARGET], address_of(lab[OTHER]), 22) == "open"
+    assert knock(lab[TARGET], ipv4(lab[OTHER]), 22) == "open"
     rules = lab[OTHER].run("nft list chain inet deploykit input").stdout
     ssh = [line.strip() for line in rules.splitlines() if 'comment "ssh"' in line]
     assert ssh == ['tcp dport 22 accept comment "ssh"'], ssh

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 import pytest
-import testinfra
 import yaml
+from lab_probes import ipv4, knock, scenario_hosts
 
 SCENARIO = "haproxy"
 
@@ -133,18 +133,6 @@ print(json.dumps(seen))
 """
 
 # Runs on a client: connect to (address, port) and say how it went.
-KNOCK = """
-import socket, sys
-try:
-    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()
-    print("open")
-except socket.timeout:
-    print("timeout")
-except ConnectionRefusedError:
-    print("refused")
-except OSError as error:
-    print("error: %s" % error)
-"""
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -153,23 +141,12 @@ except OSError as error:
 @pytest.fixture(scope="module")
 def lab(request):
     """The scenario's hosts by name, from molecule's inventory."""
-    inventory = request.config.option.ansible_inventory
-    return {
-        name: testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
-        for name in (LB, APP1, APP2)
-    }
-
-
-def address_of(host) -> str:
-    """A host's address on the scenario network: the one its default route leaves from."""
-    addresses = [a for a in host.interface.default().addresses if "." in a]
-    assert addresses, "no IPv4 address on the default interface"
-    return addresses[0]
+    return scenario_hosts(request, LB, APP1, APP2)
 
 
 @pytest.fixture(scope="module")
 def lb_address(lab) -> str:
-    return address_of(lab[LB])
+    return ipv4(lab[LB])
 
 
 def requests(client, url: str, count: int = 1, auth: str | None = None) -> list[dict]:
@@ -177,12 +154,6 @@ def requests(client, url: str, count: int = 1, auth: str | None = None) -> list[
     result = client.run("python3 -c %s" + " %s" * len(args), CLIENT, *args)
     assert result.rc == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def knock(source, address: str, port: int, timeout: float = 3.0) -> str:
-    result = source.run("python3 -c %s %s %s %s", KNOCK, address, str(port), str(timeout))
-    assert result.rc == 0, result.stderr
-    return result.stdout.strip()
 
 
 def runtime_api(lb, command: str) -> str:
@@ -312,7 +283,7 @@ def test_backend_is_built_from_the_app_group(lab):
     config = lab[LB].file("/etc/haproxy/haproxy.cfg").content_string
     port = ROLE_DEFAULTS["haproxy_backend_port"]
     for name in CLONES:
-        assert f"server {name} {address_of(lab[name])}:{port}" in config
+        assert f"server {name} {ipv4(lab[name])}:{port}" in config
     for line in [
         "balance roundrobin",
         "option httpchk",
@@ -366,10 +337,8 @@ def test_firewall_declaration(lab):
     lb = lab[LB]
     declaration = lb.file("/etc/nftables.d/haproxy.nft").content_string
     assert "tcp dport { 80, 443 } accept" in declaration
-    assert (
-        f"ip saddr {{ {address_of(lab[APP2])} }} tcp dport {{ {STATS_PORT} }} accept" in declaration
-    )
-    assert address_of(lab[APP1]) not in declaration
+    assert f"ip saddr {{ {ipv4(lab[APP2])} }} tcp dport {{ {STATS_PORT} }} accept" in declaration
+    assert ipv4(lab[APP1]) not in declaration
 
 
 # --- traffic, from outside ------------------------------------------------------------------------
@@ -413,7 +382,7 @@ def test_a_forged_client_address_never_reaches_the_app(lab, lb_address, both_clo
         answer = json.loads(result.stdout)
         assert answer["status"] == 200, answer
         assert answer["received"] == {
-            "X-Forwarded-For": [address_of(client)],
+            "X-Forwarded-For": [ipv4(client)],
             "Forwarded": [],
             "X-Real-IP": [],
         }, answer
@@ -746,7 +715,7 @@ def test_helper_lists_both_servers_up(lab, both_clones_up):
     for server in servers:
         assert set(server) == SERVER_FIELDS, server
         port = ROLE_DEFAULTS["haproxy_backend_port"]
-        assert server["address"] == f"{address_of(lab[server['server']])}:{port}"
+        assert server["address"] == f"{ipv4(lab[server['server']])}:{port}"
         assert server["status"] == "UP"
         assert server["admin"] == "ready"
         assert server["operational"] == "up"

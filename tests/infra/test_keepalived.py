@@ -15,7 +15,7 @@ import os
 import time
 
 import pytest
-import testinfra
+from lab_probes import scenario_hosts
 
 SCENARIO = "haproxy"
 
@@ -34,11 +34,7 @@ DEADLINE = 15.0
 
 @pytest.fixture(scope="module")
 def hosts(request):
-    inventory = request.config.option.ansible_inventory
-    return {
-        name: testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
-        for name in (LB1, LB2, CLIENT)
-    }
+    return scenario_hosts(request, LB1, LB2, CLIENT)
 
 
 def holders(hosts) -> list[str]:

@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
-import testinfra
+from lab_probes import scenario_host
 from role_tasks import run_role_tasks
 
 SCENARIO = "ledger"
@@ -95,8 +95,7 @@ def test_a_balancer_copies_the_history_records_it_misses(host: Any, request: Any
     # copied by the role's next run on it, once each and in order, as the other holds them.
     name = host.backend.get_hostname()
     inventory = request.config.option.ansible_inventory
-    peer_name = next(n for n in BALANCERS if n != name)
-    peer = testinfra.get_host(f"ansible://{peer_name}", ansible_inventory=inventory)
+    peer = scenario_host(request, next(n for n in BALANCERS if n != name))
     marks = [f"copy-{uuid.uuid4().hex[:8]}-{n}" for n in range(3)]
     for mark in marks:
         rc, _ = ledger(peer, "history", "append", "--record", json.dumps({"action": mark}))

@@ -27,8 +27,8 @@ import re
 from pathlib import Path
 
 import pytest
-import testinfra
 import yaml
+from lab_probes import ipv4, knock, scenario_hosts
 
 SCENARIO = "mongodb"
 
@@ -128,20 +128,6 @@ REMOVED = {
 }
 
 
-# Runs on the source host: connect to (address, port) and say how it went.
-KNOCK = """
-import socket, sys
-try:
-    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()
-    print("open")
-except socket.timeout:
-    print("timeout")
-except ConnectionRefusedError:
-    print("refused")
-except OSError as error:
-    print("error: %s" % error)
-"""
-
 # Runs on the client host with pymongo: one operation, the outcome as JSON.
 CLIENT_SCRIPT = """
 import json, os, sys
@@ -170,27 +156,10 @@ except OperationFailure as error:
 """
 
 
-def knock(source, address: str, port: int, timeout: float = 3.0) -> str:
-    """Open a TCP connection from ``source`` to address:port: open, timeout, refused or error."""
-    result = source.run("python3 -c %s %s %s %s", KNOCK, address, str(port), str(timeout))
-    assert result.rc == 0, result.stderr
-    return result.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def lab(request):
     """The scenario's hosts by name, from molecule's inventory."""
-    inventory = request.config.option.ansible_inventory
-    return {
-        name: testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
-        for name in (DB, CLIENT, OTHER)
-    }
-
-
-def ipv4(host) -> str:
-    addresses = [a for a in host.interface.default().addresses if "." in a]
-    assert addresses, "no IPv4 address on the default interface"
-    return addresses[0]
+    return scenario_hosts(request, DB, CLIENT, OTHER)
 
 
 @pytest.fixture(scope="module")

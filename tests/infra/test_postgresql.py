@@ -20,7 +20,7 @@ import time
 import uuid
 
 import pytest
-import testinfra
+from lab_probes import knock, listening, scenario_hosts
 
 SCENARIO = "postgresql"
 
@@ -34,27 +34,6 @@ DB_ADDRESS = "172.30.105.10"
 PORT = 5432
 SERVICE = "postgresql@15-main"
 REJECTED = "pg_hba.conf rejects connection"
-
-# Runs on the source host: connect to (address, port) and say how it went.
-KNOCK = """
-import socket, sys
-try:
-    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()
-    print("open")
-except socket.timeout:
-    print("timeout")
-except ConnectionRefusedError:
-    print("refused")
-except OSError as error:
-    print("error: %s" % error)
-"""
-
-
-def knock(source, address: str, port: int, timeout: float = 3.0) -> str:
-    """Open a TCP connection from ``source`` to address:port: open, timeout, refused or error."""
-    result = source.run("python3 -c %s %s %s %s", KNOCK, address, str(port), str(timeout))
-    assert result.rc == 0, result.stderr
-    return result.stdout.strip()
 
 
 def psql(
@@ -91,11 +70,7 @@ def superuser_sql(host, sql: str, database: str = "postgres") -> str:
 @pytest.fixture(scope="module")
 def lab(request):
     """The scenario's hosts by name, from molecule's inventory."""
-    inventory = request.config.option.ansible_inventory
-    return {
-        name: testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
-        for name in (DB, APP, LB)
-    }
+    return scenario_hosts(request, DB, APP, LB)
 
 
 @pytest.fixture(scope="module")
@@ -146,17 +121,6 @@ def test_server_runs_with_that_configuration(lab):
     assert superuser_sql(db, "SELECT count(*) FROM pg_settings WHERE pending_restart") == "0"
     hba_errors = "SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL"
     assert superuser_sql(db, hba_errors) == "0"
-
-
-def listening(host) -> dict[int, set[str]]:
-    """Listening TCP sockets on ``host``: port -> addresses."""
-    sockets: dict[int, set[str]] = {}
-    for url in host.socket.get_listening_sockets():
-        if not url.startswith("tcp://"):
-            continue
-        address, _, port = url[len("tcp://") :].rpartition(":")
-        sockets.setdefault(int(port), set()).add(address)
-    return sockets
 
 
 def test_listens_on_the_private_address_and_loopback_only(lab):

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-import testinfra
+from lab_probes import scenario_hosts
 from test_postgresql import APP, LB, SCENARIO, SERVICE, psql, superuser_sql
 
 pytestmark = pytest.mark.skipif(
@@ -35,11 +35,7 @@ PRIMARY_ADDRESS, STANDBY_ADDRESS = "172.30.105.10", "172.30.105.13"
 
 @pytest.fixture(scope="module")
 def hosts(request):
-    inventory = request.config.option.ansible_inventory
-    return {
-        name: testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
-        for name in (PRIMARY, STANDBY, APP, LB)
-    }
+    return scenario_hosts(request, PRIMARY, STANDBY, APP, LB)
 
 
 @pytest.fixture(scope="module")

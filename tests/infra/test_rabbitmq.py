@@ -24,7 +24,7 @@ import time
 import uuid
 
 import pytest
-import testinfra
+from lab_probes import knock, listening, scenario_hosts
 from role_tasks import run_role_tasks
 
 SCENARIO = "rabbitmq"
@@ -41,19 +41,6 @@ AMQP_PORT = 5672
 CLUSTER = {"mq-node1": "172.30.104.13", "mq-node2": "172.30.104.14", "mq-node3": "172.30.104.15"}
 NODE_NAMES = sorted(f"rabbit@{address}" for address in CLUSTER.values())
 
-# Runs on the source host: connect to (address, port) and say how it went.
-KNOCK = """
-import socket, sys
-try:
-    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()
-    print("open")
-except socket.timeout:
-    print("timeout")
-except ConnectionRefusedError:
-    print("refused")
-except OSError as error:
-    print("error: %s" % error)
-"""
 
 # Runs on mq-app with pika:
 #   python3 -c AMQP <action> <address> <user> <password> <vhost> [queue [body]]
@@ -122,13 +109,6 @@ except Exception as error:
 """
 
 
-def knock(source, address: str, port: int, timeout: float = 3.0) -> str:
-    """Open a TCP connection from ``source`` to address:port: open, timeout, refused or error."""
-    result = source.run("python3 -c %s %s %s %s", KNOCK, address, str(port), str(timeout))
-    assert result.rc == 0, result.stderr
-    return result.stdout.strip()
-
-
 def amqp(
     source,
     action: str,
@@ -154,11 +134,7 @@ def rabbitmqctl(host, *args: str):
 @pytest.fixture(scope="module")
 def lab(request):
     """The scenario's hosts by name, from molecule's inventory."""
-    inventory = request.config.option.ansible_inventory
-    return {
-        name: testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
-        for name in (QUEUE, APP, LB, *CLUSTER)
-    }
+    return scenario_hosts(request, QUEUE, APP, LB, *CLUSTER)
 
 
 @pytest.fixture(scope="module")
@@ -199,17 +175,6 @@ def test_configuration_files(lab):
 
 
 # --- where it listens ----------------------------------------------------------------------------
-
-
-def listening(host) -> dict[int, set[str]]:
-    """Listening TCP sockets on ``host``: port -> addresses."""
-    sockets: dict[int, set[str]] = {}
-    for url in host.socket.get_listening_sockets():
-        if not url.startswith("tcp://"):
-            continue
-        address, _, port = url[len("tcp://") :].rpartition(":")
-        sockets.setdefault(int(port), set()).add(address)
-    return sockets
 
 
 def test_amqp_listens_on_the_private_address_only(lab):

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
-import testinfra
 import yaml
+from lab_probes import ipv4, scenario_hosts
 
 SCENARIO = "redis"
 
@@ -157,11 +157,7 @@ def wait_for_redis(cache, timeout: float = 30) -> None:
 @pytest.fixture(scope="module")
 def lab(request):
     """The scenario's hosts by name, from molecule's inventory."""
-    inventory = request.config.option.ansible_inventory
-    return {
-        name: testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
-        for name in (CACHE, APP, LB)
-    }
+    return scenario_hosts(request, CACHE, APP, LB)
 
 
 @pytest.fixture(scope="module")
@@ -172,9 +168,7 @@ def cache(lab):
 @pytest.fixture(scope="module")
 def address(cache) -> str:
     """The cache host's address on the lab network: the one its default route leaves from."""
-    addresses = [a for a in cache.interface.default().addresses if "." in a]
-    assert addresses, "the cache host has no IPv4 address on its default interface"
-    return addresses[0]
+    return ipv4(cache)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import os
 import time
 
 import pytest
-import testinfra
+from lab_probes import scenario_hosts
 from test_redis import APP_USER, RESP_CLIENT, ROLE_DEFAULTS, SCENARIO
 
 pytestmark = pytest.mark.skipif(
@@ -40,11 +40,7 @@ APP, LB = "redis-app", "redis-lb"
 
 @pytest.fixture(scope="module")
 def hosts(request):
-    inventory = request.config.option.ansible_inventory
-    return {
-        name: testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
-        for name in (*CACHES, APP, LB)
-    }
+    return scenario_hosts(request, *CACHES, APP, LB)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import json
 import os
 
 import pytest
-import testinfra
+from lab_probes import scenario_host
 
 SCENARIO = "release"
 
@@ -30,8 +30,7 @@ SCRATCH = "/root/release-scratch"
 
 @pytest.fixture(scope="module")
 def node(request):
-    inventory = request.config.option.ansible_inventory
-    return testinfra.get_host(f"ansible://{NODE}", ansible_inventory=inventory)
+    return scenario_host(request, NODE)
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,11 @@ balancer's own address, port 80 (the public frontend).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import pytest
-import testinfra
+from lab_probes import http_request, ipv4, scenario_host
 
 SCENARIO = "static"
 
@@ -37,31 +36,15 @@ PAGES = {
     "/about%20us.html": "about us.html",
 }
 
-CLIENT = r"""
-import json, sys, urllib.error, urllib.request
-request = urllib.request.Request(sys.argv[1], method=sys.argv[2])
-try:
-    response = urllib.request.urlopen(request, timeout=5)
-    status, headers, body = response.status, response.headers, response.read()
-except urllib.error.HTTPError as error:
-    status, headers, body = error.code, error.headers, error.read()
-except OSError as error:
-    print(json.dumps({"error": str(error)}))
-    sys.exit(0)
-print(json.dumps({"status": status, "headers": {k.lower(): v for k, v in headers.items()},
-                  "body": body.decode(errors="replace")}))
-"""
-
 
 @pytest.fixture(scope="module")
 def lb(request):
-    inventory = request.config.option.ansible_inventory
-    return testinfra.get_host(f"ansible://{LB}", ansible_inventory=inventory)
+    return scenario_host(request, LB)
 
 
 @pytest.fixture(scope="module")
 def address(lb) -> str:
-    return next(a for a in lb.interface.default().addresses if "." in a)
+    return ipv4(lb)
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +52,10 @@ def release(lb) -> str:
     return lb.run("readlink %s/static/current", APP).stdout.strip().rsplit("/", 1)[1]
 
 
-def fetch(lb, url: str, method: str = "GET") -> dict:
-    result = lb.run("python3 -c %s %s %s", CLIENT, url, method)
-    assert result.rc == 0, result.stderr
-    return json.loads(result.stdout)
-
-
 def wait_for(lb, url: str, status: int, deadline: float = 15.0) -> dict:
     end = time.monotonic() + deadline
     while True:
-        answer = fetch(lb, url)
+        answer = http_request(lb, url)
         if answer.get("status") == status or time.monotonic() > end:
             return answer
         time.sleep(0.5)
@@ -149,19 +126,22 @@ def test_nginx_serves_on_loopback_only(lb):
 
 def test_every_baked_page_is_served_with_no_app_clone(lb, address, release, nginx_up):
     # The app backend's only server does not exist.
-    assert fetch(lb, f"http://{address}/healthz")["status"] == 503
+    assert http_request(lb, f"http://{address}/healthz")["status"] == 503
     for path, page in PAGES.items():
         expected = lb.file(f"{APP}/releases/{release}/baked/{page}").content_string
-        answer = fetch(lb, f"http://{address}{path}")
+        answer = http_request(lb, f"http://{address}{path}")
         assert answer["status"] == 200, (path, answer)
         assert answer["headers"]["x-served-by"] == "static", path
         assert answer["body"] == expected, path
         # A CDN may keep it for static_cache_max_age, then revalidate it (ETag, Last-Modified).
         assert answer["headers"]["cache-control"] == "public, max-age=300", path
         assert answer["headers"].get("etag") and answer["headers"].get("last-modified"), path
-        head = fetch(lb, f"http://{address}{path}", method="HEAD")
+        head = http_request(lb, f"http://{address}{path}", method="HEAD")
         assert head["status"] == 200, (path, head)
-    assert "text/css" in fetch(lb, f"http://{address}/assets/site.css")["headers"]["content-type"]
+    assert (
+        "text/css"
+        in http_request(lb, f"http://{address}/assets/site.css")["headers"]["content-type"]
+    )
 
 
 def test_the_pages_receiver_is_installed_for_root_only(lb):
@@ -182,7 +162,7 @@ def test_other_requests_go_to_the_app(lb, address, nginx_up):
         ("/.deploykit-release.json", "GET"),
         ("/index.html?x=1", "DELETE"),
     ]:
-        answer = fetch(lb, f"http://{address}{path}", method=method)
+        answer = http_request(lb, f"http://{address}{path}", method=method)
         assert answer["status"] == 503, (path, method, answer)
         assert answer["headers"].get("x-served-by") != "static"
 

@@ -12,7 +12,7 @@ import json
 import os
 
 import pytest
-import testinfra
+from lab_probes import scenario_host
 
 SCENARIO = "static"
 
@@ -30,19 +30,14 @@ FORCED = (
 )
 
 
-def host(request, name: str):
-    inventory = request.config.option.ansible_inventory
-    return testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
-
-
 @pytest.fixture(scope="module")
 def worker(request):
-    return host(request, "static-worker")
+    return scenario_host(request, "static-worker")
 
 
 @pytest.fixture(scope="module")
 def lb(request):
-    return host(request, "static-lb")
+    return scenario_host(request, "static-lb")
 
 
 def test_the_timer_is_on_and_the_bake_is_a_oneshot_of_the_service_account(worker):

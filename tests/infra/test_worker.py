@@ -12,7 +12,7 @@ import os
 import time
 
 import pytest
-import testinfra
+from lab_probes import scenario_host
 
 SCENARIO = "worker"
 
@@ -30,8 +30,7 @@ HELPER = "/usr/local/libexec/deploykit-release"
 
 @pytest.fixture(scope="module")
 def node(request):
-    inventory = request.config.option.ansible_inventory
-    return testinfra.get_host(f"ansible://{NODE}", ansible_inventory=inventory)
+    return scenario_host(request, NODE)
 
 
 @pytest.fixture

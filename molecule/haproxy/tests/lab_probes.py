@@ -1,0 +1,1 @@
+../../../tests/infra/lab_probes.py
