@@ -1339,18 +1339,25 @@ class Rollouts:
     def ledger(self, *argv: str) -> dict[str, Any]:
         """One ledger command, as its command line says it (``"lock", "release"``, ``"history",
         "show", "--limit=20"``, ``--token=...``, ``--force``)."""
-        self._check_inventory()
+        layout = self._check_inventory()
         command: dict[str, Any] = {"command": " ".join(argv[:2])}
         for option in argv[2:]:
             key, has_value, value = option.removeprefix("--").partition("=")
             command[key] = int(value) if key == "limit" else value if has_value else True
         result = self._run("ledger.yml", {"rollout_ledger": command})
-        answers = result.results_of("ledger")
-        answer = answers[-1].res.get("ledger") if answers else None
-        if not result.ok or not isinstance(answer, dict):
+        answers = {
+            answer.host: answer.res["ledger"]
+            for answer in result.results_of("ledger")
+            if answer.ok and isinstance(answer.res.get("ledger"), dict)
+        }
+        # A read of the history asks every balancer (ledger.yml): the first in the group's order
+        # that answered, the first balancer when it is up. The lock's commands ask it only.
+        read_anywhere = command["command"] == "history show"
+        first = next((answers[h] for h in layout.groups["lb"] if h in answers), None)
+        if first is None or not (result.ok or read_anywhere):
             _, _, message = self._failure(result)
             raise DeploykitError(f"could not read the deploy ledger: {message}")
-        return answer
+        return dict(first)
 
     def maintenance(
         self, wanted: maintenance_mode.Maintenance | None = None

@@ -415,3 +415,35 @@ def test_renew_and_release_go_through_ledger_yml_and_the_module(tmp_path: Path) 
         True,
         "ada@ctl",
     )
+
+
+def test_the_history_is_read_from_the_first_balancer_that_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the first balancer unreachable, `deploykit releases` reads the copy of the history
+    on the next; the lock (the first balancer's alone) is not read anywhere else."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "playbooks").symlink_to(ROOT / "playbooks")
+    copy = tmp_path / "ledger-lb2"
+    copy.mkdir()
+    ledger.history_append(str(copy), {"action": "deploy", "release": "r2", "outcome": "succeeded"})
+    inventory = project / "hosts.yml"
+    # lb1: SSH to a closed port on loopback (unreachable at once); lb2: this machine.
+    inventory.write_text(
+        "all:\n  children:\n    lb:\n      hosts:\n"
+        "        lb1:\n          ansible_host: 127.0.0.1\n          ansible_port: 9\n"
+        "        lb2:\n          ansible_connection: local\n"
+        "          ansible_python_interpreter: '{{ ansible_playbook_python }}'\n"
+        "          ansible_become: false\n"
+        f"          ledger_dir: {copy}\n"
+    )
+    made = Rollouts(project, inventory, log=print, lease=20)
+    layout = rollout.inventory.Layout(
+        groups={"lb": ["lb1", "lb2"], "app": []}, app_names=frozenset()
+    )
+    monkeypatch.setattr(made, "_check_inventory", lambda: layout)
+    (record,) = made.ledger("history", "show", "--limit=5")["records"]
+    assert (record["action"], record["release"]) == ("deploy", "r2")
+    with pytest.raises(DeploykitError, match="could not read the deploy ledger"):
+        made.ledger("lock", "status")
