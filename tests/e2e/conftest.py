@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import molecule_runs as molecule_pool
+import molecule_runs as molecule_scenarios
 import pytest
 from verify_skips import VERIFY_ACCOUNTING, terminal_lines
 
@@ -119,18 +119,29 @@ def molecule_reports(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("molecule-verify")
 
 
-@pytest.fixture(scope="session")
-def molecule_runs(
-    request: pytest.FixtureRequest, lab_image: str, molecule_reports: Path
-) -> Iterator[molecule_pool.Runs]:
-    """The selected scenarios (-k applies), started on a pool when the first of
-    test_molecule.py's tests asks; each test waits for its own."""
-    del lab_image
-    pool, runs = molecule_pool.start(_selected_scenarios(request.session), molecule_reports)
+@pytest.fixture(scope="session", autouse=True)
+def molecule_pool(
+    request: pytest.FixtureRequest, molecule_reports: Path
+) -> Iterator[molecule_scenarios.Pool | None]:
+    """The selected scenarios (-k applies), started with the first e2e test: one at a time beside
+    the other e2e tests (molecule_runs.py), on the lab's base image."""
+    scenarios = _selected_scenarios(request.session)
+    if not scenarios:
+        yield None
+        return
+    request.getfixturevalue("lab_image")
+    pool = molecule_scenarios.Pool(scenarios, molecule_reports)
     try:
-        yield runs
+        yield pool
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown()
+
+
+@pytest.fixture(scope="session")
+def molecule_runs(molecule_pool: molecule_scenarios.Pool) -> molecule_scenarios.Runs:
+    """The scenarios' runs, for test_molecule.py's tests (after every other e2e test): from the
+    first that asks, the pool runs JOBS scenarios at a time; each test waits for its own."""
+    return molecule_pool.all_slots()
 
 
 @pytest.fixture(scope="session")
@@ -224,12 +235,12 @@ def _time_per_part(terminalreporter: pytest.TerminalReporter) -> None:
     for part, total in sorted(seconds.items(), key=lambda item: -item[1]):
         terminalreporter.write_line(f"{part:<12} {total:7.0f} s")
     # Each scenario's own time (a test's duration is its wait for a result on the pool).
-    scenarios = molecule_pool.summary_lines()
+    scenarios = molecule_scenarios.summary_lines()
     if scenarios:
         terminalreporter.section("molecule scenarios")
         for line in scenarios:
             terminalreporter.write_line(line)
-        seconds["molecule (span)"] = molecule_pool.span_seconds()
+        seconds["molecule (span)"] = molecule_scenarios.span_seconds()
     record = os.environ.get("DEPLOYKIT_STAGE_TIMES")
     if record:
         with open(record, "a", encoding="utf-8") as handle:

@@ -1,11 +1,18 @@
-"""The molecule scenarios, two at a time on a pool.
+"""The molecule scenarios on a pool: one at a time beside the other e2e tests, two at a time after.
 
 Each scenario (one per role) is `molecule test -s SCENARIO`: create, converge, idempotence,
 testinfra verify, destroy, on containers and a network of its own (fixed subnets 172.30.1xx.0/25,
-never the lab's). The pool starts when the first of test_molecule.py's tests asks for it, after
-every other e2e test (conftest.py orders them): run beside the e2e tests on this 2-core machine
-(2026-12-03), three scenarios failed in molecule's own start-up (`ansible-playbook --version` and
-`ansible-galaxy collection install` exiting 1) and the run was only 4 minutes shorter.
+never the lab's). The pool starts with the first e2e test (conftest.py): the e2e tests leave about
+half of this 2-core machine idle (they wait on deploys, health gates and load at a fixed rate;
+vmstat during CI, 2026-12-05), and one scenario at a time fills that, at a lower CPU priority.
+When the last of the other e2e tests has run and test_molecule.py's tests start waiting for their
+results, the pool widens to JOBS. The benches run after every scenario has ended (conftest.py
+orders them): they print times, on a machine that runs nothing else.
+
+Tried before (2026-12-03): two scenarios beside the e2e tests saturated the machine and three
+failed in molecule's own start-up (its prerun: `ansible-playbook --version` and
+`ansible-galaxy collection install`, run by every scenario at once); the scenarios now skip the
+prerun (`prerun: false`: the collections come with the `ansible` package, the roles path is set).
 """
 
 from __future__ import annotations
@@ -13,8 +20,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from deploykit.project import project_root
@@ -22,13 +32,16 @@ from deploykit.project import project_root
 ROOT = project_root()
 SCENARIOS = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
 
-# Two scenarios at a time: each is mostly waiting (apt, pip, systemd). DEPLOYKIT_MOLECULE_JOBS=1
-# for a machine that is already busy.
+# Two scenarios at a time once the other e2e tests have run, one beside them (0: none, the pool
+# waits for them). DEPLOYKIT_MOLECULE_JOBS=1 for a machine that is already busy.
 JOBS = max(1, int(os.environ.get("DEPLOYKIT_MOLECULE_JOBS", "2")))
-# The longest first, so that the two queues end together.
+BESIDE_E2E = max(0, min(JOBS, int(os.environ.get("DEPLOYKIT_MOLECULE_BESIDE_E2E", "1"))))
+# Molecule's Ansible (the controller's side) yields the CPU to the e2e tests' deploys under load.
+NICENESS = 10
+# The longest first, so that the queues end together (the CI rehearsal of 7bfba99, 2026-12-05).
 LONGEST_FIRST = (
-    "app", "rabbitmq", "haproxy", "redis", "worker", "postgresql", "mongodb", "static", "common",
-    "release",
+    "rabbitmq", "haproxy", "app", "redis", "postgresql", "static", "worker", "mongodb", "common",
+    "release", "ledger",
 )  # fmt: skip
 Runs = dict[str, Future[subprocess.CompletedProcess[str]]]
 # Each scenario's start and end (time.monotonic()), for the run's summary: the tests' own
@@ -50,7 +63,7 @@ def run_scenario(scenario: str, report: Path) -> subprocess.CompletedProcess[str
     started = time.monotonic()
     try:
         return subprocess.run(
-            [str(venv_bin / "molecule"), "test", "-s", scenario],
+            ["nice", "-n", str(NICENESS), str(venv_bin / "molecule"), "test", "-s", scenario],
             env=env,
             cwd=ROOT,
             capture_output=True,
@@ -62,12 +75,58 @@ def run_scenario(scenario: str, report: Path) -> subprocess.CompletedProcess[str
         SPANS[scenario] = (started, time.monotonic())
 
 
-def start(scenarios: set[str], reports: Path) -> tuple[ThreadPoolExecutor, Runs]:
-    """SCENARIOS started on a pool of JOBS, the longest first; each test waits for its own."""
-    order = sorted(scenarios, key=lambda s: LONGEST_FIRST.index(s) if s in LONGEST_FIRST else 99)
-    pool = ThreadPoolExecutor(max_workers=JOBS, thread_name_prefix="molecule")
-    runs = {name: pool.submit(run_scenario, name, reports / f"{name}.xml") for name in order}
-    return pool, runs
+class Gate:
+    """How many scenarios may run at once: BESIDE_E2E while the other e2e tests run, JOBS once
+    widen() is called."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._running = 0
+        self._changed = threading.Condition()
+
+    def widen(self, limit: int) -> None:
+        with self._changed:
+            self._limit = max(self._limit, limit)
+            self._changed.notify_all()
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._running < self._limit)
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._running -= 1
+                self._changed.notify_all()
+
+
+class Pool:
+    """SCENARIOS, the longest first, each in a slot of the gate; each test waits for its own."""
+
+    def __init__(self, scenarios: set[str], reports: Path) -> None:
+        order = sorted(
+            scenarios, key=lambda s: LONGEST_FIRST.index(s) if s in LONGEST_FIRST else 99
+        )
+        self.gate = Gate(BESIDE_E2E)
+        self._executor = ThreadPoolExecutor(max_workers=JOBS, thread_name_prefix="molecule")
+        self.runs: Runs = {
+            name: self._executor.submit(self._run, name, reports / f"{name}.xml") for name in order
+        }
+
+    def _run(self, scenario: str, report: Path) -> subprocess.CompletedProcess[str]:
+        with self.gate.slot():
+            return run_scenario(scenario, report)
+
+    def all_slots(self) -> Runs:
+        """JOBS at a time from now on (the other e2e tests have run); the runs."""
+        self.gate.widen(JOBS)
+        return self.runs
+
+    def shutdown(self) -> None:
+        self.gate.widen(JOBS)
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 def summary_lines() -> list[str]:
@@ -77,7 +136,10 @@ def summary_lines() -> list[str]:
     lines = [f"{name:<12} {end - begin:7.0f} s" for name, (begin, end) in sorted(SPANS.items())]
     first = min(begin for begin, _ in SPANS.values())
     last = max(end for _, end in SPANS.values())
-    lines.append(f"{'all (span)':<12} {last - first:7.0f} s  ({JOBS} at a time)")
+    lines.append(
+        f"{'all (span)':<12} {last - first:7.0f} s  "
+        f"({BESIDE_E2E} at a time beside the other e2e tests, then {JOBS})"
+    )
     return lines
 
 

@@ -2,7 +2,8 @@
 idempotence, testinfra verify, destroy.
 
 Run from pytest so that `make test` has one runner and one closing line; each scenario is a test.
-The scenarios run two at a time on a pool (molecule_runs.py), after every other e2e test.
+The scenarios run on a pool (molecule_runs.py): one at a time beside the other e2e tests, two at
+a time once those have run; these tests wait for their results after every other e2e test.
 Each verify writes a JUnit report; a scenario passes only when every test of it passed or was
 skipped with a reason ALLOWED_SKIPS (verify_skips.py) lists, and the final summary shows each
 scenario's accounting (passed, skipped, and why each skip is allowed).
