@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,33 +114,55 @@ def _selected_scenarios(session: pytest.Session) -> set[str]:
     }
 
 
-@pytest.fixture(scope="session")
-def molecule_reports(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where each scenario's verify writes its JUnit report (SCENARIO.xml)."""
-    return tmp_path_factory.mktemp("molecule-verify")
+MOLECULE_POOL = pytest.StashKey[molecule_scenarios.Pool]()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def molecule_pool(
-    request: pytest.FixtureRequest, molecule_reports: Path
-) -> Iterator[molecule_scenarios.Pool | None]:
-    """The selected scenarios (-k applies), started with the first e2e test: one at a time beside
-    the other e2e tests (molecule_runs.py), on the lab's base image."""
-    scenarios = _selected_scenarios(request.session)
-    if not scenarios:
-        yield None
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The selected scenarios (-k applies) start once the run's tests are known, before the first
+    unit test: one at a time beside every other test (molecule_runs.py), on the lab's base
+    image. Without an engine nothing starts here: the scenarios' tests say why (lab_image)."""
+    scenarios = _selected_scenarios(session)
+    if not scenarios or session.config.option.collectonly:
         return
-    request.getfixturevalue("lab_image")
-    pool = molecule_scenarios.Pool(scenarios, molecule_reports)
     try:
-        yield pool
-    finally:
+        lab.ensure_image(log=print)
+    except LabError:
+        return
+    _start_pool(session)
+
+
+def _start_pool(session: pytest.Session) -> molecule_scenarios.Pool:
+    reports = Path(tempfile.mkdtemp(prefix="deploykit-molecule-verify-"))
+    pool = molecule_scenarios.Pool(_selected_scenarios(session), reports)
+    session.config.stash[MOLECULE_POOL] = pool
+    return pool
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    pool = session.config.stash.get(MOLECULE_POOL, None)
+    if pool is not None:
         pool.shutdown()
+        shutil.rmtree(pool.reports, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def molecule_pool(request: pytest.FixtureRequest) -> molecule_scenarios.Pool:
+    """The scenarios' pool: started after collection, or now (the engine was missing then:
+    lab_image skips or fails naming it)."""
+    request.getfixturevalue("lab_image")
+    pool = request.config.stash.get(MOLECULE_POOL, None)
+    return pool if pool is not None else _start_pool(request.session)
+
+
+@pytest.fixture(scope="session")
+def molecule_reports(molecule_pool: molecule_scenarios.Pool) -> Path:
+    """Where each scenario's verify writes its JUnit report (SCENARIO.xml)."""
+    return molecule_pool.reports
 
 
 @pytest.fixture(scope="session")
 def molecule_runs(molecule_pool: molecule_scenarios.Pool) -> molecule_scenarios.Runs:
-    """The scenarios' runs, for test_molecule.py's tests (after every other e2e test): from the
+    """The scenarios' runs, for test_molecule.py's tests (after every other test): from the
     first that asks, the pool runs JOBS scenarios at a time; each test waits for its own."""
     return molecule_pool.all_slots()
 

@@ -1,13 +1,14 @@
-"""The molecule scenarios on a pool: one at a time beside the other e2e tests, two at a time after.
+"""The molecule scenarios on a pool: one at a time beside the other tests, two at a time after.
 
 Each scenario (one per role) is `molecule test -s SCENARIO`: create, converge, idempotence,
 testinfra verify, destroy, on containers and a network of its own (fixed subnets 172.30.1xx.0/25,
-never the lab's). The pool starts with the first e2e test (conftest.py): the e2e tests leave about
-half of this 2-core machine idle (they wait on deploys, health gates and load at a fixed rate;
-vmstat during CI, 2026-12-05), and one scenario at a time fills that, at a lower CPU priority.
-When the last of the other e2e tests has run and test_molecule.py's tests start waiting for their
-results, the pool widens to JOBS. The benches run after every scenario has ended (conftest.py
-orders them): they print times, on a machine that runs nothing else.
+never the lab's). The pool starts once pytest has collected the run (conftest.py), before the
+first unit test: the unit and e2e tests leave about half of this 2-core machine idle (one process;
+the e2e tests wait on deploys, health gates and load at a fixed rate: vmstat during CI,
+2026-12-05), and one scenario at a time fills that, at a lower CPU priority. When every other test
+has run and test_molecule.py's tests start waiting for their results, the pool widens to JOBS.
+The benches run after every scenario has ended (conftest.py orders them): they print times, on a
+machine that runs nothing else.
 
 Tried before (2026-12-03): two scenarios beside the e2e tests saturated the machine and three
 failed in molecule's own start-up (its prerun: `ansible-playbook --version` and
@@ -32,10 +33,10 @@ from deploykit.project import project_root
 ROOT = project_root()
 SCENARIOS = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
 
-# Two scenarios at a time once the other e2e tests have run, one beside them (0: none, the pool
+# Two scenarios at a time once every other test has run, one beside them (0: none, the pool
 # waits for them). DEPLOYKIT_MOLECULE_JOBS=1 for a machine that is already busy.
 JOBS = max(1, int(os.environ.get("DEPLOYKIT_MOLECULE_JOBS", "2")))
-BESIDE_E2E = max(0, min(JOBS, int(os.environ.get("DEPLOYKIT_MOLECULE_BESIDE_E2E", "1"))))
+BESIDE = max(0, min(JOBS, int(os.environ.get("DEPLOYKIT_MOLECULE_BESIDE", "1"))))
 # Molecule's Ansible (the controller's side) yields the CPU to the e2e tests' deploys under load.
 NICENESS = 10
 # The longest first, so that the queues end together (the CI rehearsal of 7bfba99, 2026-12-05).
@@ -76,7 +77,7 @@ def run_scenario(scenario: str, report: Path) -> subprocess.CompletedProcess[str
 
 
 class Gate:
-    """How many scenarios may run at once: BESIDE_E2E while the other e2e tests run, JOBS once
+    """How many scenarios may run at once: BESIDE while the other e2e tests run, JOBS once
     widen() is called."""
 
     def __init__(self, limit: int) -> None:
@@ -109,7 +110,8 @@ class Pool:
         order = sorted(
             scenarios, key=lambda s: LONGEST_FIRST.index(s) if s in LONGEST_FIRST else 99
         )
-        self.gate = Gate(BESIDE_E2E)
+        self.reports = reports
+        self.gate = Gate(BESIDE)
         self._executor = ThreadPoolExecutor(max_workers=JOBS, thread_name_prefix="molecule")
         self.runs: Runs = {
             name: self._executor.submit(self._run, name, reports / f"{name}.xml") for name in order
@@ -138,7 +140,7 @@ def summary_lines() -> list[str]:
     last = max(end for _, end in SPANS.values())
     lines.append(
         f"{'all (span)':<12} {last - first:7.0f} s  "
-        f"({BESIDE_E2E} at a time beside the other e2e tests, then {JOBS})"
+        f"({BESIDE} at a time beside the other tests, then {JOBS})"
     )
     return lines
 
