@@ -6,7 +6,6 @@ import argparse
 import getpass
 import json
 import logging
-import math
 import os
 import re
 import sys
@@ -37,6 +36,7 @@ from deploykit import (
     runner,
     smoke,
 )
+from deploykit.argtypes import line_count, positive_seconds, soak_seconds
 from deploykit.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, DeploykitError
 from deploykit.project import project_root
 
@@ -850,7 +850,7 @@ def _add_rollout_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--hook-timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=hooks.DEFAULT_HOOK_TIMEOUT,
         metavar="SECONDS",
         help="how long a hook may run before it is killed "
@@ -912,32 +912,12 @@ def _add_rollout_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--health-timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=30.0,
         metavar="SECONDS",
         help="the health gate's deadline: how long a restarted clone has, in all, to report the "
         "new release on its health path (default 30)",
     )
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"seconds must be more than 0: {text!r}")
-    return value
-
-
-def _soak_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"give 0 (no soak) to 3600 seconds: {text!r}")
-    return value
 
 
 def _application_name(text: str) -> str:
@@ -962,7 +942,7 @@ def _add_bake_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bake.add_argument("--now", action="store_true", help="bake and publish now, and wait for it")
     bake.add_argument(
         "--timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=600.0,
         metavar="S",
         help="--now: seconds the bake may take before it is stopped (default 600)",
@@ -983,7 +963,7 @@ def _add_rollout_commands(commands: argparse._SubParsersAction[argparse.Argument
     deploy.add_argument("--no-canary", action="store_true", help="no single-clone canary first")
     deploy.add_argument(
         "--canary-soak",
-        type=_soak_seconds,
+        type=soak_seconds,
         metavar="SECONDS",
         help="the canary serves live traffic this long, then is judged on its 5xx rate and "
         "response time against the old release's (HAProxy's statistics); worse, the deploy "
@@ -1037,7 +1017,7 @@ def _add_rollout_commands(commands: argparse._SubParsersAction[argparse.Argument
     logs_parser.add_argument(
         "-n",
         "--lines",
-        type=remote.line_count,
+        type=line_count,
         default=logs.DEFAULT_LINES,
         metavar="N",
         help=f"the newest N lines of all hosts together (default {logs.DEFAULT_LINES}; -n 0 -f: "
@@ -1051,7 +1031,7 @@ def _add_rollout_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     logs_parser.add_argument(
         "--timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=30.0,
         metavar="S",
         help="seconds each host may take to answer (following: to connect) (default 30)",

@@ -59,6 +59,7 @@ from rich.console import Console
 from rich.text import Text
 
 from deploykit import inventory, lab
+from deploykit.argtypes import line_count, positive_seconds
 from deploykit.errors import EXIT_FAILED, EXIT_OK, BadInput, DeploykitError
 from deploykit.project import project_root
 
@@ -73,7 +74,6 @@ __all__ = [
     "add_exec_command",
     "command_line",
     "format_report",
-    "line_count",
     "printable",
     "read_targets",
     "resolve_pattern",
@@ -821,26 +821,6 @@ def format_report(result: ExecResult, *, lines: int = DEFAULT_LINES) -> Text:
 # --- the command line ---------------------------------------------------------------------------
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
-def line_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of lines (0 or more), got {text!r}")
-    return value
-
-
 def add_exec_command(commands: Any) -> argparse.ArgumentParser:
     """Register ``exec`` on the CLI's subparsers (from ``add_subparsers()``); return its parser."""
     parser: argparse.ArgumentParser = commands.add_parser(
@@ -864,7 +844,7 @@ def add_exec_command(commands: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=DEFAULT_TIMEOUT,
         metavar="S",
         help=f"seconds each host may take, connection included (default {DEFAULT_TIMEOUT:g})",

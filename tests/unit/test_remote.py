@@ -226,13 +226,22 @@ def test_the_defaults_are_the_documented_ones() -> None:
 
 
 @pytest.mark.parametrize(
-    "option", [["--timeout", "0"], ["--timeout", "-1"], ["--timeout", "soon"], ["--lines", "-1"]]
+    ("option", "said"),
+    [
+        (["--timeout", "0"], "seconds must be more than 0: '0'"),
+        (["--timeout", "-1"], "seconds must be more than 0: '-1'"),
+        (["--timeout", "soon"], "not a number of seconds: 'soon'"),
+        (["--timeout", "inf"], "not a finite number of seconds: 'inf'"),
+        (["--lines", "-1"], "expected a number of lines (0 or more), got '-1'"),
+    ],
 )
-def test_bad_option_values_exit_2(option: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_option_values_exit_2(
+    option: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as caught:
         exec_parser().parse_args(["exec", *option, "app", "--", "true"])
     assert caught.value.code == 2
-    assert "expected" in capsys.readouterr().err
+    assert f"argument {option[0]}: {said}" in capsys.readouterr().err
 
 
 # --- connection settings, as Ansible reads them -------------------------------------------------

@@ -102,6 +102,19 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 DEFAULT_SOCKET = "/run/haproxy/admin.sock"
+
+
+def server_argument_spec(**more: dict) -> dict:
+    """The argument spec of a module acting on one server of a backend through the admin socket
+    (drain, ready, soak): backend, server and socket, plus MORE."""
+    return {
+        "backend": {"type": "str", "required": True},
+        "server": {"type": "str", "required": True},
+        "socket": {"type": "path", "default": DEFAULT_SOCKET},
+        **more,
+    }
+
+
 # Polling period of drain and ready (community.general.haproxy polls every second).
 POLL_SECONDS = 0.1
 # How long a report waits for checks in progress to conclude (a check lasts at most the role's

@@ -28,18 +28,19 @@ server:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.deploykit.fleet.plugins.module_utils.haproxy import Failure, drain
+from ansible_collections.deploykit.fleet.plugins.module_utils.haproxy import (
+    Failure,
+    drain,
+    server_argument_spec,
+)
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={
-            "backend": {"type": "str", "required": True},
-            "server": {"type": "str", "required": True},
-            "timeout": {"type": "float", "default": 30},
-            "maint": {"type": "bool", "default": True},
-            "socket": {"type": "path", "default": "/run/haproxy/admin.sock"},
-        },
+        argument_spec=server_argument_spec(
+            timeout={"type": "float", "default": 30},
+            maint={"type": "bool", "default": True},
+        ),
         supports_check_mode=True,
     )
     params = module.params

@@ -33,17 +33,15 @@ from ansible_collections.deploykit.fleet.plugins.module_utils.haproxy import (
     find_row,
     is_ready,
     ready,
+    server_argument_spec,
 )
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={
-            "backend": {"type": "str", "required": True},
-            "server": {"type": "str", "required": True},
-            "timeout": {"type": "float", "default": 30},
-            "socket": {"type": "path", "default": "/run/haproxy/admin.sock"},
-        },
+        argument_spec=server_argument_spec(
+            timeout={"type": "float", "default": 30},
+        ),
         supports_check_mode=True,
     )
     params = module.params

@@ -33,22 +33,22 @@ soak:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.deploykit.fleet.plugins.module_utils.haproxy import Failure
+from ansible_collections.deploykit.fleet.plugins.module_utils.haproxy import (
+    Failure,
+    server_argument_spec,
+)
 from ansible_collections.deploykit.fleet.plugins.module_utils.soak import Limits, soak
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={
-            "backend": {"type": "str", "required": True},
-            "server": {"type": "str", "required": True},
-            "others": {"type": "list", "elements": "str", "default": []},
-            "duration": {"type": "float", "required": True},
-            "max_error_increase": {"type": "float", "default": 2.0},
-            "max_response_ratio": {"type": "float", "default": 3.0},
-            "min_requests": {"type": "int", "default": 20},
-            "socket": {"type": "path", "default": "/run/haproxy/admin.sock"},
-        },
+        argument_spec=server_argument_spec(
+            others={"type": "list", "elements": "str", "default": []},
+            duration={"type": "float", "required": True},
+            max_error_increase={"type": "float", "default": 2.0},
+            max_response_ratio={"type": "float", "default": 3.0},
+            min_requests={"type": "int", "default": 20},
+        ),
         supports_check_mode=True,
     )
     p = module.params
