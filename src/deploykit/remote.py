@@ -86,8 +86,9 @@ __all__ = [
 DEFAULT_WORKERS: Final = 25
 #: Seconds one host may take, connection included, before it is reported as timed out.
 DEFAULT_TIMEOUT: Final = 60.0
-#: Lines of stdout and of stderr shown per host for people (``--json`` carries everything).
-DEFAULT_LINES: Final = 20
+#: Lines of stdout and of stderr shown per host for people: every line (None) unless --lines N
+#: asks for the last N (``--json`` always carries everything).
+DEFAULT_LINES: Final = None
 
 _SSH_PORT: Final = 22
 
@@ -779,16 +780,19 @@ def printable(line: str) -> str:
     return _CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m[0]):02x}", line)
 
 
-def _tail(text: str, lines: int) -> tuple[list[str], int]:
-    """(the last ``lines`` lines of ``text``, how many earlier lines were left out)."""
+def _tail(text: str, lines: int | None) -> tuple[list[str], int]:
+    """(the last ``lines`` lines of ``text``, every one when None; how many earlier lines were
+    left out)."""
     all_lines = text.splitlines()
+    if lines is None:
+        return all_lines, 0
     kept = all_lines[len(all_lines) - lines :] if lines else []
     return kept, len(all_lines) - len(kept)
 
 
-def format_report(result: ExecResult, *, lines: int = DEFAULT_LINES) -> Text:
-    """For people: one block per host (its name, exit code or error, then the last ``lines``
-    lines of stdout and of stderr, indented), and a summary line."""
+def format_report(result: ExecResult, *, lines: int | None = DEFAULT_LINES) -> Text:
+    """For people: one block per host (its name, exit code or error, then its stdout and stderr,
+    indented: every line, or the last ``lines``), and a summary line."""
     report = Text()
     for host in result.hosts:
         if host.error is not None:
@@ -854,7 +858,7 @@ def add_exec_command(commands: Any) -> argparse.ArgumentParser:
         type=line_count,
         default=DEFAULT_LINES,
         metavar="N",
-        help=f"show the last N lines of each host's stdout and stderr (default {DEFAULT_LINES})",
+        help="show only the last N lines of each host's stdout and stderr (default: every line)",
     )
     parser.add_argument("pattern", metavar="PATTERN", help="a group, a host, all, or a,b,c")
     # REMAINDER, not "*": argparse drops every "--" from a "*" list, even one meant for the host.

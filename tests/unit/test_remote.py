@@ -221,7 +221,7 @@ def test_the_parser_keeps_everything_after_the_separator_for_the_host() -> None:
 
 def test_the_defaults_are_the_documented_ones() -> None:
     args = exec_parser().parse_args(["exec", "app", "--", "true"])
-    assert (args.inventory, args.json, args.timeout, args.lines) == (None, False, 60.0, 20)
+    assert (args.inventory, args.json, args.timeout, args.lines) == (None, False, 60.0, None)
     assert remote.DEFAULT_WORKERS == 25
 
 
@@ -594,6 +594,16 @@ def test_the_report_keeps_the_last_lines_and_says_how_many_it_left_out() -> None
         "    ... 30 earlier stdout line(s) not shown\n"
         "    ... 2 earlier stderr line(s) not shown\n"
         "1 host(s): all exited 0"
+    )
+
+
+def test_the_report_shows_every_line_by_default() -> None:
+    stdout = "".join(f"{n}\n" for n in range(1, 101))
+    report = remote.format_report(ExecResult((HostResult("lb1", 0, stdout, "w1\n"),))).plain
+    assert report == (
+        "lb1  rc 0\n"
+        + "".join(f"    {n}\n" for n in range(1, 101))
+        + "  stderr:\n    w1\n1 host(s): all exited 0"
     )
 
 
