@@ -10,10 +10,12 @@ has run and test_molecule.py's tests start waiting for their results, the pool w
 The benches run after every scenario has ended (conftest.py orders them): they print times, on a
 machine that runs nothing else.
 
-Tried before (2026-12-03): two scenarios beside the e2e tests saturated the machine and three
-failed in molecule's own start-up (its prerun: `ansible-playbook --version` and
-`ansible-galaxy collection install`, run by every scenario at once); the scenarios now skip the
-prerun (`prerun: false`: the collections come with the `ansible` package, the roles path is set).
+Tried before (2026-12-03): three scenarios beside the e2e tests failed in molecule's own checks
+(`ansible-playbook --version` exiting 1). The cause (found 2026-12-05): Ansible refuses to start
+when its stdin is non-blocking, and the scenarios shared pytest's stdin with the e2e tests'
+processes, one of which left it so. Each scenario now has a stdin of its own (/dev/null). The
+scenarios skip molecule's prerun too (`prerun: false`: the collections come with the `ansible`
+package, the roles path is set): it only repeated, in every scenario, work nothing needs.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ def run_scenario(scenario: str, report: Path) -> subprocess.CompletedProcess[str
             ["nice", "-n", str(NICENESS), str(venv_bin / "molecule"), "test", "-s", scenario],
             env=env,
             cwd=ROOT,
+            # A stdin of its own: Ansible refuses to start (exit 1, "requires blocking IO") when a
+            # process beside it has left a shared stdin non-blocking, as the e2e tests' ssh does.
+            stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
             timeout=1800,
