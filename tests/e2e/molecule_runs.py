@@ -82,12 +82,15 @@ def run_scenario(scenario: str, report: Path) -> subprocess.CompletedProcess[str
 
 
 class Gate:
-    """How many scenarios may run at once: BESIDE while the other e2e tests run, JOBS once
-    widen() is called."""
+    """How many scenarios may run at once: BESIDE while the other tests run, JOBS once widen() is
+    called. Slots go in the order they were asked for: a thread that has just ended a scenario
+    does not take the slot again ahead of one that was waiting (the longest-first order holds)."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._running = 0
+        self._tickets = 0  # slots asked for
+        self._served = 0  # slots given, in ticket order
         self._changed = threading.Condition()
 
     def widen(self, limit: int) -> None:
@@ -98,8 +101,12 @@ class Gate:
     @contextmanager
     def slot(self) -> Iterator[None]:
         with self._changed:
-            self._changed.wait_for(lambda: self._running < self._limit)
+            ticket = self._tickets
+            self._tickets += 1
+            self._changed.wait_for(lambda: self._served == ticket and self._running < self._limit)
+            self._served += 1
             self._running += 1
+            self._changed.notify_all()
         try:
             yield
         finally:
