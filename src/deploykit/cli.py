@@ -183,7 +183,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    return _run("site.yml", args, _parse_extra_vars(args.extra_vars))
+    extra = _parse_extra_vars(args.extra_vars)
+    if args.full:
+        extra["deploykit_converge_full"] = "true"
+    return _run("site.yml", args, extra)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -1097,6 +1100,23 @@ def _add_rollout_commands(commands: argparse._SubParsersAction[argparse.Argument
     lock.set_defaults(func=cmd_lock)
 
 
+def _add_playbook_commands(commands: Any) -> None:
+    provision = commands.add_parser("provision", help="converge site.yml on the inventory")
+    _add_run_options(provision)
+    provision.add_argument(
+        "--full",
+        action="store_true",
+        help="converge every role in full, also where the host's record says it already has the "
+        "role's configuration (a change made through a service's own API is not in the record)",
+    )
+    provision.set_defaults(func=cmd_provision)
+
+    run = commands.add_parser("run", help="run one playbook of this project")
+    run.add_argument("playbook", help="path relative to the project, e.g. playbooks/common.yml")
+    _add_run_options(run)
+    run.set_defaults(func=cmd_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deploykit",
@@ -1165,15 +1185,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=cmd_verify)
 
-    provision = commands.add_parser("provision", help="converge site.yml on the inventory")
-    _add_run_options(provision)
-    provision.set_defaults(func=cmd_provision)
-
-    run = commands.add_parser("run", help="run one playbook of this project")
-    run.add_argument("playbook", help="path relative to the project, e.g. playbooks/common.yml")
-    _add_run_options(run)
-    run.set_defaults(func=cmd_run)
-
+    _add_playbook_commands(commands)
     _add_rollout_commands(commands)
     _add_bake_command(commands)
     remote.add_exec_command(commands)

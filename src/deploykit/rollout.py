@@ -26,7 +26,6 @@ by a task's name.
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import math
 import os
@@ -42,6 +41,7 @@ from typing import Any
 
 from rich.markup import escape
 
+from ansible_collections.deploykit.fleet.plugins.module_utils import converge
 from ansible_collections.deploykit.fleet.plugins.module_utils import maintenance as maintenance_mode
 from ansible_collections.deploykit.fleet.plugins.module_utils.fleet import (
     NodeStatus,
@@ -379,13 +379,7 @@ CONFIGURATION_CODE = (
 def configuration_code_digest(root: Path) -> str:
     """sha256 over the names and contents of every file of CONFIGURATION_CODE under ``root``
     (links followed: the release helper is the collection's module_utils file)."""
-    digest = hashlib.sha256()
-    for top in CONFIGURATION_CODE:
-        for path in sorted((root / top).rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                digest.update(str(path.relative_to(root)).encode() + b"\0")
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
+    return converge.tree_digest([root / top for top in CONFIGURATION_CODE], base=root)
 
 
 MESSAGE_CHARS = 1000
