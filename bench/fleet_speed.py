@@ -6,7 +6,10 @@ clones, with the project's Ansible settings and with Ansible's defaults.
 For each fleet size the lab is resized (`deploykit lab up --app-clones N`: existing hosts are kept),
 converged and brought to one release without timing; then it times:
 
-- `deploykit provision` on the converged fleet (a no-op site.yml);
+- `deploykit provision` on the converged fleet (a no-op site.yml: each host only answers whether
+  it still has each role's configuration, plugins/module_utils/converge.py);
+- `deploykit provision --full` on it (every role's every task: what a change of the inputs costs),
+  with the project's settings;
 - `deploykit deploy --artifact` of a release built beforehand (staging, canary, batches, workers);
 
 first with the project's settings (ansible.cfg: forks 25, pipelining, ControlPersist, smart fact
@@ -17,7 +20,8 @@ cost at most twice what 3 cost. The lab is left at the first size given. Needs t
 stack converged (`deploykit up`).
 
 `--short` (CI) keeps the lab as it is, resizes nothing and deploys nothing: it times the no-op
-site.yml with the project's settings and with Ansible's defaults, and prints their ratio. How the
+site.yml with the project's settings (skipped roles, then in full) and with Ansible's defaults,
+and prints their ratio. How the
 time grows with the fleet needs the full run (a 12-clone lab takes a quarter of an hour to make).
 """
 
@@ -52,6 +56,7 @@ class Figures:
     clones: int
     settings: str  # "project" or "defaults"
     noop_site: float | None = None
+    full_site: float | None = None
     deploy: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -90,11 +95,16 @@ def resize(clones: int) -> None:
 def measure(clones: int, settings: str, env: dict[str, str], out: Path, *, deploy: bool) -> Figures:
     figures = Figures(clones=clones, settings=settings)
     figures.noop_site = must("no-op provision", deploykit("provision", "--json", env=env))
+    if settings == "project":
+        figures.full_site = must(
+            "no-op provision --full", deploykit("provision", "--full", "--json", env=env)
+        )
     if deploy:
         artifact = build(f"0.0.{clones}-fleet{settings}{time.strftime('%H%M%S')}", out)
         figures.deploy = must("deploy", deploykit("deploy", "--artifact", artifact, env=env))
     print(
         f"{clones:>3} clones  {settings:<8}  no-op site.yml {figures.noop_site:6.1f} s"
+        + (f"   in full {figures.full_site:6.1f} s" if figures.full_site is not None else "")
         + (f"   deploy {figures.deploy:6.1f} s" if figures.deploy is not None else ""),
         flush=True,
     )
