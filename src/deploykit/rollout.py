@@ -394,8 +394,10 @@ _ROLE_STEPS = {"app": frozenset({"drain", "switch", "ready", "soak"}),
 #: every host (Ansible starts the task everywhere, then skips it where its condition is false).
 _SOME_HOSTS_STEPS = frozenset({"soak"})
 #: The stop bound, in seconds, of what runs on a clone being returned after a failure: it serves
-#: nothing (drained, or never ready), so it is not given its full graceful timeout.
-RETURN_STOP_TIMEOUT = 5
+#: nothing (drained, or never ready), so it is not given its full graceful timeout. A release that
+#: works stops within it (gunicorn with nothing in flight: about 0.5 s on the lab); one that hung
+#: ignores SIGTERM and is killed at it.
+RETURN_STOP_TIMEOUT = 2
 #: The last step of a node's switch: a clone is back in service after ready; a worker after
 #: switch; a balancer after pages.
 _LAST_STEP = {"app": "ready", "worker": "switch", "lb": "pages"}
