@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.deploykit.fleet.plugins.filter.fingerprint import (
+    configuration_fingerprint,
+)
 from ansible_collections.deploykit.fleet.plugins.module_utils import converge
 
 
@@ -132,3 +135,38 @@ def test_the_fingerprint_follows_every_input_and_hides_them() -> None:
     assert "s3cret" not in first and len(first) == 64
     assert first == converge.fingerprint(json.loads(json.dumps(inputs)))
     assert first != converge.fingerprint({**inputs, "vars": {"redis_password": "other"}})
+
+
+def test_every_role_s_variables_are_inputs_and_the_switch_to_converge_in_full_is_not() -> None:
+    roles = [
+        p.name for p in (Path(__file__).resolve().parents[2] / "roles").iterdir() if p.is_dir()
+    ]
+    assert roles
+    assert all(converge.is_input(f"{role}_port") for role in roles), roles
+    assert converge.is_input("deploykit_private_address")
+    assert not converge.is_input("deploykit_converge_full")
+    assert not converge.is_input("ansible_host") and not converge.is_input("__redis_conf_file")
+
+
+def test_the_configuration_fingerprint_follows_the_inventory_not_other_variables() -> None:
+    groups = {"all": ["lb1", "app1"], "lb": ["lb1"], "app": ["app1"]}
+    hostvars = {
+        "lb1": {"haproxy_check_inter": 500, "ansible_host": "10.0.0.1", "unrelated": 1},
+        "app1": {"app_port": 8000, "ansible_host": "10.0.0.2"},
+    }
+    first = configuration_fingerprint("code", hostvars, groups, "lb1")
+    assert len(first) == 64
+    assert configuration_fingerprint("", hostvars, groups, "lb1") == ""
+    changed = {
+        "a variable of a role": {**hostvars, "lb1": {**hostvars["lb1"], "haproxy_check_inter": 1}},
+        "a peer's address": {**hostvars, "app1": {**hostvars["app1"], "ansible_host": "10.0.0.9"}},
+    }
+    for what, other in changed.items():
+        assert configuration_fingerprint("code", other, groups, "lb1") != first, what
+    assert configuration_fingerprint("other code", hostvars, groups, "lb1") != first
+    assert configuration_fingerprint("code", hostvars, {**groups, "app": []}, "lb1") != first
+    unrelated = {
+        **hostvars,
+        "lb1": {**hostvars["lb1"], "unrelated": 2, "deploykit_converge_full": 1},
+    }
+    assert configuration_fingerprint("code", unrelated, groups, "lb1") == first

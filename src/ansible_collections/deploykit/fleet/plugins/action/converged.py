@@ -1,10 +1,9 @@
 """The controller's half of deploykit.fleet.converged: work out the role's fingerprint here (its
-code, the inventory's groups, every host's address, this host's variables of the project's
-prefixes), then ask the node (module_utils/converge.py says what it compares)."""
+code's digest through deploykit.fleet.configuration_fingerprint: filter/fingerprint.py), then ask
+the node (module_utils/converge.py says what it compares)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +12,14 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.deploykit.fleet.plugins.filter.address import private_address
-from ansible_collections.deploykit.fleet.plugins.module_utils.converge import (
-    fingerprint,
-    tree_digest,
+from ansible_collections.deploykit.fleet.plugins.filter.fingerprint import (
+    configuration_fingerprint,
 )
+from ansible_collections.deploykit.fleet.plugins.module_utils.converge import tree_digest
 
 MODULE = "deploykit.fleet.converged"
 #: This collection's plugins: the roles run its modules, so their code is part of every role's.
 PLUGINS = Path(__file__).resolve().parents[1]
-#: Variables of these prefixes (besides each role's name) are inputs of every role.
-PREFIXES = ("deploykit", "nginx")
-#: Variables that choose how to converge, not what: not inputs.
-NOT_INPUTS = frozenset({"deploykit_converge_full"})
 
 _code_digests: dict[Path, str] = {}
 
@@ -48,35 +42,6 @@ def code_digest(directory: Path) -> str:
     return _code_digests[directory]
 
 
-def role_inputs(role: Path, task_vars: dict[str, Any]) -> dict[str, Any]:
-    """What a role's converge on this host is made of, besides what it finds there."""
-    hostvars = task_vars["hostvars"]
-    groups = {name: list(hosts) for name, hosts in task_vars["groups"].items()}
-    this = hostvars[task_vars["inventory_hostname"]]
-    prefixes = sorted({p.name for p in role.parent.iterdir() if p.is_dir()} | set(PREFIXES))
-    pattern = re.compile(rf"^({'|'.join(map(re.escape, prefixes))})_")
-    return {
-        "role": role.name,
-        "code": code_digest(role),
-        "groups": groups,
-        "addresses": {host: private_address(hostvars[host], host) for host in groups["all"]},
-        "vars": {
-            key: _value(this, key)
-            for key in sorted(this.keys())
-            if pattern.match(key) and key not in NOT_INPUTS
-        },
-    }
-
-
-def _value(variables: Any, key: str) -> Any:
-    """The variable's value as the roles see it; one that cannot be templated here (it names what
-    only a role defines) counts by its error's text, which is as stable as its template."""
-    try:
-        return variables[key]
-    except Exception as error:
-        return f"<{type(error).__name__}: {error}>"
-
-
 class ActionModule(ActionBase):
     _VALID_ARGS = frozenset(("role", "state", "paths", "services", "packages", "record_dir"))
 
@@ -88,7 +53,13 @@ class ActionModule(ActionBase):
         role = role_dir(name, self._loader.get_basedir(), self._task._role)
         module_args = {
             **args,
-            "fingerprint": fingerprint(role_inputs(role, task_vars)),
+            # The role's name is in its code's digest (the files' names are relative to roles/).
+            "fingerprint": configuration_fingerprint(
+                code_digest(role),
+                task_vars["hostvars"],
+                task_vars["groups"],
+                task_vars["inventory_hostname"],
+            ),
             "full": boolean(task_vars.get("deploykit_converge_full", False), strict=False),
         }
         result.update(self._execute_module(MODULE, module_args=module_args, task_vars=task_vars))

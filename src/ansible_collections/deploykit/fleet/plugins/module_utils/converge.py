@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,6 +32,15 @@ from pathlib import Path
 from typing import Any
 
 RECORD_DIR = "/var/lib/deploykit-converged"
+#: Variables of these prefixes are inputs of a host's configuration: every role's name (the unit
+#: tests check that each role directory is here), deploykit's own, nginx's (the static role's).
+PREFIXES = (
+    "app", "bake", "common", "deploykit", "haproxy", "keepalived", "ledger", "mongodb", "nginx",
+    "postgresql", "rabbitmq", "redis", "release", "static", "worker",
+)  # fmt: skip
+#: Variables that choose how to converge, not what: not inputs.
+NOT_INPUTS = frozenset({"deploykit_converge_full"})
+_INPUT = re.compile(rf"^({'|'.join(PREFIXES)})_")
 #: A record describes at most this many paths (a directory's entries count): a role declares the
 #: files it writes and their own directories, never a data directory.
 MAX_PATHS = 2000
@@ -55,6 +65,11 @@ def tree_digest(paths: Iterable[Path], base: Path | None = None) -> str:
             digest.update(str(path.relative_to(root)).encode() + b"\0")
             digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
+
+
+def is_input(name: str) -> bool:
+    """Whether variable ``name`` is an input of a host's configuration."""
+    return bool(_INPUT.match(name)) and name not in NOT_INPUTS
 
 
 def fingerprint(inputs: Mapping[str, Any]) -> str:
