@@ -50,6 +50,7 @@ from ansible_collections.deploykit.fleet.plugins.module_utils.fleet import (
     settled_everywhere,
     status_from_survey,
 )
+from ansible_collections.deploykit.fleet.plugins.module_utils.ledger import app_from_history
 from ansible_collections.deploykit.fleet.plugins.module_utils.tiers import (
     summarize as summarize_tiers,
 )
@@ -172,19 +173,6 @@ def plan_batches(hosts: Sequence[str], batch: str, *, canary: bool = True) -> li
         rest = rest[1:]
     batches.extend(rest[i : i + size] for i in range(0, len(rest), size))
     return batches
-
-
-def app_from_history(records: Sequence[Any]) -> str | None:
-    """The application the newest rollout that was carried out names (a refused attempt, for
-    another application or while the lock was held, names one the fleet may not serve)."""
-    for record in reversed(records):
-        if isinstance(record, Mapping) and record.get("app") and record.get("outcome") != "refused":
-            # A replace (deploy --replace) that did not succeed returned the fleet to the
-            # application it was replacing.
-            if record.get("replaced") and record.get("outcome") not in ("succeeded", "unchanged"):
-                return str(record["replaced"])
-            return str(record["app"])
-    return None
 
 
 def previous_release(
@@ -575,19 +563,29 @@ class Rollouts:
     def _app_name(self, layout: inventory.Layout, given: str | None) -> str:
         """The application: --app-name, else the inventory's deploykit_app_name, else the one the
         deploy history on the balancer names last."""
+        named = self._named_app(layout, given)
+        if named is not None:
+            return named
+        records = self.ledger("history", "show", "--limit=50").get("records") or []
+        return self._learned_app(app_from_history(records))
+
+    @staticmethod
+    def _named_app(layout: inventory.Layout, given: str | None) -> str | None:
+        """--app-name, else the inventory's deploykit_app_name; None when neither names one."""
         if given:
             return given
-        if len(layout.app_names) == 1:
-            return next(iter(layout.app_names))
         if len(layout.app_names) > 1:
             raise BadInput(
                 f"the inventory names several applications ({', '.join(sorted(layout.app_names))}) "
                 "in deploykit_app_name: pass --app-name"
             )
-        records = self.ledger("history", "show", "--limit=50").get("records") or []
-        served = app_from_history(records)
-        if served is not None:
-            return served
+        return next(iter(layout.app_names), None)
+
+    @staticmethod
+    def _learned_app(served: object) -> str:
+        """The application the history names, or BadInput when it names none."""
+        if served:
+            return str(served)
         raise BadInput(
             "which application? the deploy history on the balancer is empty: deploy one first "
             "(deploykit deploy), set deploykit_app_name in the inventory (group all), or pass "
@@ -607,7 +605,7 @@ class Rollouts:
 
     def _begin(
         self,
-        app: str,
+        app: str | None,
         holder: Mapping[str, Any],
         *,
         wait: float,
@@ -616,6 +614,8 @@ class Rollouts:
         configuration_code: str = "",
     ) -> tuple[StatusReport, list[dict[str, Any]], bool]:
         """The lock, the history and the survey, in one run: (status, history, finished).
+        ``app`` None: the application the history names last, learned in the same run (before
+        the lock; BadInput when the history names none); status.app says which.
         ``settled_record``: a deploy's record with nothing to do; when every node already runs
         its release in service, the ledger records it and releases the lock in this same run
         (finished is True), so a deploy with nothing to do takes one run, not two.
@@ -623,8 +623,9 @@ class Rollouts:
         the one this code and inventory make, and a node where it is not is not settled."""
         token = str(holder.get("token", ""))
         extravars: dict[str, Any] = {
-            "rollout_app": app, "rollout_holder": dict(holder), "rollout_wait": int(wait),
+            "rollout_holder": dict(holder), "rollout_wait": int(wait),
             "rollout_take_over": take_over,
+            **({"rollout_app": app} if app else {"rollout_app_from_history": True}),
         }  # fmt: skip
         if settled_record is not None:
             extravars["rollout_settled_record"] = dict(settled_record)
@@ -638,8 +639,13 @@ class Rollouts:
             self._stop_renewing()
             raise
         locks = [r.res.get("ledger") for r in result.results_of("ledger")]
+        histories = [a for a in locks if isinstance(a, Mapping) and "records" in a]
+        if app is None:
+            app = self._learned_app(histories[0].get("app") if histories else None)
         lock = next((a for a in locks if isinstance(a, Mapping) and "acquired" in a), None)
-        history_answer = next((a for a in locks if isinstance(a, Mapping) and "records" in a), {})
+        # The history read under the lock: the last one (without an application named, the first
+        # was read before the lock to learn it).
+        history_answer = histories[-1] if histories else {}
         if isinstance(lock, Mapping) and isinstance(lock.get("took_over"), Mapping):
             old = lock["took_over"]
             self.log(
@@ -1255,11 +1261,14 @@ class Rollouts:
         parse_batch(batch)
         check_lease(self.lease)
         layout = self._check_inventory()
-        app = self._app_name(layout, app_name)
         holder = self._holder("rollback", to or "")
         started = time.monotonic()
-        status, history, _ = self._begin(app, holder, wait=wait, take_over=take_over)
-        live = status.live
+        # The application named (--app-name, the inventory), else the one the history names,
+        # learned in the begin run itself (no run of its own).
+        status, history, _ = self._begin(
+            self._named_app(layout, app_name), holder, wait=wait, take_over=take_over
+        )
+        app, live = status.app, status.live
         result = RolloutResult(
             action="rollback", app=app, release=to or "", previous=live, holder=holder
         )

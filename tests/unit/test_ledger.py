@@ -299,3 +299,17 @@ def test_a_balancers_copy_gets_the_records_it_missed_once_in_order(tmp_path: Pat
     assert merged[2:] == source[2:]
     assert ledger_module.history_merge(str(copy), source) == {"appended": False, "merged": 0}
     assert len(ledger_module.history_show(str(copy))["records"]) == 4
+
+
+def test_the_history_names_the_application_its_newest_carried_out_rollout_served(
+    tmp_path: Path,
+) -> None:
+    directory = str(tmp_path)
+    assert ledger_module.history_show(directory)["app"] is None
+    ledger_module.history_append(directory, {"app": "shop", "outcome": "succeeded"})
+    ledger_module.history_append(directory, {"app": "notes", "outcome": "refused"})
+    assert ledger_module.history_show(directory)["app"] == "shop"
+    ledger_module.history_append(
+        directory, {"app": "notes", "replaced": "shop", "outcome": "rolled_back"}
+    )
+    assert ledger_module.history_show(directory, limit=1)["app"] == "shop"

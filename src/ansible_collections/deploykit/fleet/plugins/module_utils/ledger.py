@@ -37,7 +37,8 @@ deploykit-ledger [--dir DIR] lock status
 deploykit-ledger [--dir DIR] history append --record JSON
     Append one record (a JSON object) to DIR/history.jsonl, flushed to disk. "recorded" is added.
 deploykit-ledger [--dir DIR] history show [--limit N]
-    Prints {"records": [...]}, oldest first (the last N when --limit is given).
+    Prints {"records": [...], "app": ...}, oldest first (the last N when --limit is given); app:
+    the application the newest rollout carried out names (null for none).
 (module only) history merge, records: the records another balancer's history holds and this one
     lacks are appended, in order, as they are (the other balancers keep a copy of the history).
 
@@ -334,7 +335,20 @@ def history_show(directory: str, limit: int = 0) -> dict:
         pass
     if limit:
         records = records[-limit:]
-    return {"records": records}
+    return {"records": records, "app": app_from_history(records)}
+
+
+def app_from_history(records: list) -> str | None:
+    """The application the newest rollout that was carried out names (a refused attempt, for
+    another application or while the lock was held, names one the fleet may not serve)."""
+    for record in reversed(records):
+        if isinstance(record, dict) and record.get("app") and record.get("outcome") != "refused":
+            # A replace (deploy --replace) that did not succeed returned the fleet to the
+            # application it was replacing.
+            if record.get("replaced") and record.get("outcome") not in ("succeeded", "unchanged"):
+                return str(record["replaced"])
+            return str(record["app"])
+    return None
 
 
 def _identity(record: dict) -> str:
