@@ -89,13 +89,3 @@ def test_a_run_repairs_what_changed_by_hand_on_a_host_and_nothing_else(
     again = provision()
     assert _changed(again) == {}
     assert all(n <= MAX_TASKS_WITHOUT_A_CONVERGE for n in _tasks(again).values()), again["hosts"]
-
-
-def test_a_changed_variable_converges_the_roles_in_full(site_converged: dict[str, object]) -> None:
-    # A variable of the project's prefix is an input of every role: the host converges its roles
-    # in full (changing nothing: no task reads this one); then again without it. One host only:
-    # the others keep their records for the tests after this one.
-    for extra in (["-e", "deploykit_converge_probe=1"], []):
-        run = provision("--limit", "db1", *extra)
-        assert _changed(run) == {}
-        assert _tasks(run)["db1"] > MAX_TASKS_WITHOUT_A_CONVERGE, run["hosts"]
