@@ -11,7 +11,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -676,6 +676,66 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def exec_command(words: Sequence[str], exec_options: Collection[str]) -> str:
+    """The remote command from the words after PATTERN, joined by spaces as ssh(1) joins them
+    for the remote user's shell; a first word among ``exec_options`` was misplaced."""
+    words = list(words)
+    if words and words[0] == "--":  # some Pythons' argparse keep the separator
+        words = words[1:]
+    elif words and words[0] in exec_options:
+        raise BadInput(
+            f"{words[0]} after PATTERN would be sent to the hosts as the command; put exec's "
+            "options before PATTERN: deploykit exec [OPTIONS] PATTERN -- CMD"
+        )
+    if not " ".join(words).strip():
+        raise BadInput("no command given; put it after the pattern: deploykit exec app -- hostname")
+    return " ".join(words)
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    command = exec_command(args.command, args.exec_options)
+    root = project_root()
+    path = _inventory_path(args.inventory, root)
+    targets = remote.targets_for(path, args.pattern, roles_dir=root / "roles")
+    # paramiko logs connection errors (with addresses) at ERROR: the report says what failed.
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
+    result = remote.run_on_targets(targets, command, timeout=args.timeout)
+    if args.json:
+        _json_line(result.to_dict())
+    else:
+        out.print(format_exec_report(result, lines=args.lines), soft_wrap=True)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def format_exec_report(result: remote.ExecResult, *, lines: int | None = None) -> Text:
+    """exec's report for people: one block per host (its name, exit code or error, then its
+    stdout and stderr, indented: every line, or the last ``lines``), and a summary line."""
+    report = Text()
+    for host in result.hosts:
+        report.append(f"{host.host}  ", style="bold")
+        if host.error is not None:
+            report.append(f"error: {remote.printable(host.error)}\n", style="red")
+        else:
+            report.append(f"rc {host.rc}\n", style="green" if host.rc == 0 else "red")
+        for name, text in (("stdout", host.stdout), ("stderr", host.stderr)):
+            every = text.splitlines()
+            kept = every if lines is None else every[len(every) - lines :] if lines else []
+            if name == "stderr" and kept:
+                report.append("  stderr:\n", style="yellow")
+            if len(every) > len(kept):
+                left = len(every) - len(kept)
+                report.append(f"    ... {left} earlier {name} line(s) not shown\n", style="dim")
+            for line in kept:
+                report.append(f"    {remote.printable(line)}\n")
+    count, failed = len(result.hosts), result.failed
+    if not failed:
+        report.append(f"{count} host(s): all exited 0", style="green")
+    else:
+        summary = f"{count - len(failed)} ok, {len(failed)} failed: {', '.join(failed)}"
+        report.append(f"{count} host(s): {summary}", style="red")
+    return report
+
+
 def cmd_releases(args: argparse.Namespace) -> int:
     rollouts = _rollouts(args)
     records = rollouts.ledger("history", "show", f"--limit={args.limit}").get("records") or []
@@ -1100,6 +1160,54 @@ def _add_rollout_commands(commands: argparse._SubParsersAction[argparse.Argument
     lock.set_defaults(func=cmd_lock)
 
 
+def _add_exec_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    exec_parser = commands.add_parser(
+        "exec",
+        help="run a shell command on every host of a group, in parallel over SSH",
+        usage="%(prog)s [-h] [-i INVENTORY] [--json] [--timeout S] [--lines N] PATTERN -- CMD...",
+        description="Run CMD on every host PATTERN names (a group, a host name, all, or several "
+        "separated by commas), in parallel over SSH as the inventory's ansible_user (through the "
+        "jump hosts of a ProxyJump in its ssh arguments). Host keys are checked against the "
+        "inventory's known_hosts; unknown hosts are refused. Exit code: 0 when every host exited "
+        "0, 1 when any failed or was unreachable, 2 for bad input.",
+        epilog="CMD is run by the remote user's shell, its words joined by spaces as ssh does: "
+        "quote it to keep your local shell from expanding it, e.g. "
+        "deploykit exec app -- 'systemctl is-active shop-web'",
+    )
+    options = [
+        exec_parser.add_argument("-i", "--inventory", help="inventory file (default: the lab's)"),
+        exec_parser.add_argument(
+            "--json",
+            action="store_true",
+            help='print {"hosts": {HOST: {rc, stdout, stderr, error}}, "failed": [HOST...]}, with '
+            "the whole output",
+        ),
+        exec_parser.add_argument(
+            "--timeout",
+            type=positive_seconds,
+            default=remote.DEFAULT_TIMEOUT,
+            metavar="S",
+            help="seconds each host may take, connection included "
+            f"(default {remote.DEFAULT_TIMEOUT:g})",
+        ),
+        exec_parser.add_argument(
+            "--lines",
+            type=line_count,
+            metavar="N",
+            help="show only the last N lines of each host's stdout and stderr (default: every "
+            "line)",
+        ),
+    ]
+    exec_parser.add_argument("pattern", metavar="PATTERN", help="a group, a host, all, or a,b,c")
+    # REMAINDER, not "*": argparse drops every "--" from a "*" list, even one meant for the host.
+    exec_parser.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command"
+    )
+    # exec's options, found first among the command's words, were misplaced after PATTERN.
+    misplaced = ["-h", "--help", *(name for option in options for name in option.option_strings)]
+    exec_parser.set_defaults(func=cmd_exec, exec_options=frozenset(misplaced))
+
+
 def _add_playbook_commands(commands: Any) -> None:
     provision = commands.add_parser("provision", help="converge site.yml on the inventory")
     _add_run_options(provision)
@@ -1188,7 +1296,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_playbook_commands(commands)
     _add_rollout_commands(commands)
     _add_bake_command(commands)
-    remote.add_exec_command(commands)
+    _add_exec_command(commands)
     return parser
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import yaml
+from ansible import constants as ansible_constants
 from ansible.errors import AnsibleError
 from ansible.inventory.manager import InventoryManager
 from ansible.module_utils.common.validation import (
@@ -42,17 +43,26 @@ from ansible.module_utils.common.validation import (
 )
 from ansible.parsing.dataloader import DataLoader
 from ansible.parsing.vault import is_encrypted_file
+from ansible.playbook.play_context import PlayContext
+from ansible.plugins.loader import connection_loader
+from ansible.template import Templar
 from ansible.utils.display import Display
 from ansible.vars.manager import VariableManager
 
-from deploykit.errors import BadInput
+from deploykit.errors import BadInput, DeploykitError
 
 __all__ = [
+    "DEFAULT_SSH_PORT",
     "GROUP_PURPOSES",
     "REQUIRED_GROUPS",
+    "SSH_CONNECTIONS",
     "Problem",
     "VariableSpec",
     "load_known_variables",
+    "opened",
+    "reached_over_ssh",
+    "read_layout",
+    "ssh_options",
     "validate_inventory",
 ]
 
@@ -84,26 +94,13 @@ _ANSIBLE_ADDED_HOST_VARS: Final = frozenset(
     }
 )
 
-#: Connections that reach a host over SSH, by ansible_host/ansible_port (Ansible's default,
-#: "smart", is ssh too). Others (local, docker, podman...) address the host by something that is
-#: not an IP or DNS name.
-SSH_CONNECTIONS: Final = frozenset(
-    {
-        "ssh",
-        "smart",
-        "paramiko",
-        "paramiko_ssh",
-        "ansible.builtin.ssh",
-        "ansible.builtin.paramiko_ssh",
-    }
-)
-
 # Extensions Ansible tries, in this order, for group_vars/<name> and host_vars/<name> ('' is the
 # directory form). Only the first that exists is read.
 _VARS_FILE_EXTENSIONS: Final = ("", ".yml", ".yaml", ".json")
 
 _MAX_PORT: Final = 65535
-_DEFAULT_SSH_PORT: Final = 22
+#: ssh(1)'s port when nothing sets one.
+DEFAULT_SSH_PORT: Final = 22
 
 
 @dataclass(frozen=True)
@@ -199,7 +196,7 @@ _ANSIBLE_VARIABLES: Final[Mapping[str, VariableSpec]] = {
     spec.name: spec
     for spec in (
         VariableSpec("ansible_host", sources=("ansible",)),
-        VariableSpec("ansible_port", type="int", default=_DEFAULT_SSH_PORT, sources=("ansible",)),
+        VariableSpec("ansible_port", type="int", default=DEFAULT_SSH_PORT, sources=("ansible",)),
         VariableSpec("ansible_user", sources=("ansible",)),
         VariableSpec("ansible_connection", sources=("ansible",)),
         VariableSpec("ansible_become", type="bool", sources=("ansible",)),
@@ -722,14 +719,12 @@ class _InventoryCheck:
                     )
                 )
             connection = effective.get("ansible_connection")
-            if connection is not None and (
-                _is_unchecked(connection) or str(connection) not in SSH_CONNECTIONS
-            ):
+            if _is_unchecked(connection) or not reached_over_ssh(connection):
                 continue  # not reached over the network: its "address" is not an IP or DNS name
             address = self._check_address(name, effective, report)
             if address is None:
                 continue
-            port = _as_int(effective.get("ansible_port"), default=_DEFAULT_SSH_PORT)
+            port = _as_int(effective.get("ansible_port"), default=DEFAULT_SSH_PORT)
             for group in sorted(groups, key=_group_order):
                 first = by_group_address.setdefault((group, address, port), name)
                 if first != name:
@@ -1244,3 +1239,99 @@ def read_layout(path: Path) -> Layout:
             if isinstance(value, str) and value and "{{" not in value:
                 names.add(value)
     return Layout(groups=groups, app_names=frozenset(names))
+
+
+# --- how a host is reached over SSH -----------------------------------------------------------
+# The one home for it: `deploykit check` checks the address of every host reached over SSH, and
+# `deploykit exec` and `logs` connect with ssh_options (deploykit.remote).
+
+#: Connections that reach a host over SSH, by ansible_host/ansible_port (Ansible's default,
+#: "smart", is ssh too). Others (local, docker, podman...) address the host by something that is
+#: not an IP or DNS name.
+SSH_CONNECTIONS: Final = frozenset(
+    {
+        "ssh",
+        "smart",
+        "paramiko",
+        "paramiko_ssh",
+        "ansible.builtin.ssh",
+        "ansible.builtin.paramiko_ssh",
+    }
+)
+
+# The ssh plugin's options that say where a host is and how to log in to it.
+_SSH_OPTIONS: Final = (
+    "host",
+    "port",
+    "remote_user",
+    "password",
+    "private_key",
+    "private_key_file",
+    "private_key_passphrase",
+    "ssh_args",
+    "ssh_common_args",
+    "ssh_extra_args",
+)
+
+
+def reached_over_ssh(connection: Any) -> bool:
+    """Whether a host whose ``ansible_connection`` is ``connection`` (None: not set, so
+    ansible.cfg's transport) is reached over SSH, by its address and port."""
+    transport = ansible_constants.DEFAULT_TRANSPORT if connection is None else connection
+    return str(transport) in SSH_CONNECTIONS
+
+
+def ssh_options(inventory: OpenedInventory, name: str) -> dict[str, Any]:
+    """How host ``name`` is reached over SSH, as ``ansible`` would reach it: the options Ansible's
+    own ``ssh`` connection plugin resolves from the host's variables (templates rendered), with
+    Ansible's precedence among aliases (``ansible_ssh_host`` over ``ansible_host``...) and
+    ansible.cfg's defaults (``ssh_args``). Keys: the plugin's ``host``, ``port``, ``remote_user``,
+    ``password``, ``private_key``, ``private_key_file``, ``private_key_passphrase``, ``ssh_args``,
+    ``ssh_common_args`` and ``ssh_extra_args``; None where nothing sets one.
+
+    Raises :class:`BadInput` naming the host and the variable, never its value, when the host is
+    not reached over SSH, or a variable cannot be rendered (nothing is decrypted: a template that
+    needs the vault cannot) or Ansible rejects it."""
+    host = inventory.manager.get_host(name)
+    if host is None:
+        raise BadInput(f"host '{name}' is not in the inventory")
+    try:
+        effective = inventory.variables.get_vars(host=host, include_hostvars=False)
+    except AnsibleError as error:
+        raise BadInput(
+            f"host '{name}': Ansible cannot work out its variables ({type(error).__name__}); "
+            "run deploykit check"
+        ) from None
+    templar = Templar(loader=inventory.loader, variables=effective)
+
+    def rendered(variable: str) -> Any:
+        try:
+            return templar.template(effective[variable])
+        except AnsibleError as error:
+            raise BadInput(
+                f"host '{name}': {variable} is a template that cannot be rendered here "
+                f"({type(error).__name__}); exec and logs decrypt nothing: set it to a plain value"
+            ) from None
+
+    if not reached_over_ssh(
+        rendered("ansible_connection") if "ansible_connection" in effective else None
+    ):
+        raise BadInput(
+            f"host '{name}' is not reached over SSH (its ansible_connection is not ssh); "
+            "deploykit exec speaks SSH only: use `ansible` for this host"
+        )
+    # The short name: a FQCN needs the collection loader, which only Ansible's own CLIs install.
+    plugin = connection_loader.get("ssh", PlayContext())
+    if plugin is None:
+        raise DeploykitError(
+            "Ansible's ssh connection plugin cannot be loaded: reinstall deploykit"
+        )
+    variables = ansible_constants.config.get_plugin_vars("connection", "ssh")
+    try:
+        plugin.set_options(var_options={v: rendered(v) for v in variables if v in effective})
+    except AnsibleError as error:
+        raise BadInput(
+            f"host '{name}': Ansible rejects its connection variables ({type(error).__name__}); "
+            "run deploykit check"
+        ) from None
+    return {option: plugin.get_option(option) for option in _SSH_OPTIONS}

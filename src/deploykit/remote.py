@@ -1,127 +1,59 @@
-"""``deploykit exec PATTERN -- CMD``: ad-hoc commands over SSH (Fabric), in parallel.
+"""Commands on the inventory's hosts over SSH with Fabric, in parallel: ``deploykit exec``, and
+the connections of ``deploykit logs``.
 
-:func:`run_on_group` validates the inventory, resolves PATTERN (a group, a host, ``all``, or
-comma-separated names) to hosts, and runs CMD on each of them as the connecting user, a bounded
-number at a time, each within its own deadline. It returns one :class:`HostResult` per host: the
-exit code, stdout and stderr, or why the host could not be reached.
-
-How each host is reached is decided the way Ansible decides it, from the same variables: the host's
-effective variables come from Ansible's ``VariableManager`` (inventory, ``group_vars/``,
-``host_vars/``), connection variables that are templates are rendered by Ansible's ``Templar``,
-and Ansible's own ``ssh`` connection plugin resolves them into options (``ansible_host`` or
-``ansible_ssh_host``, ``ansible_user``, ``ansible_port``, ``ansible_ssh_private_key_file``, the
-password, ``ansible_ssh_common_args``/``ansible_ssh_extra_args`` and ansible.cfg's ``ssh_args``),
-with Ansible's precedence among the aliases. From the ssh arguments, the options that decide
-*which server is trusted* are honoured: ``UserKnownHostsFile`` and ``GlobalKnownHostsFile`` (with
-OpenSSH's defaults when unset), plus ``Port``, ``User`` and ``IdentityFile`` where no variable sets
-them (Ansible passes its own ``-o Port/User/IdentityFile`` first, and OpenSSH keeps the first).
-
-Three deliberate differences from ``ansible``:
-
-- host keys are ALWAYS checked against those known_hosts files and an unknown host is refused
-  (paramiko's ``RejectPolicy``), whatever ``StrictHostKeyChecking`` or ``host_key_checking`` say:
-  an ad-hoc command runs as root on the whole fleet, so trust is never given on first use;
-- a host reached through a jump host or a proxy command, or whose key is looked up under an alias,
-  is refused as bad input rather than contacted directly (exec does not speak those yet);
-- ``~/.ssh/config`` is not read: the inventory alone says where a host is.
-
-Nothing from the inventory's variables is printed: messages name the variable, never its value,
-and errors raised by the SSH layer are scrubbed of addresses, user names, paths and passwords.
+A host is reached as ``ansible`` reaches it (:func:`deploykit.inventory.ssh_options`), through
+the jump hosts of a ``ProxyJump``/``-J`` in its ssh arguments. Unlike ``ansible``, every host key
+(the jump hosts' too) is checked against the known_hosts files those arguments name (else
+OpenSSH's defaults) and an unknown key is refused, whatever ``StrictHostKeyChecking`` says;
+``~/.ssh/config`` is not read and ``ProxyCommand`` is refused. No inventory value is printed
+(errors are scrubbed of them) and the hosts' control characters are shown escaped.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import math
 import os
 import re
 import shlex
 import socket
-import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import paramiko
-from ansible import constants as ansible_constants
-from ansible.errors import AnsibleError
-from ansible.inventory.manager import InventoryManager
-from ansible.playbook.play_context import PlayContext
-from ansible.plugins.loader import connection_loader
-from ansible.template import Templar
-from fabric import Config, Connection
-from rich.console import Console
-from rich.text import Text
+from fabric import Config, Connection, ThreadingGroup
+from fabric.exceptions import GroupException
 
-from deploykit import inventory, lab
-from deploykit.argtypes import line_count, positive_seconds
-from deploykit.errors import EXIT_FAILED, EXIT_OK, BadInput, DeploykitError
+from deploykit import inventory
+from deploykit.errors import BadInput
 from deploykit.project import project_root
-
-__all__ = [
-    "DEFAULT_LINES",
-    "DEFAULT_TIMEOUT",
-    "DEFAULT_WORKERS",
-    "ExecResult",
-    "HostResult",
-    "LineStream",
-    "SshTarget",
-    "add_exec_command",
-    "command_line",
-    "format_report",
-    "printable",
-    "read_targets",
-    "resolve_pattern",
-    "run_on_group",
-    "run_on_targets",
-    "targets_for",
-]
 
 #: Hosts contacted at once: ansible.cfg's ``forks``, so exec and a playbook load the fleet alike.
 DEFAULT_WORKERS: Final = 25
 #: Seconds one host may take, connection included, before it is reported as timed out.
 DEFAULT_TIMEOUT: Final = 60.0
-#: Lines of stdout and of stderr shown per host for people: every line (None) unless --lines N
-#: asks for the last N (``--json`` always carries everything).
-DEFAULT_LINES: Final = None
 
-_SSH_PORT: Final = 22
-
-# OpenSSH's defaults when the ssh arguments name no known_hosts file.
-_DEFAULT_USER_KNOWN_HOSTS: Final = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
-_DEFAULT_GLOBAL_KNOWN_HOSTS: Final = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
-
-# ssh(1) flags that take a value: their value is skipped, never mistaken for a flag of its own.
-_SSH_FLAGS_WITH_VALUE: Final = frozenset("BbcDEeFIiJLlmOoPpQRSWw")
-
-# ssh options that send the connection somewhere other than ansible_host, or look its key up
-# under another name. Connecting directly instead would reach a different path to the host.
-_UNSUPPORTED_SSH_OPTIONS: Final = {
-    "proxyjump": "ProxyJump (a jump host)",
-    "proxycommand": "ProxyCommand",
-    "hostkeyalias": "HostKeyAlias",
+_PORT: Final = inventory.DEFAULT_SSH_PORT
+# OpenSSH's known_hosts files when the ssh arguments name none.
+_KNOWN_HOSTS: Final = {
+    "userknownhostsfile": "~/.ssh/known_hosts ~/.ssh/known_hosts2",
+    "globalknownhostsfile": "/etc/ssh/ssh_known_hosts /etc/ssh/ssh_known_hosts2",
 }
-
-# ssh option -> the ssh plugin's option. Ansible passes its own -o Port/User ahead of
-# ansible_ssh_common_args; where a variable sets them, OpenSSH ignores the arguments' (first wins).
-_PLUGIN_OPTION_OF: Final = {"port": "port", "user": "remote_user"}
-
-# Remote output reaches the operator's terminal: control characters (escape sequences above all)
-# are shown escaped so that a host cannot move the cursor, retitle the window or hide lines.
-_CONTROL_CHARACTERS: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-# exec's own options: found first among the command words, they were misplaced after PATTERN.
-_EXEC_OPTIONS: Final = frozenset(
-    {"-h", "--help", "-i", "--inventory", "--json", "--timeout", "--lines"}
+_DEFAULT_SOURCE: Final = "the default known_hosts files (~/.ssh/known_hosts)"
+# ssh(1) flags that take a value (their value is never mistaken for a flag), and the options
+# the ones read here set.
+_FLAGS_WITH_VALUE: Final = frozenset("BbcDEeFIiJLlmOoPpQRSWw")
+_FLAG_OPTIONS: Final = {"p": "port", "l": "user", "J": "proxyjump", "i": "identityfile"}
+# ProxyCommand runs a program whose host-key checks exec cannot make; HostKeyAlias looks the key
+# up under another name. Connecting directly instead would bypass what they ask for.
+_REFUSED: Final = {"proxycommand": "ProxyCommand", "hostkeyalias": "HostKeyAlias"}
+_JUMP: Final = re.compile(
+    r"(?:ssh://)?(?:(?P<user>[^@]+)@)?(?P<host>\[[^]]+]|[^:@]+)(?::(?P<port>\d+))?"
 )
-
-
-# --- results ----------------------------------------------------------------------------------
+# A host must not move the operator's cursor, retitle the window or hide lines.
+_CONTROL_CHARACTERS: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -158,21 +90,13 @@ class ExecResult:
         return not self.failed
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``--json`` document: ``{"hosts": {host: {rc, stdout, stderr, error}}, "failed":
-        [hosts]}``."""
-        return {
-            "hosts": {result.host: result.to_dict() for result in self.hosts},
-            "failed": self.failed,
-        }
-
-
-# --- input: the pattern and the command ---------------------------------------------------------
+        """``--json``: ``{"hosts": {host: {rc, stdout, stderr, error}}, "failed": [hosts]}``."""
+        return {"hosts": {r.host: r.to_dict() for r in self.hosts}, "failed": self.failed}
 
 
 def resolve_pattern(groups: Mapping[str, Sequence[str]], pattern: str) -> list[str]:
-    """The hosts ``pattern`` names, each once, in order: comma-separated group names, host names
-    and ``all``, resolved against ``groups`` (each group's hosts, as :func:`read_layout` gives
-    them). Raises :class:`BadInput` naming the known groups when a name is neither."""
+    """The hosts ``pattern`` names (groups, hosts and ``all``, separated by commas), each once, in
+    order. Raises :class:`BadInput` naming the known groups when a name is none of those."""
     all_hosts = list(dict.fromkeys(host for hosts in groups.values() for host in hosts))
     names = [name.strip() for name in pattern.split(",")]
     if not pattern.strip() or not all(names):
@@ -180,56 +104,27 @@ def resolve_pattern(groups: Mapping[str, Sequence[str]], pattern: str) -> list[s
             f"the host pattern {pattern!r} has an empty name; give a group, a host or 'all', "
             "several separated by commas (e.g. app,worker)"
         )
-    unknown = [name for name in names if name != "all" and name not in groups]
-    unknown = [name for name in unknown if name not in all_hosts]
+    unknown = [n for n in names if n != "all" and n not in groups and n not in all_hosts]
     if unknown:
-        known_groups = ", ".join(sorted(groups)) or "none"
         quoted = ", ".join(f"'{name}'" for name in unknown)
         suggestion = inventory.did_you_mean(unknown[0], [*sorted(groups), *all_hosts, "all"])
         raise BadInput(
             f"no group or host named {quoted} in the inventory{suggestion}; known groups: "
-            f"{known_groups} (or a host name, or all)"
+            f"{', '.join(sorted(groups)) or 'none'} (or a host name, or all)"
         )
-    selected: dict[str, None] = {}
-    for name in names:
-        for host in all_hosts if name == "all" else groups.get(name, [name]):
-            selected.setdefault(host)
+    selected = [h for n in names for h in (all_hosts if n == "all" else groups.get(n, [n]))]
     if not selected:
         raise BadInput(f"the host pattern {pattern!r} matches no host; add hosts to its groups")
-    return list(selected)
+    return list(dict.fromkeys(selected))
 
 
-def command_line(words: Sequence[str]) -> str:
-    """The remote command from the words after PATTERN: joined by spaces, as ssh(1) does, for the
-    remote user's shell to interpret (quote the whole command to keep the local shell off it)."""
-    words = list(words)
-    if words and words[0] == "--":  # some Pythons' argparse keep the separator
-        words = words[1:]
-    elif words and words[0] in _EXEC_OPTIONS:
-        # `exec app --json -- hostname`: the option was meant for exec, not for the host.
-        raise BadInput(
-            f"{words[0]} after PATTERN would be sent to the hosts as the command; put exec's "
-            "options before PATTERN: deploykit exec [OPTIONS] PATTERN -- CMD"
-        )
-    return _checked_command(" ".join(words))
+@dataclass(frozen=True)
+class Jump:
+    """A jump host, ``[user@]host[:port]``: as with ssh(1), its user is not the host's."""
 
-
-def _checked_command(command: str) -> str:
-    if not command.strip():
-        raise BadInput(
-            "no command given; put it after the pattern, e.g. deploykit exec app -- hostname"
-        )
-    return command
-
-
-def _check_limits(timeout: float, workers: int) -> None:
-    if not (timeout > 0 and math.isfinite(timeout)):
-        raise BadInput(f"the timeout must be a positive number of seconds, not {timeout:g}")
-    if workers < 1:
-        raise BadInput(f"the number of workers must be at least 1, not {workers}")
-
-
-# --- where each host is and how it is trusted ---------------------------------------------------
+    address: str
+    port: int = _PORT
+    user: str | None = None  # None: the local user name
 
 
 @dataclass(frozen=True)
@@ -238,528 +133,138 @@ class SshTarget:
 
     host: str  # the inventory name
     address: str
-    port: int = _SSH_PORT
+    port: int = _PORT
     user: str | None = None  # None: the local user name, as ssh(1)
     key_files: tuple[Path, ...] = ()  # empty: the SSH agent and ~/.ssh/id_*, as ssh(1)
     known_hosts: tuple[Path, ...] = ()  # the files that exist, in OpenSSH's order
-    known_hosts_source: str = "the default known_hosts files (~/.ssh/known_hosts)"
+    known_hosts_source: str = _DEFAULT_SOURCE
     password: str | None = field(default=None, repr=False)
     passphrase: str | None = field(default=None, repr=False)
+    jumps: tuple[Jump, ...] = ()  # reached in this order, each through the one before
 
     def scrub(self, text: str) -> str:
-        """``text`` with this host's connection values replaced by the names of their variables:
-        an SSH library's message may quote them, and inventory values are never printed."""
-        replacements = [
+        """``text`` with this host's connection values (an SSH library's message may quote them)
+        replaced by what they are, the longest first so that none is replaced in part."""
+        values = [
             (self.password, "<password>"),
             (self.passphrase, "<passphrase>"),
             *((str(path), "<known_hosts file>") for path in self.known_hosts),
             *((str(path), "<private key file>") for path in self.key_files),
             (self.address, "<ansible_host>"),
+            *((jump.address, "<jump host>") for jump in self.jumps),
         ]
-        for value, name in replacements:
-            if value:
-                text = text.replace(value, name)
-        if self.user:
-            text = re.sub(rf"(?<![\w.-]){re.escape(self.user)}(?![\w.-])", "<ansible_user>", text)
+        for value, name in sorted(((v, n) for v, n in values if v), key=lambda v: -len(v[0])):
+            text = text.replace(value, name)
+        users = [(self.user, "<ansible_user>"), *((j.user, "<jump user>") for j in self.jumps)]
+        for user, name in ((u, n) for u, n in users if u):
+            text = re.sub(rf"(?<![\w.-]){re.escape(user)}(?![\w.-])", name, text)
         return text
 
 
-@dataclass(frozen=True)
-class _SshArguments:
-    """What an ssh(1) argument string says about trust and addressing (first value wins)."""
-
-    options: Mapping[str, str]  # lower-cased option name -> value
-    identity_files: tuple[str, ...]
-    unsupported: tuple[str, ...]
-
-
-def _parse_ssh_arguments(*texts: str) -> _SshArguments:
+def _ssh_arguments(*texts: str) -> tuple[dict[str, str], list[str]]:
+    """(the options ssh(1) arguments set, lower-cased, the first value winning as in ssh(1); every
+    IdentityFile, which is cumulative)."""
     options: dict[str, str] = {}
-    identity_files: list[str] = []
-    unsupported: list[str] = []
-
-    def option(text: str) -> None:
-        key, _, value = text.replace("=", " ", 1).partition(" ")
-        key, value = key.strip().lower(), value.strip()
-        if key == "identityfile":  # cumulative in OpenSSH: every one is tried
-            identity_files.append(value)
-        elif key in _UNSUPPORTED_SSH_OPTIONS and value.lower() != "none":
-            unsupported.append(_UNSUPPORTED_SSH_OPTIONS[key])
-        options.setdefault(key, value)
-
+    identities: list[str] = []
     for text in texts:
-        words = iter(shlex.split(text or ""))
+        words = iter(shlex.split(text))
         for word in words:
-            if len(word) < 2 or word[0] != "-" or word[1] not in _SSH_FLAGS_WITH_VALUE:
+            if len(word) < 2 or word[0] != "-" or word[1] not in _FLAGS_WITH_VALUE:
                 continue  # a flag without a value (-4, -q, -T...) or a stray word
             value = word[2:] or next(words, "")
             if word[1] == "o":
-                option(value)
-            elif word[1] == "i":
-                identity_files.append(value)
-            elif word[1] == "p":
-                options.setdefault("port", value)
-            elif word[1] == "l":
-                options.setdefault("user", value)
-            elif word[1] == "J":
-                unsupported.append(_UNSUPPORTED_SSH_OPTIONS["proxyjump"])
-    return _SshArguments(options, tuple(identity_files), tuple(dict.fromkeys(unsupported)))
+                key, _, value = value.replace("=", " ", 1).partition(" ")
+            else:
+                key = _FLAG_OPTIONS.get(word[1], "")
+            if key.strip().lower() == "identityfile":
+                identities.append(value.strip())
+            elif key:
+                options.setdefault(key.strip().lower(), value.strip())
+    return options, identities
 
 
-def _known_hosts_files(arguments: _SshArguments) -> tuple[tuple[Path, ...], str]:
-    """(the known_hosts files that exist, in OpenSSH's order; where the list came from)."""
-    user = arguments.options.get("userknownhostsfile")
-    global_ = arguments.options.get("globalknownhostsfile")
-    names = [
-        *(_DEFAULT_USER_KNOWN_HOSTS if user is None else user.split()),
-        *(_DEFAULT_GLOBAL_KNOWN_HOSTS if global_ is None else global_.split()),
-    ]
-    files = [Path(name).expanduser() for name in names if name.lower() != "none"]
-    found = tuple(dict.fromkeys(path for path in files if path.is_file()))
-    source = (
-        "the UserKnownHostsFile set by ansible_ssh_common_args"
-        if user is not None
-        else "the default known_hosts files (~/.ssh/known_hosts)"
-    )
-    return found, source
-
-
-def read_targets(inventory_path: Path, hosts: Iterable[str]) -> dict[str, SshTarget]:
-    """How each of ``hosts`` is reached, from its effective variables, resolved as Ansible's ssh
-    connection plugin resolves them (see the module's docstring). Contacts nothing.
-
-    Raises :class:`BadInput` naming the host and the variable (never its value) when a host is
-    not reached over SSH, a connection variable cannot be rendered (a template that needs the
-    vault: exec does not decrypt), a key file is missing, or a jump host or proxy is configured.
-    """
-    # Read as `deploykit check` reads it: vault-encrypted vars files are skipped, not fatal.
-    with inventory.opened(inventory_path) as opened:
-        return {
-            name: _target(name, opened.manager, opened.variables, opened.loader)
-            for name in dict.fromkeys(hosts)
-        }
-
-
-def _target(name: str, manager: InventoryManager, variables: Any, loader: Any) -> SshTarget:
-    host = manager.get_host(name)
-    if host is None:
-        raise BadInput(f"host '{name}' is not in the inventory")
+def _target(name: str, options: Mapping[str, Any]) -> SshTarget:
+    """Host ``name``'s :class:`SshTarget` from its ssh plugin options (inventory.ssh_options)."""
     try:
-        effective: Mapping[str, Any] = variables.get_vars(host=host, include_hostvars=False)
-    except AnsibleError as error:
-        raise BadInput(
-            f"host '{name}': Ansible cannot work out its variables ({type(error).__name__}); "
-            "run deploykit check"
-        ) from None
-    templar = Templar(loader=loader, variables=effective)
-
-    def rendered(variable: str) -> Any:
-        try:
-            return templar.template(effective[variable])
-        except AnsibleError as error:
-            raise BadInput(
-                f"host '{name}': {variable} is a template that cannot be rendered here "
-                f"({type(error).__name__}); exec reads no vault, so set it to a plain value"
-            ) from None
-
-    connection = (
-        str(rendered("ansible_connection"))
-        if "ansible_connection" in effective
-        else str(ansible_constants.DEFAULT_TRANSPORT)
-    )
-    if connection not in inventory.SSH_CONNECTIONS:
-        raise BadInput(
-            f"host '{name}' is not reached over SSH (its ansible_connection is not ssh); "
-            "deploykit exec speaks SSH only: use `ansible` for this host"
+        arguments, identities = _ssh_arguments(
+            *(str(options[o] or "") for o in ("ssh_args", "ssh_common_args", "ssh_extra_args"))
         )
-
-    # Ansible's own ssh plugin decides which variable wins (ansible_ssh_host over ansible_host,
-    # ansible.cfg and ANSIBLE_* defaults, types): the same options `ansible` would connect with.
-    # The short name: a FQCN needs the collection loader, which only Ansible's own CLIs install.
-    plugin = connection_loader.get("ssh", PlayContext())
-    if plugin is None:
-        raise DeploykitError(
-            "Ansible's ssh connection plugin cannot be loaded: reinstall deploykit"
-        )
-    option_variables = ansible_constants.config.get_plugin_vars("connection", "ssh")
-    try:
-        plugin.set_options(var_options={v: rendered(v) for v in option_variables if v in effective})
-    except AnsibleError as error:
+    except ValueError:
+        raise BadInput(f"host '{name}': its ssh arguments have an unclosed quote") from None
+    refused = [w for key, w in _REFUSED.items() if arguments.get(key, "none").lower() != "none"]
+    if refused:
         raise BadInput(
-            f"host '{name}': Ansible rejects its connection variables ({type(error).__name__}); "
-            "run deploykit check"
-        ) from None
-    arguments = _parse_ssh_arguments(
-        *(
-            str(plugin.get_option(o) or "")
-            for o in ("ssh_args", "ssh_common_args", "ssh_extra_args")
+            f"host '{name}': its ssh arguments use {', '.join(refused)}, which deploykit exec "
+            "does not support (it speaks ProxyJump); use `ansible` for this host"
         )
-    )
-    if arguments.unsupported:
-        raise BadInput(
-            f"host '{name}': its ssh arguments use {', '.join(arguments.unsupported)}, which "
-            "deploykit exec does not support; use `ansible` for this host"
-        )
-    if plugin.get_option("private_key"):
+    if options["private_key"]:
         raise BadInput(
             f"host '{name}': ansible_private_key (a key given inline) is not supported by "
             "deploykit exec; put the key in a file and set ansible_ssh_private_key_file"
         )
-
-    settings = {o: plugin.get_option(o) for o in ("port", "remote_user")}
-    for option, variable in _PLUGIN_OPTION_OF.items():
-        if settings[variable] is None and option in arguments.options:
-            settings[variable] = arguments.options[option]
+    key = options["private_key_file"]
+    if key and not Path(str(key)).expanduser().is_file():
+        raise BadInput(
+            f"host '{name}': the file named by ansible_ssh_private_key_file does not exist; "
+            "fix the path (for the lab: deploykit lab up)"
+        )
+    # An IdentityFile that does not exist is skipped by ssh(1) with a warning, and here silently.
+    keys = [Path(str(f)).expanduser() for f in ([key] if key else []) + identities]
+    known = [
+        Path(file).expanduser()
+        for option, default in _KNOWN_HOSTS.items()
+        for file in arguments.get(option, default).split()
+        if file.lower() != "none"
+    ]
+    proxy_jump = arguments.get("proxyjump", "none")
+    jumps = [] if proxy_jump.lower() == "none" else proxy_jump.split(",")
     try:
-        port = int(settings["port"] or _SSH_PORT)
+        # Ansible puts its own -o Port/User (from the variables) first; ssh(1) keeps the first.
+        port = int(options["port"] or arguments.get("port") or _PORT)
     except ValueError:
         raise BadInput(f"host '{name}': the Port in its ssh arguments is not a number") from None
-
-    key_files: list[Path] = []
-    key_variable = plugin.get_option("private_key_file")
-    if key_variable:
-        key = Path(str(key_variable)).expanduser()
-        if not key.is_file():
-            raise BadInput(
-                f"host '{name}': the file named by ansible_ssh_private_key_file does not exist; "
-                "fix the path (for the lab: deploykit lab up)"
-            )
-        key_files.append(key)
-    # An IdentityFile that does not exist is skipped by ssh(1) with a warning, and here silently.
-    key_files += [
-        p for p in (Path(f).expanduser() for f in arguments.identity_files) if p.is_file()
-    ]
-
-    known_hosts, source = _known_hosts_files(arguments)
-    password, passphrase = (
-        plugin.get_option("password"),
-        plugin.get_option("private_key_passphrase"),
-    )
-    user = settings["remote_user"]
+    user = options["remote_user"] or arguments.get("user")
     return SshTarget(
         host=name,
-        address=str(plugin.get_option("host")),
+        address=str(options["host"]),
         port=port,
         user=str(user) if user else None,
-        key_files=tuple(dict.fromkeys(key_files)),
-        known_hosts=known_hosts,
-        known_hosts_source=source,
-        password=str(password) if password else None,
-        passphrase=str(passphrase) if passphrase else None,
+        key_files=tuple(dict.fromkeys(path for path in keys if path.is_file())),
+        known_hosts=tuple(dict.fromkeys(path for path in known if path.is_file())),
+        known_hosts_source="the UserKnownHostsFile set by ansible_ssh_common_args"
+        if "userknownhostsfile" in arguments
+        else _DEFAULT_SOURCE,
+        password=str(options["password"]) if options["password"] else None,
+        passphrase=str(options["private_key_passphrase"] or "") or None,
+        jumps=tuple(_jump(name, hop) for hop in jumps),
     )
 
 
-# --- running ------------------------------------------------------------------------------------
-
-
-class _UnknownHostKey(paramiko.SSHException):  # type: ignore[misc]  # paramiko ships no types
-    """The host presented a key that no known_hosts entry holds for its address."""
-
-
-class _RejectUnknownHosts(paramiko.RejectPolicy):  # type: ignore[misc]
-    """paramiko's RejectPolicy, raising an exception of its own so that the refusal is reported as
-    such (RejectPolicy's message quotes the address, which must not be printed)."""
-
-    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
-        del client, hostname
-        raise _UnknownHostKey(key.get_name())
-
-
-class _Deadline:
-    """One host's time budget. When it runs out the connection is closed from this timer's
-    thread, which ends a connect, an authentication or a command wherever it is blocked."""
-
-    def __init__(self, seconds: float, connection: Connection) -> None:
-        self.seconds = seconds
-        self.expired = threading.Event()
-        self._timer = threading.Timer(seconds, self._expire, args=(connection,))
-        self._timer.daemon = True
-
-    def _expire(self, connection: Connection) -> None:
-        self.expired.set()
-        connection.client.close()
-
-    def __enter__(self) -> _Deadline:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-
-
-def _connection(target: SshTarget, timeout: float) -> Connection:
-    config = Config(
-        # lazy: no /etc/fabric.yaml or ~/.fabric.yaml; an empty SSHConfig: no ~/.ssh/config.
-        lazy=True,
-        ssh_config=paramiko.SSHConfig(),
-        overrides={
-            "run": {
-                "hide": True,  # captured, never echoed: the report prints it, per host
-                "warn": True,  # a non-zero exit is a result, not an exception
-                "in_stream": False,  # parallel hosts must not share (or wait on) our stdin
-                "pty": False,
-                "encoding": "utf-8",  # what Debian hosts write; undecodable bytes are replaced
-            },
-        },
-    )
-    # paramiko's own timeouts are a second later than the host's deadline (_Deadline), so that a
-    # host out of time is always reported as such, whichever step it was stuck in.
-    inner = timeout + 1.0
-    connect_kwargs: dict[str, Any] = {
-        "timeout": inner,
-        "banner_timeout": inner,
-        "auth_timeout": inner,
-        "channel_timeout": inner,
-    }
-    if target.key_files:
-        # The inventory names the key: offer only it, so that agent keys and ~/.ssh/id_* do not
-        # use up the server's MaxAuthTries first. Without one, do as ssh(1): agent, then defaults.
-        connect_kwargs.update(
-            key_filename=[str(path) for path in target.key_files],
-            look_for_keys=False,
-            allow_agent=False,
+def _jump(name: str, hop: str) -> Jump:
+    match = _JUMP.fullmatch(hop.strip())
+    port = int(match["port"] or _PORT) if match else 0
+    if match is None or not 0 < port < 2**16:
+        raise BadInput(
+            f"host '{name}': the ProxyJump (or -J) in its ssh arguments is not "
+            "[user@]host[:port], several separated by commas"
         )
-    if target.password:
-        connect_kwargs["password"] = target.password
-    if target.passphrase:
-        connect_kwargs["passphrase"] = target.passphrase
-    connection = Connection(
-        host=target.address,
-        user=target.user,
-        port=target.port,
-        config=config,
-        connect_kwargs=connect_kwargs,
-        forward_agent=False,
-    )
-    # Fabric auto-adds unknown host keys by default; here they are checked, never added.
-    connection.client.set_missing_host_key_policy(_RejectUnknownHosts())
-    _trust(connection.client.get_host_keys(), target.known_hosts)
-    return connection
+    return Jump(match["host"].strip("[]"), port, match["user"])
 
 
-def _trust(keys: Any, files: Iterable[Path]) -> None:
-    """Add the host keys of ``files`` to paramiko's ``keys``, skipping the lines ssh(1) skips.
-
-    paramiko's own loader stops at the first malformed key (and its error quotes the line), where
-    OpenSSH ignores that line. Per host name and key type the first entry is kept, as files are
-    read in OpenSSH's order. Marker lines (@cert-authority, @revoked) trust nothing here.
-    """
-    seen: set[tuple[str, str]] = set()
-    for path in files:
-        for number, raw in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-            line = raw.strip()
-            if not line or line.startswith(("#", "@")):
-                continue
-            try:
-                entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
-            except (paramiko.SSHException, paramiko.hostkeys.InvalidHostKey):
-                continue
-            if entry is None or entry.key is None:
-                continue
-            for name in entry.hostnames:
-                if (name, entry.key.get_name()) not in seen:
-                    seen.add((name, entry.key.get_name()))
-                    keys.add(name, entry.key.get_name(), entry.key)
-
-
-def _run_one(target: SshTarget, command: str, timeout: float) -> HostResult:
-    """Run ``command`` on one host within ``timeout`` seconds; every failure becomes a result."""
-    phase = "connecting"
-    try:
-        connection = _connection(target, timeout)
-    except OSError as error:
-        reason = os.strerror(error.errno) if error.errno else type(error).__name__
-        return HostResult(target.host, None, error=f"cannot read its known_hosts files: {reason}")
-    try:
-        with _Deadline(timeout, connection) as deadline:
-            try:
-                connection.open()
-                phase = "running"
-                result = connection.run(command)
-            except Exception as error:  # one host's failure never stops the others
-                message = (
-                    _timed_out(timeout, phase)
-                    if deadline.expired.is_set()
-                    else target.scrub(_describe(error, target))
-                )
-                return HostResult(target.host, None, error=printable(message))
-    finally:
-        connection.close()
-    rc = int(result.exited)
-    if rc >= 0:
-        return HostResult(target.host, rc, result.stdout, result.stderr)
-    # paramiko's -1: no exit-status came, because the deadline closed the channel or because sshd
-    # reported a signal instead of a code.
-    message = (
-        _timed_out(timeout, phase)
-        if deadline.expired.is_set()
-        else "the command ended without an exit code (killed by a signal?)"
-    )
-    return HostResult(target.host, None, result.stdout, result.stderr, message)
-
-
-class LineStream:
-    """``command`` on one host, each line of its output handed to ``on_line(host, line)`` as it
-    comes, until the command ends or :meth:`close` is called (from another thread).
-
-    The command runs on a pseudo-terminal: when the connection closes, the host's sshd hangs it
-    up and the command gets SIGHUP, so that nothing it started (``journalctl -f``) outlives the
-    stream. Its stdout and stderr arrive together, as on a terminal. Connecting has ``timeout``
-    seconds; the command itself none.
-    """
-
-    def __init__(
-        self,
-        target: SshTarget,
-        command: str,
-        *,
-        timeout: float,
-        on_line: Callable[[str, str], None],
-    ) -> None:
-        self.target = target
-        self._command = command
-        self._timeout = timeout
-        self._on_line = on_line
-        self._connection = _connection(target, timeout)
-        self._pending = ""
-        self._closed = threading.Event()
-
-    # The stream Fabric writes the command's output to.
-    def write(self, text: str) -> None:
-        lines = (self._pending + text).split("\n")
-        self._pending = lines.pop()
-        for line in lines:
-            self._on_line(self.target.host, line.rstrip("\r"))
-
-    def flush(self) -> None:
-        return None
-
-    def run(self) -> HostResult:
-        """Connect (within the timeout), then run until the command ends or the stream closes."""
-        deadline = _Deadline(self._timeout, self._connection)
-        try:
-            with deadline:
-                self._connection.open()
-            result = self._connection.run(self._command, pty=True, out_stream=self)
-        except Exception as error:  # one host's failure never stops the others
-            if self._closed.is_set():
-                return HostResult(self.target.host, None, error="closed")
-            message = (
-                _timed_out(self._timeout, "connecting")
-                if deadline.expired.is_set()
-                else self.target.scrub(_describe(error, self.target))
-            )
-            return HostResult(self.target.host, None, error=printable(message))
-        finally:
-            if self._pending:
-                self.write("\n")
-            self._connection.close()
-        if self._closed.is_set():
-            return HostResult(self.target.host, None, error="closed")
-        return HostResult(self.target.host, int(result.exited))
-
-    def close(self) -> None:
-        self._closed.set()
-        self._connection.close()
-
-
-def _timed_out(timeout: float, phase: str) -> str:
-    if phase == "connecting":
-        return f"timed out after {timeout:g} s while connecting (host down or port filtered?)"
-    return f"timed out after {timeout:g} s: the command did not finish (it may still run there)"
-
-
-def _describe(error: BaseException, target: SshTarget) -> str:
-    """One line for a failure to reach a host or run the command, with what to check."""
-    if isinstance(error, _UnknownHostKey):
-        detail = "" if target.known_hosts else " (none of those files exists)"
-        message = (
-            f"refused: its {error} host key is not in {target.known_hosts_source}{detail}; "
-            "never trusted on first use: check the key, then add it to known_hosts"
-        )
-    elif isinstance(error, paramiko.BadHostKeyException):
-        message = (
-            "refused: its host key does NOT match its known_hosts entry (the host was rebuilt, "
-            "or someone is in the middle); verify the new key before replacing the entry"
-        )
-    elif isinstance(error, paramiko.AuthenticationException):
-        message = (
-            "authentication failed: check ansible_user and that the key in "
-            "ansible_ssh_private_key_file is authorised on the host"
-        )
-    elif isinstance(error, socket.gaierror):
-        message = "its address does not resolve: check ansible_host"
-    elif isinstance(error, paramiko.ssh_exception.NoValidConnectionsError):
-        reasons = {os.strerror(e.errno) for e in error.errors.values() if e.errno}
-        message = f"cannot connect to its SSH port: {', '.join(sorted(reasons)) or 'refused'}"
-    elif isinstance(error, TimeoutError):
-        message = "no answer from its SSH port: check ansible_host, ansible_port and the firewall"
-    elif isinstance(error, OSError) and error.errno:
-        message = f"cannot connect: {os.strerror(error.errno)}"
-    elif isinstance(error, EOFError | paramiko.SSHException):
-        message = f"SSH failed: {str(error).strip() or 'the connection was closed'}"
-    else:
-        message = f"{type(error).__name__}: {str(error).strip()}"
-    return message
-
-
-def run_on_targets(
-    targets: Sequence[SshTarget],
-    command: str,
-    *,
-    timeout: float = DEFAULT_TIMEOUT,
-    workers: int = DEFAULT_WORKERS,
-) -> ExecResult:
-    """Run ``command`` on every target, at most ``workers`` at a time, each within ``timeout``
-    seconds (connection included). Results come back in the order of ``targets``."""
-    _check_limits(timeout, workers)
-    if not targets:
-        return ExecResult(())
-    with ThreadPoolExecutor(
-        max_workers=min(workers, len(targets)), thread_name_prefix="deploykit-exec"
-    ) as pool:
-        futures = [pool.submit(_run_one, target, command, timeout) for target in targets]
-        try:
-            return ExecResult(tuple(future.result() for future in futures))
-        except BaseException:
-            # Ctrl-C: hosts not yet started are not started; running ones end by their deadline.
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-
-
-def run_on_group(
-    inventory_path: Path,
-    pattern: str,
-    command: str,
-    *,
-    timeout: float = DEFAULT_TIMEOUT,
-    workers: int = DEFAULT_WORKERS,
-    roles_dir: Path | None = None,
-) -> ExecResult:
-    """Run ``command`` on every host ``pattern`` names in the inventory at ``inventory_path``.
-
-    Bad input raises :class:`BadInput` before any host is contacted: an inventory that
-    ``deploykit check`` rejects (checked against the roles' argument specs in ``roles_dir``,
-    default: the project's ``roles/``), an unknown group or host, an empty command, connection
-    settings exec cannot honour.
-    """
-    _checked_command(command)
-    _check_limits(timeout, workers)
-    return run_on_targets(
-        targets_for(inventory_path, pattern, roles_dir=roles_dir),
-        command,
-        timeout=timeout,
-        workers=workers,
-    )
+def read_targets(inventory_path: Path, hosts: Iterable[str]) -> dict[str, SshTarget]:
+    """How each of ``hosts`` is reached; contacts nothing. Raises :class:`BadInput` naming the
+    host and the variable, never its value, for settings exec cannot honour."""
+    with inventory.opened(inventory_path) as opened:
+        return {name: _target(name, inventory.ssh_options(opened, name)) for name in hosts}
 
 
 def targets_for(
     inventory_path: Path, pattern: str, *, roles_dir: Path | None = None
 ) -> list[SshTarget]:
-    """How to reach every host ``pattern`` names, in order. Raises :class:`BadInput` before any
-    host is contacted when ``deploykit check`` rejects the inventory (checked against the roles'
-    argument specs in ``roles_dir``, default: the project's ``roles/``) or the pattern names no
-    group or host of it, or a host's connection settings cannot be honoured."""
+    """How to reach every host ``pattern`` names, in order. Raises :class:`BadInput`, before any
+    host is contacted, when ``deploykit check`` rejects the inventory (against the argument specs
+    in ``roles_dir``, default: the project's roles), the pattern names no group or host of it, or
+    a host's connection settings cannot be honoured."""
     roles = roles_dir if roles_dir is not None else project_root() / "roles"
     problems = inventory.validate_inventory(inventory_path, roles_dir=roles)
     if problems:
@@ -773,118 +278,274 @@ def targets_for(
     return [targets[host] for host in hosts]
 
 
-# --- output -------------------------------------------------------------------------------------
+class _UnknownHostKey(paramiko.SSHException):  # type: ignore[misc]  # paramiko ships no types
+    """An unknown host key (paramiko's RejectPolicy would say so quoting the address)."""
+
+
+class _RejectUnknownHosts(paramiko.RejectPolicy):  # type: ignore[misc]
+    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+        raise _UnknownHostKey(key.get_name())
+
+
+class _Connection(Connection):  # type: ignore[misc]  # fabric ships no types
+    """A Fabric connection whose run, connecting included, is bounded by its ``deadline``, if it
+    has one (a ThreadingGroup has none). Equal only to itself: a ThreadingGroup keys its results
+    by connection, and Fabric's equality would merge two hosts of one address, user and port."""
+
+    deadline: _Deadline | None = None
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def run(self, command: str, **kwargs: Any) -> Any:
+        if self.deadline is not None:
+            self.deadline.start()
+        try:
+            return super().run(command, **kwargs)
+        finally:
+            if self.deadline is not None:
+                self.deadline.cancel()
+
+
+def _connection(target: SshTarget, timeout: float) -> Connection:
+    """A connection to ``target`` through its jump hosts, each checking its server's host key
+    against ``target.known_hosts``. Raises OSError when a known_hosts file cannot be read."""
+    # Fabric's configuration (its files, /etc/fabric.yaml and ~/.fabric.yaml), save what follows.
+    config = Config(
+        overrides={
+            # The inventory alone says where a host is: Fabric would apply some of ~/.ssh/config
+            # (HostName, ProxyJump...) but not its known_hosts options, and ansible's ssh, which
+            # reads it too, is handed the inventory's -o options ahead of it.
+            "load_ssh_configs": False,
+            "gateway": None,  # jump hosts come from the inventory only
+            "forward_agent": False,  # root on every host gets no use of the operator's agent
+            # Captured, not echoed: the report prints it, stdout and stderr apart. A non-zero
+            # exit is a result. Parallel hosts must not share our stdin.
+            "run": {"hide": True, "echo": False, "warn": True, "pty": False, "in_stream": False},
+        }
+    )
+    # paramiko's own timeouts a second after the host's deadline, which says what timed out.
+    inner = math.ceil(timeout) + 1
+    login: dict[str, Any] = {"banner_timeout": inner, "auth_timeout": inner}
+    if target.key_files:
+        # The inventory names the key: offer only it, lest agent keys and ~/.ssh/id_* use up the
+        # server's MaxAuthTries first. Without one, as ssh(1): the agent, then the defaults.
+        login.update(look_for_keys=False, allow_agent=False)
+        login["key_filename"] = [str(path) for path in target.key_files]
+    if target.passphrase:
+        login["passphrase"] = target.passphrase
+    connection = None
+    hops = [*target.jumps, Jump(target.address, target.port, target.user)]
+    for number, hop in enumerate(hops, start=1):
+        # The jump hosts are offered the host's keys, never its password.
+        last = number == len(hops)
+        password = {"password": target.password} if target.password and last else {}
+        connection = _Connection(
+            hop.address, user=hop.user, port=hop.port, config=config, gateway=connection,
+            connect_timeout=inner, connect_kwargs=login | password,
+        )  # fmt: skip
+        # Fabric adds unknown host keys by default; here they are checked, never added.
+        connection.client.set_missing_host_key_policy(_RejectUnknownHosts())
+        _trust(connection.client.get_host_keys(), target.known_hosts)
+    return connection
+
+
+def _trust(keys: paramiko.HostKeys, files: Iterable[Path]) -> None:
+    """Add the host keys of ``files`` to ``keys``, as ssh(1) reads them: a malformed line is
+    skipped (paramiko would stop reading the file) and the first key per name and type wins.
+    Marker lines (@cert-authority, @revoked) trust nothing here."""
+    for path in files:
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+            try:
+                found = paramiko.hostkeys.HostKeyEntry.from_line(line.strip(), number)
+            except (paramiko.SSHException, paramiko.hostkeys.InvalidHostKey):
+                continue
+            marker = line.strip().startswith(("#", "@"))
+            for name in found.hostnames if found and found.key and not marker else ():
+                if found.key.get_name() not in (keys.lookup(name) or {}):
+                    keys.add(name, found.key.get_name(), found.key)
+
+
+def _hops(connection: Connection) -> list[Connection]:
+    """The connections to the jump hosts, then to the host: in the order they are opened."""
+    return [*_hops(connection.gateway), connection] if connection.gateway else [connection]
+
+
+def _close(connection: Connection) -> None:
+    for hop in _hops(connection):  # the clients: Fabric leaves a half-open one as it is
+        hop.client.close()
+
+
+class _Deadline(threading.Timer):
+    """A host's time budget: once out, its connections are closed from the timer's thread, which
+    ends a connect, an authentication or a command wherever it is blocked."""
+
+    def __init__(self, seconds: float, connection: Connection) -> None:
+        super().__init__(seconds, self._expire, args=(connection,))
+        self.daemon, self.expired = True, False
+
+    def _expire(self, connection: Connection) -> None:
+        self.expired = True
+        _close(connection)
+
+
+def run_on_targets(
+    targets: Sequence[SshTarget],
+    command: str,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    workers: int = DEFAULT_WORKERS,
+) -> ExecResult:
+    """Run ``command`` on every target, ``workers`` at a time, each within ``timeout`` seconds
+    (connection included). Results come in the order of ``targets``."""
+    if not (timeout > 0 and math.isfinite(timeout)) or workers < 1:
+        raise BadInput(f"the timeout must be a positive number of seconds, not {timeout:g}")
+    # A ThreadingGroup runs all its hosts at once, with no deadline: the hosts go in groups of
+    # `workers`, each host with a deadline of its own, so that a group lasts `timeout` at most.
+    # (A slow host keeps its slot to the end of its group, where a pool would hand it on: the
+    # same for a fleet of up to `workers` hosts.)
+    results: list[HostResult] = []
+    for start in range(0, len(targets), workers):
+        results += _run_group(targets[start : start + workers], command, timeout)
+    return ExecResult(tuple(results))
+
+
+def _run_group(targets: Sequence[SshTarget], command: str, timeout: float) -> list[HostResult]:
+    group, unread = ThreadingGroup(), dict[str, str]()
+    for target in targets:
+        try:
+            group.append(_connection(target, timeout))
+        except OSError as error:
+            reason = os.strerror(error.errno) if error.errno else type(error).__name__
+            unread[target.host] = f"cannot read its known_hosts files: {reason}"
+    readable = [target for target in targets if target.host not in unread]
+    for connection in group:
+        connection.deadline = _Deadline(timeout, connection)
+    try:
+        outcomes = group.run(command)
+    except GroupException as failed:
+        outcomes = failed.result
+    finally:
+        for connection in group:
+            connection.deadline.cancel()
+            _close(connection)
+    found = {
+        target.host: _result(target, c, outcomes[c], c.deadline.expired, timeout)
+        for target, c in zip(readable, group, strict=True)
+    }
+    return [found.get(t.host) or HostResult(t.host, None, error=unread[t.host]) for t in targets]
+
+
+def _result(
+    target: SshTarget, connection: Connection, outcome: Any, expired: bool, timeout: float
+) -> HostResult:
+    """A host's result from what Fabric returned or raised."""
+    if not isinstance(outcome, BaseException) and outcome.exited >= 0:
+        return HostResult(target.host, int(outcome.exited), outcome.stdout, outcome.stderr)
+    if expired and connection.transport is None:
+        message = f"timed out after {timeout:g} s while connecting (host down or port filtered?)"
+    elif expired:
+        message = f"timed out after {timeout:g} s: the command did not finish (it may still run)"
+    elif isinstance(outcome, BaseException):
+        message = target.scrub(_describe(outcome, target, connection))
+    else:  # paramiko's -1: sshd reported a signal, not an exit code
+        message = "the command ended without an exit code (killed by a signal?)"
+    if isinstance(outcome, BaseException):
+        return HostResult(target.host, None, error=printable(message))
+    return HostResult(target.host, None, outcome.stdout, outcome.stderr, printable(message))
+
+
+def _describe(error: BaseException, target: SshTarget, connection: Connection) -> str:
+    """One line for a failure to reach a host or run the command, with what to check."""
+    hops = _hops(connection)
+    failed = next((hop for hop in hops if hop.transport is None), connection)
+    jump = f"its jump host {hops.index(failed) + 1}: " if failed is not connection else ""
+    if isinstance(error, _UnknownHostKey):
+        message = (
+            f"refused: its {error} host key is not in {target.known_hosts_source}"
+            f"{'' if target.known_hosts else ' (none of those files exists)'}; never trusted on "
+            "first use: check the key, then add it to known_hosts"
+        )
+    elif isinstance(error, paramiko.BadHostKeyException):
+        message = (
+            "refused: its host key does NOT match its known_hosts entry (the host was rebuilt, "
+            "or someone is in the middle); verify the new key before replacing the entry"
+        )
+    elif isinstance(error, paramiko.AuthenticationException):
+        message = (
+            f"authentication failed: check {'its ProxyJump user' if jump else 'ansible_user'} and "
+            "that the key in ansible_ssh_private_key_file is authorised there"
+        )
+    elif isinstance(error, paramiko.ChannelException):
+        message = f"its jump host cannot reach its SSH port: {error.text}"
+    elif isinstance(error, socket.gaierror):
+        message = "its address does not resolve: check ansible_host"
+    elif isinstance(error, paramiko.ssh_exception.NoValidConnectionsError):
+        reasons = {os.strerror(e.errno) for e in error.errors.values() if e.errno}
+        message = f"cannot connect to its SSH port: {', '.join(sorted(reasons)) or 'refused'}"
+    elif isinstance(error, OSError) and error.errno:
+        message = f"cannot connect: {os.strerror(error.errno)}"
+    elif isinstance(error, EOFError | paramiko.SSHException):
+        message = f"SSH failed: {str(error).strip() or 'the connection was closed'}"
+    else:
+        message = f"{type(error).__name__}: {str(error).strip()}"
+    return jump + message
+
+
+class LineStream:
+    """``command`` on one host, each line of its output handed to ``on_line(host, line)`` as it
+    comes, until the command ends or :meth:`close` is called (from another thread).
+
+    It runs on a pseudo-terminal, so that the host's sshd hangs it up when the connection closes:
+    nothing it started (``journalctl -f``) outlives the stream. Its stdout and stderr arrive
+    together, as on a terminal. Connecting has ``timeout`` seconds, the command no limit.
+    """
+
+    def __init__(
+        self,
+        target: SshTarget,
+        command: str,
+        *,
+        timeout: float,
+        on_line: Callable[[str, str], None],
+    ) -> None:
+        self.target, self._command, self._timeout, self._on_line = target, command, timeout, on_line
+        self._connection = _connection(target, timeout)
+        self._pending = ""
+        self._closed = threading.Event()
+
+    def write(self, text: str) -> None:  # the stream Fabric writes the output to
+        lines = (self._pending + text).split("\n")
+        self._pending = lines.pop()
+        for line in lines:
+            self._on_line(self.target.host, line.rstrip("\r"))
+
+    def flush(self) -> None:
+        return None
+
+    def run(self) -> HostResult:
+        """Connect (within the timeout), then run until the command ends or the stream closes."""
+        deadline = _Deadline(self._timeout, self._connection)
+        try:
+            deadline.start()
+            self._connection.open()
+            deadline.cancel()
+            outcome = self._connection.run(self._command, pty=True, out_stream=self)
+        except Exception as error:  # one host's failure never stops the others
+            outcome = error
+        finally:
+            deadline.cancel()
+            if self._pending:
+                self.write("\n")
+            _close(self._connection)
+        if self._closed.is_set():
+            return HostResult(self.target.host, None, error="closed")
+        result = _result(self.target, self._connection, outcome, deadline.expired, self._timeout)
+        return HostResult(self.target.host, result.rc, error=result.error)
+
+    def close(self) -> None:
+        self._closed.set()
+        _close(self._connection)
 
 
 def printable(line: str) -> str:
     return _CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m[0]):02x}", line)
-
-
-def _tail(text: str, lines: int | None) -> tuple[list[str], int]:
-    """(the last ``lines`` lines of ``text``, every one when None; how many earlier lines were
-    left out)."""
-    all_lines = text.splitlines()
-    if lines is None:
-        return all_lines, 0
-    kept = all_lines[len(all_lines) - lines :] if lines else []
-    return kept, len(all_lines) - len(kept)
-
-
-def format_report(result: ExecResult, *, lines: int | None = DEFAULT_LINES) -> Text:
-    """For people: one block per host (its name, exit code or error, then its stdout and stderr,
-    indented: every line, or the last ``lines``), and a summary line."""
-    report = Text()
-    for host in result.hosts:
-        if host.error is not None:
-            report.append(f"{host.host}  ", style="bold")
-            report.append(f"error: {printable(host.error)}", style="red")
-        else:
-            report.append(f"{host.host}  ", style="bold")
-            report.append(f"rc {host.rc}", style="green" if host.rc == 0 else "red")
-        report.append("\n")
-        for name, text in (("stdout", host.stdout), ("stderr", host.stderr)):
-            kept, left_out = _tail(text, lines)
-            if name == "stderr" and kept:
-                report.append("  stderr:\n", style="yellow")
-            if left_out:
-                report.append(f"    ... {left_out} earlier {name} line(s) not shown\n", style="dim")
-            for line in kept:
-                report.append(f"    {printable(line)}\n")
-    count = len(result.hosts)
-    if result.ok:
-        report.append(f"{count} host(s): all exited 0", style="green")
-    else:
-        failed = result.failed
-        report.append(
-            f"{count} host(s): {count - len(failed)} ok, {len(failed)} failed: {', '.join(failed)}",
-            style="red",
-        )
-    return report
-
-
-# --- the command line ---------------------------------------------------------------------------
-
-
-def add_exec_command(commands: Any) -> argparse.ArgumentParser:
-    """Register ``exec`` on the CLI's subparsers (from ``add_subparsers()``); return its parser."""
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "exec",
-        help="run a shell command on every host of a group, in parallel over SSH",
-        usage="%(prog)s [-h] [-i INVENTORY] [--json] [--timeout S] [--lines N] PATTERN -- CMD...",
-        description="Run CMD on every host PATTERN names (a group, a host name, all, or several "
-        "separated by commas), in parallel over SSH as the inventory's ansible_user. Host keys "
-        "are checked against the inventory's known_hosts; unknown hosts are refused. Exit code: "
-        "0 when every host exited 0, 1 when any failed or was unreachable, 2 for bad input.",
-        epilog="CMD is run by the remote user's shell, its words joined by spaces as ssh does: "
-        "quote it to keep your local shell from expanding it, e.g. "
-        "deploykit exec app -- 'systemctl is-active shop-web'",
-    )
-    parser.add_argument("-i", "--inventory", help="inventory file (default: the lab's)")
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        help='print {"hosts": {HOST: {rc, stdout, stderr, error}}, "failed": [HOST...]}, with '
-        "the whole output",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=positive_seconds,
-        default=DEFAULT_TIMEOUT,
-        metavar="S",
-        help=f"seconds each host may take, connection included (default {DEFAULT_TIMEOUT:g})",
-    )
-    parser.add_argument(
-        "--lines",
-        type=line_count,
-        default=DEFAULT_LINES,
-        metavar="N",
-        help="show only the last N lines of each host's stdout and stderr (default: every line)",
-    )
-    parser.add_argument("pattern", metavar="PATTERN", help="a group, a host, all, or a,b,c")
-    # REMAINDER, not "*": argparse drops every "--" from a "*" list, even one meant for the host.
-    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command")
-    parser.set_defaults(func=_cmd_exec)
-    return parser
-
-
-def _cmd_exec(args: argparse.Namespace) -> int:
-    command = command_line(args.command)
-    # paramiko logs connection errors (with addresses) at ERROR; without a handler Python would
-    # print them to stderr. The report says what failed, per host.
-    logging.getLogger("paramiko").addHandler(logging.NullHandler())
-    root = project_root()
-    path = Path(args.inventory).resolve() if args.inventory else lab.inventory_file(root)
-    result = run_on_group(
-        path,
-        args.pattern,
-        command,
-        timeout=args.timeout,
-        workers=DEFAULT_WORKERS,
-        roles_dir=root / "roles",
-    )
-    if args.json:
-        # Plain json.dumps, not rich: a stable document for scripts, whatever the terminal.
-        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
-    else:
-        Console().print(format_report(result, lines=args.lines), soft_wrap=True)
-    return EXIT_OK if result.ok else EXIT_FAILED

@@ -185,3 +185,29 @@ def test_a_host_missing_from_known_hosts_is_refused_not_added(
     )
     assert (tmp_path / "known_hosts").read_text() == before
     assert address["app3"] not in proc.stdout + proc.stderr
+
+
+def test_a_proxy_jump_reaches_the_hosts_through_the_jump_host(
+    lab_up: lab.LabUpResult, tmp_path: Path
+) -> None:
+    address = {h.name: h.address for h in lab_up.hosts}
+    text = lab_up.inventory.read_text()
+    assert "-o StrictHostKeyChecking=yes" in text
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        text.replace(
+            "-o StrictHostKeyChecking=yes",
+            f"-o StrictHostKeyChecking=yes -J root@{address['lb1']}",
+        )
+    )
+    # SSH_CONNECTION's first word is the client's address as the host sees it: the jump host's.
+    proc = deploykit_exec(
+        "--json", "-i", str(inventory), "app", "--", 'echo "$(hostname) ${SSH_CONNECTION%% *}"'
+    )
+    document = as_json(proc)
+    assert proc.returncode == 0, proc.stderr
+    for name, result in document["hosts"].items():
+        assert result["stdout"] == f"{name} {address['lb1']}\n", result
+    # Without it, the same hosts see the controller's address.
+    direct = as_json(deploykit_exec("--json", "app", "--", 'echo "${SSH_CONNECTION%% *}"'))
+    assert all(r["stdout"] != f"{address['lb1']}\n" for r in direct["hosts"].values())

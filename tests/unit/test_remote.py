@@ -1,7 +1,8 @@
-"""deploykit.remote: patterns, commands, connection settings read as Ansible reads them, bad input,
-and the report. The inventories are small files in tmp_path, checked against the project's real
-roles. The only network traffic is to loopback: a closed port and a listener that never answers,
-to prove the per-host error and deadline paths; the lab's SSH is proven in tests/e2e/test_exec.py.
+"""deploykit.remote and `deploykit exec`'s command line: patterns, commands, connection settings
+read as Ansible reads them (ProxyJump included), bad input, and the report. The inventories are
+small files in tmp_path, checked against the project's real roles. The only network traffic is to
+loopback: a closed port and a listener that never answers, to prove the per-host error, jump host
+and deadline paths; the lab's SSH is proven in tests/e2e/test_exec.py.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from deploykit import remote
+from deploykit import cli, remote
 from deploykit.errors import BadInput
-from deploykit.remote import ExecResult, HostResult, SshTarget
+from deploykit.remote import ExecResult, HostResult, Jump, SshTarget
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES = REPO / "roles"
@@ -158,6 +159,8 @@ def test_an_empty_name_in_a_pattern_is_bad_input(pattern: str) -> None:
 
 # --- the command --------------------------------------------------------------------------------
 
+EXEC_OPTIONS = cli.build_parser().parse_args(["exec", "app", "--", "true"]).exec_options
+
 
 @pytest.mark.parametrize(
     ("words", "command"),
@@ -170,27 +173,29 @@ def test_an_empty_name_in_a_pattern_is_bad_input(pattern: str) -> None:
     ],
 )
 def test_the_command_words_are_joined_as_ssh_does(words: list[str], command: str) -> None:
-    assert remote.command_line(words) == command
+    assert cli.exec_command(words, EXEC_OPTIONS) == command
 
 
 @pytest.mark.parametrize("words", [[], ["--"], ["  "], ["--", ""]])
 def test_an_empty_command_is_bad_input(words: list[str]) -> None:
     with pytest.raises(BadInput, match="no command given"):
-        remote.command_line(words)
+        cli.exec_command(words, EXEC_OPTIONS)
 
 
 def test_an_option_after_the_pattern_is_bad_input_not_a_remote_command() -> None:
     with pytest.raises(BadInput, match="--json after PATTERN would be sent to the hosts"):
-        remote.command_line(["--json", "--", "hostname"])
+        cli.exec_command(["--json", "--", "hostname"], EXEC_OPTIONS)
 
 
 # --- the command line ---------------------------------------------------------------------------
 
 
 def exec_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deploykit")
-    remote.add_exec_command(parser.add_subparsers(dest="command", required=True))
-    return parser
+    return cli.build_parser()
+
+
+def test_exec_knows_its_own_options_to_refuse_them_after_the_pattern() -> None:
+    assert {"-h", "--help", "-i", "--inventory", "--json", "--timeout", "--lines"} == EXEC_OPTIONS
 
 
 def test_the_parser_keeps_everything_after_the_separator_for_the_host() -> None:
@@ -215,8 +220,8 @@ def test_the_parser_keeps_everything_after_the_separator_for_the_host() -> None:
     )
     assert (args.inventory, args.json, args.timeout, args.lines) == ("inv.yml", True, 2.5, 0)
     assert args.pattern == "app"
-    assert remote.command_line(args.command) == "grep -c -- -x /etc/hosts"
-    assert args.func is remote._cmd_exec
+    assert cli.exec_command(args.command, args.exec_options) == "grep -c -- -x /etc/hosts"
+    assert args.func is cli.cmd_exec
 
 
 def test_the_defaults_are_the_documented_ones() -> None:
@@ -322,22 +327,52 @@ def test_a_named_known_hosts_file_that_does_not_exist_leaves_nothing_trusted(
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        ("-o ProxyJump=bastion.example.com", "ProxyJump (a jump host)"),
-        ("-J bastion.example.com", "ProxyJump (a jump host)"),
         ("-o 'ProxyCommand ssh -W %h:%p bastion'", "ProxyCommand"),
         ("-oHostKeyAlias=app", "HostKeyAlias"),
+        (
+            "-J bastion -o ProxyCommand=nc\\ %h\\ %p -o HostKeyAlias=app",
+            "ProxyCommand, HostKeyAlias",
+        ),
     ],
 )
-def test_a_jump_host_or_proxy_is_refused_not_bypassed(
+def test_a_proxy_command_or_key_alias_is_refused_not_bypassed(
     tmp_path: Path, args: str, named: str
 ) -> None:
     path = write_inventory(tmp_path, host_vars={"app3": {"ansible_ssh_extra_args": args}})
     with pytest.raises(BadInput) as caught:
         remote.read_targets(path, ["app1", "app3"])
     assert str(caught.value) == (
-        f"host 'app3': its ssh arguments use {named}, which deploykit exec does not support; "
-        "use `ansible` for this host"
+        f"host 'app3': its ssh arguments use {named}, which deploykit exec does not support "
+        "(it speaks ProxyJump); use `ansible` for this host"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "jumps"),
+    [
+        ("-o ProxyJump=bastion.example.com", (Jump("bastion.example.com"),)),
+        ("-J ops@10.0.0.5:2222", (Jump("10.0.0.5", 2222, "ops"),)),
+        ("-oProxyJump=ssh://a@b1:23,b2", (Jump("b1", 23, "a"), Jump("b2"))),
+        ("-o 'ProxyJump [fd00::5]:2200'", (Jump("fd00::5", 2200),)),
+        ("-J first -o ProxyJump=second", (Jump("first"),)),  # the first value wins, as in ssh(1)
+        ("-o ProxyJump=none -J later", ()),
+    ],
+)
+def test_a_proxy_jump_is_read_as_ssh_reads_it(
+    tmp_path: Path, args: str, jumps: tuple[Jump, ...]
+) -> None:
+    path = write_inventory(tmp_path, host_vars={"app3": {"ansible_ssh_common_args": args}})
+    targets = remote.read_targets(path, ["app1", "app3"])
+    assert targets["app3"].jumps == jumps
+    assert (targets["app3"].address, targets["app3"].port) == ("127.0.0.22", 22)
+    assert targets["app1"].jumps == ()
+
+
+@pytest.mark.parametrize("value", ["bastion:ssh", "bastion:70000", "a@@b", "bastion,"])
+def test_a_proxy_jump_that_is_not_user_host_port_is_bad_input(tmp_path: Path, value: str) -> None:
+    path = write_inventory(tmp_path, host_vars={"app3": {"ansible_ssh_extra_args": f"-J {value}"}})
+    with pytest.raises(BadInput, match=r"host 'app3': the ProxyJump \(or -J\) in its ssh arg"):
+        remote.read_targets(path, ["app3"])
 
 
 def test_a_host_not_reached_over_ssh_is_refused(tmp_path: Path) -> None:
@@ -374,16 +409,17 @@ def test_secrets_stay_out_of_repr_and_errors() -> None:
         password="hunter2-long",
         passphrase="pass-phrase",
         key_files=(Path("/keys/id_app"),),
+        jumps=(Jump("10.9.8.70", user="ops"),),
     )
     assert "hunter2-long" not in repr(target)
     assert "pass-phrase" not in repr(target)
     scrubbed = target.scrub(
-        "Authentication (password hunter2-long) failed for deploy@10.9.8.7 with /keys/id_app; "
-        "deployment continues"
+        "Authentication (password hunter2-long) failed for deploy@10.9.8.7 with /keys/id_app "
+        "via ops@10.9.8.70; deployment continues"
     )
     assert scrubbed == (
         "Authentication (password <password>) failed for <ansible_user>@<ansible_host> with "
-        "<private key file>; deployment continues"
+        "<private key file> via <jump user>@<jump host>; deployment continues"
     )
 
 
@@ -411,12 +447,12 @@ def test_known_hosts_lines_are_read_as_openssh_reads_them(tmp_path: Path) -> Non
     assert held("127.0.0.40") is None
 
 
-# --- run_on_group: bad input before any host is contacted ---------------------------------------
+# --- bad input before any host is contacted ----------------------------------------------------
 
 
 def test_a_missing_inventory_is_bad_input(tmp_path: Path) -> None:
     with pytest.raises(BadInput) as caught:
-        remote.run_on_group(tmp_path / "nope.yml", "app", "true", roles_dir=ROLES)
+        remote.targets_for(tmp_path / "nope.yml", "app", roles_dir=ROLES)
     assert str(caught.value).startswith(f"1 problem(s) in {tmp_path / 'nope.yml'}: nothing was run")
     assert "does not exist" in str(caught.value)
 
@@ -426,7 +462,7 @@ def test_an_inventory_check_rejects_is_bad_input_with_every_problem(tmp_path: Pa
     text = path.read_text().replace("    queue:\n      hosts:\n        queue1: null\n", "")
     path.write_text(text)
     with pytest.raises(BadInput) as caught:
-        remote.run_on_group(path, "app", "true", roles_dir=ROLES)
+        remote.targets_for(path, "app", roles_dir=ROLES)
     message = str(caught.value)
     assert message.startswith(f"3 problem(s) in {path}: nothing was run\n")
     assert "group 'queue': missing or empty" in message
@@ -436,19 +472,26 @@ def test_an_inventory_check_rejects_is_bad_input_with_every_problem(tmp_path: Pa
 
 
 @pytest.mark.parametrize(
-    ("pattern", "command", "timeout", "message"),
+    ("words", "message"),
     [
-        ("web", "true", 60.0, "no group or host named 'web'"),
-        ("app", "  ", 60.0, "no command given"),
-        ("app", "true", 0.0, "the timeout must be a positive number of seconds, not 0"),
+        (["web", "--", "true"], "no group or host named 'web'"),
+        (["app", "--", "  "], "no command given"),
+        (["app", "--lines", "3", "--", "true"], "--lines after PATTERN would be sent to the hosts"),
     ],
 )
-def test_bad_input_is_refused_before_anything_runs(
-    tmp_path: Path, pattern: str, command: str, timeout: float, message: str
+def test_bad_input_exits_2_before_anything_runs(
+    tmp_path: Path, words: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write_inventory(tmp_path)
-    with pytest.raises(BadInput, match=message):
-        remote.run_on_group(path, pattern, command, timeout=timeout, roles_dir=ROLES)
+    assert cli.main(["exec", "-i", str(path), *words]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert message in " ".join(captured.err.split())
+
+
+def test_a_timeout_that_is_not_a_positive_number_is_bad_input() -> None:
+    with pytest.raises(BadInput, match="the timeout must be a positive number of seconds, not 0"):
+        remote.run_on_targets([SshTarget("app1", "127.0.0.1")], "true", timeout=0.0)
 
 
 # --- per-host failures, on loopback ---------------------------------------------------------------
@@ -488,17 +531,44 @@ def silent_listener() -> Iterator[int]:
 
 
 def test_an_unreachable_host_fails_alone_and_its_address_is_not_printed(
-    tmp_path: Path, known_hosts: Path, key_file: Path
+    tmp_path: Path, known_hosts: Path, key_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # app1 on a loopback port where nothing listens.
     app1 = {"ansible_host": "127.0.0.1", "ansible_port": closed_port()}
     path = lab_like(tmp_path, known_hosts, key_file, host_vars={"app1": app1})
-    result = remote.run_on_group(path, "app1", "true", timeout=10, roles_dir=ROLES)
-    (host,) = result.hosts
-    assert (host.host, host.rc, host.stdout, host.stderr) == ("app1", None, "", "")
-    assert host.error == "cannot connect to its SSH port: Connection refused"
-    assert result.failed == ["app1"]
-    assert "127.0.0.1" not in json.dumps(result.to_dict())
+    rc = cli.main(["exec", "-i", str(path), "--json", "--timeout", "10", "app1", "--", "true"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert json.loads(captured.out) == {
+        "hosts": {
+            "app1": {
+                "rc": None,
+                "stdout": "",
+                "stderr": "",
+                "error": "cannot connect to its SSH port: Connection refused",
+            }
+        },
+        "failed": ["app1"],
+    }
+    assert "127.0.0.1" not in captured.out + captured.err
+
+
+def test_hosts_sharing_an_address_each_get_their_result_in_order(
+    known_hosts: Path, key_file: Path
+) -> None:
+    # Fabric's connections are equal when address, user and port are: the results stay apart, and
+    # in the order given, one worker at a time too.
+    port = closed_port()
+    targets = [
+        SshTarget(name, "127.0.0.1", port, "root", (key_file,), (known_hosts,))
+        for name in ("app1", "app2", "app3")
+    ]
+    for workers in (1, 2, 25):
+        result = remote.run_on_targets(targets, "true", timeout=5, workers=workers)
+        assert [host.host for host in result.hosts] == ["app1", "app2", "app3"]
+        assert {host.error for host in result.hosts} == {
+            "cannot connect to its SSH port: Connection refused"
+        }
 
 
 def test_the_timeout_bounds_a_host_that_never_answers(
@@ -524,13 +594,68 @@ def test_the_timeout_bounds_a_host_that_never_answers(
     result = remote.run_on_targets([silent, refused], "true", timeout=1.0, workers=2)
     elapsed = time.monotonic() - started
     assert elapsed < 5, f"the 1 s deadline took {elapsed:.1f} s"
-    assert [h.host for h in result.hosts] == [
-        "app1",
-        "app2",
-    ]  # the order given, not finishing order
+    assert [h.host for h in result.hosts] == ["app1", "app2"]  # the order given, not finishing
     assert result.hosts[0].error is not None
     assert result.hosts[0].error.startswith("timed out after 1 s while connecting")
     assert result.hosts[1].error == "cannot connect to its SSH port: Connection refused"
+
+
+# --- jump hosts -----------------------------------------------------------------------------------
+
+
+def test_a_host_is_reached_through_its_jump_hosts_each_key_checked(
+    known_hosts: Path, key_file: Path
+) -> None:
+    target = SshTarget(
+        "app1", "10.0.0.20", 2200, "root", (key_file,), (known_hosts,), password="pw-1",
+        jumps=(Jump("bastion1", 2222, "ops"), Jump("bastion2")),
+    )  # fmt: skip
+    host = remote._connection(target, 10)
+    second = host.gateway
+    first = second.gateway
+    assert [(c.host, c.port, c.user) for c in (first, second, host)] == [
+        ("bastion1", 2222, "ops"),
+        ("bastion2", 22, second.config.user),  # no user given: the local one, as ssh(1)
+        ("10.0.0.20", 2200, "root"),
+    ]
+    assert first.gateway is None
+    for connection in (first, second, host):
+        assert isinstance(connection.client._policy, paramiko.RejectPolicy)
+        assert connection.client.get_host_keys().lookup("127.0.0.20") is not None
+        assert connection.connect_kwargs["key_filename"] == [str(key_file)]
+        assert connection.forward_agent is False
+    # The password is the host's: never sent to a jump host.
+    assert [c.connect_kwargs.get("password") for c in (first, second, host)] == [None, None, "pw-1"]
+
+
+def test_a_jump_host_that_cannot_be_reached_is_named_and_bounded(
+    known_hosts: Path, key_file: Path, silent_listener: int
+) -> None:
+    # The host itself listens (silently): had the jump host been bypassed, app1 would time out.
+    through_closed = SshTarget(
+        "app1", "127.0.0.1", silent_listener, "root", (key_file,), (known_hosts,),
+        jumps=(Jump("127.0.0.1", closed_port()),),
+    )  # fmt: skip
+    through_silent = SshTarget(
+        "app2", "127.0.0.1", closed_port(), "root", (key_file,), (known_hosts,),
+        jumps=(Jump("127.0.0.1", closed_port(), "ops"), Jump("127.0.0.1", silent_listener)),
+    )  # fmt: skip
+    started = time.monotonic()
+    result = remote.run_on_targets([through_closed, through_silent], "true", timeout=1.0)
+    assert time.monotonic() - started < 5
+    assert result.hosts[0].error == (
+        "its jump host 1: cannot connect to its SSH port: Connection refused"
+    )
+    assert result.hosts[1].error == (
+        "its jump host 1: cannot connect to its SSH port: Connection refused"
+    )
+    jumping = SshTarget(
+        "app3", "127.0.0.1", closed_port(), "root", (key_file,), (known_hosts,),
+        jumps=(Jump("127.0.0.1", silent_listener),),
+    )  # fmt: skip
+    (host,) = remote.run_on_targets([jumping], "true", timeout=1.0).hosts
+    assert host.error is not None
+    assert host.error.startswith("timed out after 1 s while connecting")
 
 
 # --- results and the report ---------------------------------------------------------------------
@@ -564,7 +689,7 @@ def test_the_json_document_has_the_documented_shape() -> None:
 
 
 def test_the_report_has_one_block_per_host_and_a_summary() -> None:
-    assert remote.format_report(RESULT).plain == (
+    assert cli.format_exec_report(RESULT).plain == (
         "app1  rc 0\n"
         "    app1\n"
         "app2  rc 1\n"
@@ -579,7 +704,7 @@ def test_the_report_keeps_the_last_lines_and_says_how_many_it_left_out() -> None
     result = ExecResult(
         (HostResult("lb1", 0, "".join(f"{n}\n" for n in range(1, 31)), "w1\nw2\n"),)
     )
-    assert remote.format_report(result, lines=2).plain == (
+    assert cli.format_exec_report(result, lines=2).plain == (
         "lb1  rc 0\n"
         "    ... 28 earlier stdout line(s) not shown\n"
         "    29\n"
@@ -589,7 +714,7 @@ def test_the_report_keeps_the_last_lines_and_says_how_many_it_left_out() -> None
         "    w2\n"
         "1 host(s): all exited 0"
     )
-    assert remote.format_report(result, lines=0).plain == (
+    assert cli.format_exec_report(result, lines=0).plain == (
         "lb1  rc 0\n"
         "    ... 30 earlier stdout line(s) not shown\n"
         "    ... 2 earlier stderr line(s) not shown\n"
@@ -599,7 +724,7 @@ def test_the_report_keeps_the_last_lines_and_says_how_many_it_left_out() -> None
 
 def test_the_report_shows_every_line_by_default() -> None:
     stdout = "".join(f"{n}\n" for n in range(1, 101))
-    report = remote.format_report(ExecResult((HostResult("lb1", 0, stdout, "w1\n"),))).plain
+    report = cli.format_exec_report(ExecResult((HostResult("lb1", 0, stdout, "w1\n"),))).plain
     assert report == (
         "lb1  rc 0\n"
         + "".join(f"    {n}\n" for n in range(1, 101))
@@ -609,6 +734,6 @@ def test_the_report_shows_every_line_by_default() -> None:
 
 def test_the_report_shows_control_characters_instead_of_sending_them_to_the_terminal() -> None:
     result = ExecResult((HostResult("app1", 0, "\x1b[2J\x1b]0;owned\x07ok\tdone\n"),))
-    assert remote.format_report(result).plain.splitlines()[1] == (
+    assert cli.format_exec_report(result).plain.splitlines()[1] == (
         "    \\x1b[2J\\x1b]0;owned\\x07ok\tdone"
     )
