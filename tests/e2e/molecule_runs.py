@@ -7,8 +7,8 @@ first unit test: the unit and e2e tests leave about half of this 2-core machine 
 the e2e tests wait on deploys, health gates and load at a fixed rate: vmstat during CI,
 2026-12-05), and one scenario at a time fills that, at a lower CPU priority. When every other test
 has run and test_molecule.py's tests start waiting for their results, the pool widens to JOBS.
-The benches run after every scenario has ended (conftest.py orders them): they print times, on a
-machine that runs nothing else.
+The benches run before test_molecule.py's tests, with a scenario beside them (conftest.py orders
+them): CI checks what they do; their figures worth quoting come from a quiet machine.
 
 Tried before (2026-12-03): three scenarios beside the e2e tests failed in molecule's own checks
 (`ansible-playbook --version` exiting 1). The cause (found 2026-12-05): Ansible refuses to start
