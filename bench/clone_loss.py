@@ -40,11 +40,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench_cli import EXIT_NOT_READY, EXIT_RAN, Emit, NotRunnable, Out, run_bench
 from docker.errors import DockerException
 from loadgen import LoadGenerator, Report, SessionLogin
 
@@ -52,27 +53,11 @@ from deploykit import lab
 from deploykit.errors import DeploykitError
 from deploykit.project import lab_inventory_dir, project_root
 
-EXIT_RAN = 0
-EXIT_NOT_READY = 2
 BACKEND = "app"
 # The haproxy role's runtime helper on the balancers (roles/haproxy/files/deploykit-haproxy).
 HELPER = "/usr/local/libexec/deploykit-haproxy"
 #: How long one round waits for the clone to go DOWN and come back UP before it gives up.
 ROUND_LIMIT = 60.0
-
-
-class NotRunnable(Exception):
-    """The bench cannot run (no lab, no shop deployed, an unknown clone)."""
-
-
-class Out:
-    """People's output: to stdout, or to stderr when stdout carries the JSON."""
-
-    def __init__(self, json_mode: bool) -> None:
-        self.stream = sys.stderr if json_mode else sys.stdout
-
-    def __call__(self, line: str = "") -> None:
-        print(line, file=self.stream, flush=True)
 
 
 # --- the lab -----------------------------------------------------------------------------------
@@ -324,7 +309,7 @@ def spread(values: Sequence[float | None], digits: int = 2) -> str:
     return f"{low:.{digits}f} / {middle:.{digits}f} / {high:.{digits}f}"
 
 
-def run(args: argparse.Namespace, say: Out, emit: Callable[[dict[str, Any]], None]) -> int:
+def run(args: argparse.Namespace, say: Out, emit: Emit) -> int:
     root = project_root(Path(__file__).parent)
     found = find_lab(root, args.clone)
     what = (
@@ -385,21 +370,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.steady, args.after = (2.0, 1.0) if args.short else (5.0, 3.0)
     if args.short:
         args.rounds = 1
-    say = Out(args.json)
-
-    def emit(data: dict[str, Any]) -> None:
-        if args.json:
-            print(json.dumps(data, indent=2), flush=True)
-
-    try:
-        return run(args, say, emit)
-    except (NotRunnable, DeploykitError) as error:
-        say(f"\nclone_loss: cannot run: {error}")
-        emit({"error": str(error), "exit_code": EXIT_NOT_READY})
-        return EXIT_NOT_READY
-    except KeyboardInterrupt:
-        say("\ninterrupted")
-        return 130
+    # Exit 2 for any error that stops it, whatever a DeploykitError's own code: the contract of
+    # the docstring above ("it says so and exits 2").
+    return run_bench(
+        "clone_loss",
+        args.json,
+        lambda say, emit: run(args, say, emit),
+        cannot_run_exit=EXIT_NOT_READY,
+    )
 
 
 if __name__ == "__main__":
