@@ -48,6 +48,7 @@ from typing import Any
 from bench_cli import EXIT_NOT_READY, EXIT_RAN, Emit, NotRunnable, Out, run_bench
 from docker.errors import DockerException
 from loadgen import LoadGenerator, Report, SessionLogin
+from shop_traffic import SHOP_USERS_MIX
 
 from deploykit import lab
 from deploykit.errors import DeploykitError
@@ -191,22 +192,10 @@ class Round:
     failed: list[str]
 
 
-def mix() -> list[str | tuple[str, float]]:
-    """What the shop's users ask for: baked pages, product JSON, their session, the health path."""
-    return [
-        ("/", 2),
-        ("/products?limit=20", 2),
-        ("/products/1", 1),
-        ("/products/7", 1),
-        ("/me", 3),
-        ("/healthz", 1),
-    ]
-
-
 def one_round(found: Lab, args: argparse.Namespace, number: int) -> tuple[Round, Report]:
     load = LoadGenerator(
         found.url,
-        paths=mix(),
+        paths=SHOP_USERS_MIX,
         concurrency=args.concurrency,
         rate=args.rate,
         session=SessionLogin(body=lambda worker: {"user": f"bench-clone-loss-{worker}"}),
