@@ -40,39 +40,25 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench_cli import EXIT_NOT_READY, EXIT_RAN, Emit, NotRunnable, Out, run_bench
 from docker.errors import DockerException
 from loadgen import LoadGenerator, Report, SessionLogin
+from shop_traffic import SHOP_USERS_MIX
 
 from deploykit import lab
 from deploykit.errors import DeploykitError
 from deploykit.project import lab_inventory_dir, project_root
 
-EXIT_RAN = 0
-EXIT_NOT_READY = 2
 BACKEND = "app"
 # The haproxy role's runtime helper on the balancers (roles/haproxy/files/deploykit-haproxy).
 HELPER = "/usr/local/libexec/deploykit-haproxy"
 #: How long one round waits for the clone to go DOWN and come back UP before it gives up.
 ROUND_LIMIT = 60.0
-
-
-class NotRunnable(Exception):
-    """The bench cannot run (no lab, no shop deployed, an unknown clone)."""
-
-
-class Out:
-    """People's output: to stdout, or to stderr when stdout carries the JSON."""
-
-    def __init__(self, json_mode: bool) -> None:
-        self.stream = sys.stderr if json_mode else sys.stdout
-
-    def __call__(self, line: str = "") -> None:
-        print(line, file=self.stream, flush=True)
 
 
 # --- the lab -----------------------------------------------------------------------------------
@@ -206,22 +192,10 @@ class Round:
     failed: list[str]
 
 
-def mix() -> list[str | tuple[str, float]]:
-    """What the shop's users ask for: baked pages, product JSON, their session, the health path."""
-    return [
-        ("/", 2),
-        ("/products?limit=20", 2),
-        ("/products/1", 1),
-        ("/products/7", 1),
-        ("/me", 3),
-        ("/healthz", 1),
-    ]
-
-
 def one_round(found: Lab, args: argparse.Namespace, number: int) -> tuple[Round, Report]:
     load = LoadGenerator(
         found.url,
-        paths=mix(),
+        paths=SHOP_USERS_MIX,
         concurrency=args.concurrency,
         rate=args.rate,
         session=SessionLogin(body=lambda worker: {"user": f"bench-clone-loss-{worker}"}),
@@ -324,7 +298,7 @@ def spread(values: Sequence[float | None], digits: int = 2) -> str:
     return f"{low:.{digits}f} / {middle:.{digits}f} / {high:.{digits}f}"
 
 
-def run(args: argparse.Namespace, say: Out, emit: Callable[[dict[str, Any]], None]) -> int:
+def run(args: argparse.Namespace, say: Out, emit: Emit) -> int:
     root = project_root(Path(__file__).parent)
     found = find_lab(root, args.clone)
     what = (
@@ -385,21 +359,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.steady, args.after = (2.0, 1.0) if args.short else (5.0, 3.0)
     if args.short:
         args.rounds = 1
-    say = Out(args.json)
-
-    def emit(data: dict[str, Any]) -> None:
-        if args.json:
-            print(json.dumps(data, indent=2), flush=True)
-
-    try:
-        return run(args, say, emit)
-    except (NotRunnable, DeploykitError) as error:
-        say(f"\nclone_loss: cannot run: {error}")
-        emit({"error": str(error), "exit_code": EXIT_NOT_READY})
-        return EXIT_NOT_READY
-    except KeyboardInterrupt:
-        say("\ninterrupted")
-        return 130
+    # Exit 2 for any error that stops it, whatever a DeploykitError's own code: the contract of
+    # the docstring above ("it says so and exits 2").
+    return run_bench(
+        "clone_loss",
+        args.json,
+        lambda say, emit: run(args, say, emit),
+        cannot_run_exit=EXIT_NOT_READY,
+    )
 
 
 if __name__ == "__main__":

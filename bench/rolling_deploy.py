@@ -34,11 +34,12 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench_cli import EXIT_RAN, Emit, NotRunnable, Out, run_bench
 from docker.errors import DockerException
 from loadgen import LoadGenerator, PhaseReport, Report, SessionLogin
 
@@ -63,9 +64,7 @@ TARGET_BAD_SECONDS = 30.0
 #: (short requests), and the hung process gets a short stop on the return.
 TARGET_HUNG_SECONDS = 45.0
 
-EXIT_RAN = 0
 EXIT_FAILED = 1  # could not run: a build or the initial deploy failed
-EXIT_NOT_READY = 2  # the lab is not there, not converged, or has another number of clones
 #: The longest one deploykit command may take before the bench gives up on it.
 COMMAND_TIMEOUT = 900.0
 
@@ -80,27 +79,6 @@ HUNG_LINES = (
     "if _bench_os.environ.get('DEPLOYKIT_RELEASE_ID'):\n"
     "    _bench_time.sleep(86400)\n"
 )
-
-
-class NotRunnable(Exception):
-    """The bench cannot run; ``exit_code`` says why (not ready, or a step it needs failed)."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_NOT_READY) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-# --- output ----------------------------------------------------------------------------------
-
-
-class Out:
-    """People's output: to stdout, or to stderr when stdout carries the JSON."""
-
-    def __init__(self, json_mode: bool) -> None:
-        self.stream = sys.stderr if json_mode else sys.stdout
-
-    def __call__(self, line: str = "") -> None:
-        print(line, file=self.stream, flush=True)
 
 
 def _ms(value: float | None) -> str:
@@ -581,7 +559,7 @@ def print_summary(results: Sequence[StepResult], say: Out) -> None:
 # --- main --------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace, say: Out, emit: Callable[[dict[str, Any]], None]) -> int:
+def run(args: argparse.Namespace, say: Out, emit: Emit) -> int:
     root = project_root(Path(__file__).parent)
     app = (root / args.app).resolve()
     health_path = release.load_contract(app).health_path
@@ -717,22 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--timeout", type=float, default=5.0, help="per-request timeout, s (default 5)"
     )
     args = parser.parse_args(argv)
-    say = Out(args.json)
-
-    def emit(data: dict[str, Any]) -> None:
-        if args.json:
-            print(json.dumps(data, indent=2), flush=True)
-
-    try:
-        return run(args, say, emit)
-    except (NotRunnable, DeploykitError) as error:
-        code = error.exit_code
-        say(f"\nrolling_deploy: cannot run: {error}")
-        emit({"error": str(error), "exit_code": code})
-        return code
-    except KeyboardInterrupt:
-        say("\ninterrupted")
-        return 130
+    return run_bench("rolling_deploy", args.json, lambda say, emit: run(args, say, emit))
 
 
 if __name__ == "__main__":

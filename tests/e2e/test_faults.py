@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 from conftest import ROOT, LabShell
 from loadgen import LoadGenerator, Report, SessionLogin
+from shop_traffic import SHOP_USERS_MIX
 from shop_user import (
     User,
     assert_sessions_valid,
@@ -60,21 +61,13 @@ JOB_QUEUE = "shop.jobs"
 # The load: users on the site, each worker a browser with one keep-alive connection and a session.
 CONCURRENCY = 6
 RATE = 90.0
-MIX: list[str | tuple[str, float]] = [
-    ("/", 2),
-    ("/products?limit=20", 2),
-    ("/products/1", 1),
-    ("/products/7", 1),
-    ("/me", 3),
-    ("/healthz", 1),
-]
 
 
 def loaded(base_url: str, seed: str) -> LoadGenerator:
     """The load of one test: logged-in users (their own names) on a mix of the shop's pages."""
     return LoadGenerator(
         base_url,
-        paths=MIX,
+        paths=SHOP_USERS_MIX,
         concurrency=CONCURRENCY,
         rate=RATE,
         session=SessionLogin(body=lambda worker: {"user": f"load-{seed}-{worker}"}),

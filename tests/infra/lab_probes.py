@@ -1,14 +1,22 @@
-"""What every role's tests do on a molecule scenario's hosts, in one place: name the scenario's
-hosts, read a host's address, knock on a port from another host, make one HTTP request from a
-host. Linked into each scenario's tests/ folder beside the test modules (molecule's testinfra
-verifier runs pytest there, which puts that folder on sys.path)."""
+"""What every role's tests do on a molecule scenario's hosts, in one place: keep a module's
+tests to its scenario, read its role's defaults, name the scenario's hosts, read a host's address,
+knock on a port from another host, make one HTTP request from a host. Linked into each scenario's
+tests/ folder beside the test modules (molecule's testinfra verifier runs pytest there, which puts
+that folder on sys.path)."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 import testinfra
+import yaml
+
+# The repository (this file is linked into molecule/*/tests/: resolve() finds tests/infra/).
+ROOT = Path(__file__).resolve().parents[2]
 
 # Runs on the source host: connect to (address, port) and say how it went.
 KNOCK = """
@@ -39,6 +47,24 @@ except OSError as error:
 print(json.dumps({"status": status, "headers": {k.lower(): v for k, v in headers.items()},
                   "body": body.decode(errors="replace")}))
 """
+
+
+def only_in_scenario(scenario: str) -> pytest.MarkDecorator:
+    """A test module's pytestmark: its tests run on the hosts of the molecule scenario SCENARIO
+    only. molecule names the scenario it verifies in MOLECULE_SCENARIO_NAME; without it (pytest
+    run by hand on a scenario's inventory) the module runs."""
+    return pytest.mark.skipif(
+        os.environ.get("MOLECULE_SCENARIO_NAME", scenario) != scenario,
+        reason=f"hosts of the molecule scenario '{scenario}' only",
+    )
+
+
+def role_defaults(role: str) -> dict[str, Any]:
+    """roles/ROLE/defaults/main.yml: what a scenario that sets nothing else gets."""
+    defaults: dict[str, Any] = yaml.safe_load(
+        (ROOT / "roles" / role / "defaults/main.yml").read_text()
+    )
+    return defaults
 
 
 def scenario_host(request: pytest.FixtureRequest, name: str) -> testinfra.host.Host:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 import time
@@ -26,14 +25,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lab_probes import http_request, ipv4, knock, scenario_hosts
+from lab_probes import http_request, ipv4, knock, only_in_scenario, scenario_hosts
 
 SCENARIO = "app"
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
-    reason="hosts of the molecule scenario 'app' only",
-)
+pytestmark = only_in_scenario(SCENARIO)
 
 ROOT_DIR = Path(__file__).resolve().parents[2]
 SETTINGS = yaml.safe_load((ROOT_DIR / "molecule/app/group_vars/all.yml").read_text())

@@ -14,23 +14,15 @@ proof connects from one host to another, so it picks the hosts itself by name.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
-import yaml
-from lab_probes import ipv4, knock, scenario_hosts
+from lab_probes import ipv4, knock, only_in_scenario, role_defaults, scenario_hosts
 
 SCENARIO = "common"
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
-    reason="hosts of the molecule scenario 'common' only",
-)
+pytestmark = only_in_scenario(SCENARIO)
 
-ROLE_DEFAULTS = yaml.safe_load(
-    (Path(__file__).resolve().parents[2] / "roles/common/defaults/main.yml").read_text()
-)
+ROLE_DEFAULTS = role_defaults("common")
 
 TARGET, ALLOWED, OTHER = "fw-target", "fw-allowed", "fw-other"
 

@@ -20,23 +20,19 @@ import csv
 import hashlib
 import io
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from lab_probes import ipv4, knock, scenario_hosts
+from lab_probes import ipv4, knock, only_in_scenario, role_defaults, scenario_hosts
 
 SCENARIO = "haproxy"
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
-    reason="hosts of the molecule scenario 'haproxy' only",
-)
+pytestmark = only_in_scenario(SCENARIO)
 
 ROOT = Path(__file__).resolve().parents[2]
-ROLE_DEFAULTS = yaml.safe_load((ROOT / "roles/haproxy/defaults/main.yml").read_text())
+ROLE_DEFAULTS = role_defaults("haproxy")
 SECRETS = yaml.safe_load((ROOT / "molecule/haproxy/group_vars/lb.yml").read_text())
 
 LB, APP1, APP2 = "haproxy-lb", "haproxy-app1", "haproxy-app2"

@@ -11,18 +11,14 @@ Each move is timed and printed; the test asserts a generous deadline, the figure
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
-from lab_probes import scenario_hosts
+from lab_probes import only_in_scenario, scenario_hosts
 
 SCENARIO = "haproxy"
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
-    reason="hosts of the molecule scenario 'haproxy' only",
-)
+pytestmark = only_in_scenario(SCENARIO)
 
 LB1, LB2, CLIENT = "haproxy-lb", "haproxy-lb2", "haproxy-app1"
 ADDRESSES = {LB1: "172.30.102.10", LB2: "172.30.102.13"}

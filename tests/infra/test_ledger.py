@@ -6,20 +6,16 @@ balancer), and the second balancer copying the records of the first that its his
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from typing import Any
 
 import pytest
-from lab_probes import scenario_host
+from lab_probes import only_in_scenario, scenario_host
 from role_tasks import run_role_tasks
 
 SCENARIO = "ledger"
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
-    reason="hosts of the molecule scenario 'ledger' only",
-)
+pytestmark = only_in_scenario(SCENARIO)
 
 BALANCERS = ("ledger-lb", "ledger-lb2")
 HELPER = "/usr/local/libexec/deploykit-ledger"

@@ -28,17 +28,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lab_probes import ipv4, knock, scenario_hosts
+from lab_probes import ipv4, knock, only_in_scenario, role_defaults, scenario_hosts
 
 SCENARIO = "mongodb"
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
-    reason="hosts of the molecule scenario 'mongodb' only",
-)
+pytestmark = only_in_scenario(SCENARIO)
 
 ROOT = Path(__file__).resolve().parents[2]
-ROLE_DEFAULTS = yaml.safe_load((ROOT / "roles/mongodb/defaults/main.yml").read_text())
+ROLE_DEFAULTS = role_defaults("mongodb")
 
 DB, CLIENT, OTHER = "mongo-db1", "mongo-app", "mongo-other"
 PORT = ROLE_DEFAULTS["mongodb_port"]

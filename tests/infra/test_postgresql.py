@@ -15,19 +15,15 @@ never meet the firewall); ``pg-lb`` cannot reach the port; a document survives a
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 
 import pytest
-from lab_probes import knock, listening, scenario_hosts
+from lab_probes import knock, listening, only_in_scenario, scenario_hosts
 
 SCENARIO = "postgresql"
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
-    reason="hosts of the molecule scenario 'postgresql' only",
-)
+pytestmark = only_in_scenario(SCENARIO)
 
 DB, APP, LB = "pg-db", "pg-app", "pg-lb"
 DB_ADDRESS = "172.30.105.10"

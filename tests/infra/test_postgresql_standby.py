@@ -12,7 +12,6 @@ and has the data.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -20,13 +19,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from lab_probes import scenario_hosts
+from lab_probes import only_in_scenario, scenario_hosts
 from test_postgresql import APP, LB, SCENARIO, SERVICE, psql, superuser_sql
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
-    reason="hosts of the molecule scenario 'postgresql' only",
-)
+pytestmark = only_in_scenario(SCENARIO)
 
 ROOT = Path(__file__).resolve().parents[2]
 PRIMARY, STANDBY = "pg-db", "pg-db2"

@@ -19,20 +19,16 @@ leader's node stops, and a node that was reset joining again on the next run.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 
 import pytest
-from lab_probes import knock, listening, scenario_hosts
+from lab_probes import knock, listening, only_in_scenario, scenario_hosts
 from role_tasks import run_role_tasks
 
 SCENARIO = "rabbitmq"
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
-    reason="hosts of the molecule scenario 'rabbitmq' only",
-)
+pytestmark = only_in_scenario(SCENARIO)
 
 QUEUE, APP, LB = "mq-queue", "mq-app", "mq-lb"
 QUEUE_ADDRESS = "172.30.104.10"

@@ -15,24 +15,16 @@ cache host). The checks that restart or kill Redis come last.
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 
 import pytest
-import yaml
-from lab_probes import ipv4, scenario_hosts
+from lab_probes import ipv4, only_in_scenario, role_defaults, scenario_hosts
 
 SCENARIO = "redis"
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
-    reason="hosts of the molecule scenario 'redis' only",
-)
+pytestmark = only_in_scenario(SCENARIO)
 
-ROLE_DEFAULTS = yaml.safe_load(
-    (Path(__file__).resolve().parents[2] / "roles/redis/defaults/main.yml").read_text()
-)
+ROLE_DEFAULTS = role_defaults("redis")
 PORT = ROLE_DEFAULTS["redis_port"]
 APP_USER = ROLE_DEFAULTS["redis_app_user"]
 ADMIN_USER = ROLE_DEFAULTS["redis_admin_user"]

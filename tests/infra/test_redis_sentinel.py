@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 
 import pytest
-from lab_probes import scenario_hosts
+from lab_probes import only_in_scenario, scenario_hosts
 from test_redis import APP_USER, RESP_CLIENT, ROLE_DEFAULTS, SCENARIO
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
-    reason="hosts of the molecule scenario 'redis' only",
-)
+pytestmark = only_in_scenario(SCENARIO)
 
 PORT = ROLE_DEFAULTS["redis_port"]
 SENTINEL_PORT = ROLE_DEFAULTS["redis_sentinel_port"]

@@ -10,17 +10,13 @@ id from the link) and running.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
-from lab_probes import scenario_host
+from lab_probes import only_in_scenario, scenario_host
 
 SCENARIO = "release"
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
-    reason="hosts of the molecule scenario 'release' only",
-)
+pytestmark = only_in_scenario(SCENARIO)
 
 NODE = "release-node"
 ROOT = "/srv/minimal"

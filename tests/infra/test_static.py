@@ -10,18 +10,14 @@ balancer's own address, port 80 (the public frontend).
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
-from lab_probes import http_request, ipv4, scenario_host
+from lab_probes import http_request, ipv4, only_in_scenario, scenario_host
 
 SCENARIO = "static"
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
-    reason="hosts of the molecule scenario 'static' only",
-)
+pytestmark = only_in_scenario(SCENARIO)
 
 LB = "static-lb"
 APP = "/srv/bakery"

@@ -9,17 +9,13 @@ the one forced command the balancer accepts for the worker's key.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
-from lab_probes import scenario_host
+from lab_probes import only_in_scenario, scenario_host
 
 SCENARIO = "static"
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
-    reason="hosts of the molecule scenario 'static' only",
-)
+pytestmark = only_in_scenario(SCENARIO)
 
 APP = "/srv/bakery"
 KEYS = "/etc/deploykit-bake/bakery"

@@ -8,18 +8,14 @@ sleeps, then logs that it finished) and tests/fixtures/minimal_app (no worker: n
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import pytest
-from lab_probes import scenario_host
+from lab_probes import only_in_scenario, scenario_host
 
 SCENARIO = "worker"
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("MOLECULE_SCENARIO_NAME", SCENARIO) != SCENARIO,
-    reason="hosts of the molecule scenario 'worker' only",
-)
+pytestmark = only_in_scenario(SCENARIO)
 
 NODE = "worker-node"
 APP = "/srv/jobs"

@@ -418,6 +418,28 @@ def is_ready(status: str) -> bool:
     return status in ("UP", "no check")
 
 
+def wait_for_status(
+    path: str,
+    backend: str,
+    server: str,
+    reached: Callable[[str], bool],
+    *,
+    deadline: float,
+    failure: Callable[[dict[str, str]], str],
+) -> dict[str, str]:
+    """The server's row once ``reached(its status)``, read every poll; at the deadline a Failure
+    whose message is ``failure(the last row)``. The read after the deadline waits out a check in
+    progress (settle): that check decides, and a failure names it."""
+    while True:
+        past = time.monotonic() >= deadline
+        row = find_row(path, backend, server, settle=past)
+        if reached(row["status"]):
+            return row
+        if past:
+            raise Failure(failure(row))
+        sleep_until_next_poll(deadline)
+
+
 def cmd_ready(args: argparse.Namespace) -> dict[str, Any]:
     return ready(args.socket, args.backend, args.server, timeout=args.timeout)
 
@@ -432,32 +454,30 @@ def ready(path: str, backend: str, server: str, *, timeout: float) -> dict[str, 
         # Leaving maint straight to ready would send requests to a server no check has seen
         # since (see the docstring): leave it as drain until the first check has concluded.
         set_state(path, backend, server, "drain")
-        while True:
-            # The read after the deadline waits out a check in progress: that check decides,
-            # and a failure names it.
-            past = time.monotonic() >= deadline
-            row = find_row(path, backend, server, settle=past)
-            if checked_since_maint(row["status"]):
-                break
-            if past:
-                raise Failure(
-                    f"{backend}/{server}: no health check concluded within {timeout:g} s "
-                    f"of leaving maint; left drained (no requests). Last status {row['status']}, "
-                    f"last check {last_check(row)}"
-                )
-            sleep_until_next_poll(deadline)
+        wait_for_status(
+            path,
+            backend,
+            server,
+            checked_since_maint,
+            deadline=deadline,
+            failure=lambda row: (
+                f"{backend}/{server}: no health check concluded within {timeout:g} s "
+                f"of leaving maint; left drained (no requests). Last status {row['status']}, "
+                f"last check {last_check(row)}"
+            ),
+        )
     set_state(path, backend, server, "ready")
-    while True:
-        past = time.monotonic() >= deadline  # as above
-        row = find_row(path, backend, server, settle=past)
-        if is_ready(row["status"]):
-            break
-        if past:
-            raise Failure(
-                f"{backend}/{server} is not UP after {timeout:g} s: last status "
-                f"{row['status']}, last check {last_check(row)}"
-            )
-        sleep_until_next_poll(deadline)
+    row = wait_for_status(
+        path,
+        backend,
+        server,
+        is_ready,
+        deadline=deadline,
+        failure=lambda row: (
+            f"{backend}/{server} is not UP after {timeout:g} s: last status "
+            f"{row['status']}, last check {last_check(row)}"
+        ),
+    )
     return {
         "backend": backend,
         "server": server,
