@@ -220,6 +220,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lab_teardown: removes the shared lab; runs last")
+    meter = config.stash[BUSY_METER] = _BusyMeter()
+    config.pluginmanager.register(meter, "deploykit-busy-meter")
 
 
 def _skip_accounting(terminalreporter: pytest.TerminalReporter) -> None:
@@ -241,6 +243,42 @@ def _part(nodeid: str) -> str:
         return "bench"
     directory = path.rsplit("/", 2)[-2] if path.count("/") else "other"
     return directory  # unit, e2e
+
+
+def _busy_seconds() -> float | None:
+    """The machine's busy CPU time so far (all cores, everything that runs on it: /proc/stat's
+    first line without idle and iowait), or None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = handle.readline().split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class _BusyMeter:
+    """The machine's busy CPU seconds while each part's tests ran: with their wall time, how busy
+    the cores were (CI's stage table), so that a slow part shows whether it waited or computed.
+    A plugin of its own, registered in pytest_configure: a conftest's item hooks see only the
+    tests under its directory, and the unit tests are not under this one."""
+
+    def __init__(self) -> None:
+        self.by_part: dict[str, float] = {}
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Iterator[object]:
+        before = _busy_seconds()
+        try:
+            return (yield)
+        finally:
+            after = _busy_seconds()
+            if before is not None and after is not None:
+                part = _part(item.nodeid)
+                self.by_part[part] = self.by_part.get(part, 0.0) + after - before
+
+
+BUSY_METER = pytest.StashKey[_BusyMeter]()
 
 
 def _time_per_part(terminalreporter: pytest.TerminalReporter) -> None:
@@ -268,9 +306,12 @@ def _time_per_part(terminalreporter: pytest.TerminalReporter) -> None:
         seconds["molecule (span)"] = molecule_scenarios.span_seconds()
     record = os.environ.get("DEPLOYKIT_STAGE_TIMES")
     if record:
+        # A fourth column where measured: the busy CPU seconds meanwhile (scripts/stage-time).
+        busy_by_part = terminalreporter.config.stash[BUSY_METER].by_part
         with open(record, "a", encoding="utf-8") as handle:
             for part, total in seconds.items():
-                handle.write(f"  pytest: {part}\t{total:.1f}\t0\n")
+                busy = f"\t{busy_by_part[part]:.1f}" if part in busy_by_part else ""
+                handle.write(f"  pytest: {part}\t{total:.1f}\t0{busy}\n")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
