@@ -52,6 +52,7 @@ journal: {description: The unit's last journal lines (on failure)., returned: fa
 
 import os
 import subprocess
+import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -71,6 +72,63 @@ POLL_SECONDS = 0.25
 #: gate ends early: a release that is broken, not one warming up.
 BROKEN_SECONDS = 5.0
 STOPPED = ("inactive", "failed")
+#: A health command (the worker's ping through the broker) is started again every COMMAND_EVERY
+#: seconds while earlier runs still wait for their answer, at most COMMAND_IN_FLIGHT at a time: a
+#: ping sent before the service was ready is never answered and waits out its own timeout, and the
+#: first one sent once it is ready is answered at once. (One run at a time found a restarted
+#: Celery worker about a second late: its first ping always went out before the worker was up.)
+COMMAND_EVERY = 0.5
+COMMAND_IN_FLIGHT = 3
+
+
+class CommandProbe:
+    """Runs of a health command, overlapping (see COMMAND_EVERY), until one exits 0."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+        self.running: list[tuple[float, subprocess.Popen, object]] = []
+        self.last = "no answer yet"
+        self.answered = False
+
+    def poll(self) -> bool:
+        """True once a run exited 0; starts another run when one is due."""
+        still = []
+        for started, proc, output in self.running:
+            rc = proc.poll()
+            if rc is None:
+                still.append((started, proc, output))
+                continue
+            output.seek(0)
+            text = output.read().decode("utf-8", "replace").strip()
+            output.close()
+            self.answered = True
+            self.last = f"rc {rc}: {text[-300:]}"
+            if rc == 0:
+                self.running = still
+                return True
+        self.running = still
+        newest = max((started for started, _, _ in still), default=None)
+        now = time.monotonic()
+        if len(still) < COMMAND_IN_FLIGHT and (newest is None or now - newest >= COMMAND_EVERY):
+            # Output to a file, not a pipe: a run still in flight when the module exits holds
+            # nothing of the module's own (the connection's) streams. Closed by poll or stop.
+            output = tempfile.TemporaryFile()  # noqa: SIM115
+            proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
+            )
+            self.running.append((now, proc, output))
+        return False
+
+    def stop(self) -> None:
+        """The runs still waiting are not waited for: ended (each would end at its own timeout)."""
+        for _, proc, output in self.running:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            output.close()
+        self.running = []
+        if not self.answered:
+            self.last = f"{self.argv[0]} did not answer before the deadline"
 
 
 def systemctl(module: AnsibleModule, *argv: str) -> None:
@@ -239,6 +297,7 @@ def main() -> None:
     healthy = False
     broken_since: float | None = None
     answer: dict = {}
+    probe = CommandProbe(p["health_command"]) if p["health_command"] else None
     while True:
         left = deadline - time.monotonic()
         if p["health_url"]:
@@ -251,16 +310,9 @@ def main() -> None:
             )
             if answer["status"] == 200 and answer["release"] != release_id:
                 last = f"200 reporting release {answer['release']!r}"
-        elif p["health_command"]:
-            try:
-                done = subprocess.run(
-                    p["health_command"], capture_output=True, text=True, check=False,
-                    timeout=max(1.0, left),
-                )  # fmt: skip
-                healthy = done.returncode == 0
-                last = f"rc {done.returncode}: {(done.stdout + done.stderr).strip()[-300:]}"
-            except subprocess.TimeoutExpired:
-                last = f"{p['health_command'][0]} did not answer before the deadline"
+        elif probe is not None:
+            healthy = probe.poll()
+            last = probe.last
         else:
             healthy = systemctl_show(unit, "ActiveState").get("ActiveState") == "active"
             last = "not active"
@@ -283,6 +335,9 @@ def main() -> None:
                 last = f"{unit} is {shown.get('ActiveState')} after {int(shown.get('NRestarts') or 0) - restarts} restart(s); {last}"
             break
         time.sleep(max(0.0, min(POLL_SECONDS, deadline - time.monotonic())))
+    if probe is not None:
+        probe.stop()
+        last = probe.last if not healthy else last
     seconds["health"] = round(time.monotonic() - started, 3)
     if not healthy:
         lines = journal(unit, p["journal_lines"], began)
