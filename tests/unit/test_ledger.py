@@ -16,6 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ansible_collections.deploykit.fleet.plugins.module_utils import ledger as ledger_module
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -313,3 +315,21 @@ def test_the_history_names_the_application_its_newest_carried_out_rollout_served
         directory, {"app": "notes", "replaced": "shop", "outcome": "rolled_back"}
     )
     assert ledger_module.history_show(directory, limit=1)["app"] == "shop"
+
+
+def test_finish_appends_the_record_then_releases_only_its_own_lock(tmp_path: Path) -> None:
+    """A rollout's last step in one call (finish.yml): the record is kept even when the lock is
+    no longer the rollout's (taken over), and only the holder's token releases it."""
+    directory = str(tmp_path)
+    ledger(tmp_path, "lock", "acquire", "--holder", holder("ada@ctl", "t1"))
+    answer = ledger_module.run(directory, "finish", {"record": {"action": "deploy"}, "token": "t2"})
+    assert (answer["appended"], answer["released"]) == (True, False)
+    assert ledger(tmp_path, "lock", "status")[1]["held"] is True
+    answer = ledger_module.run(
+        directory, "finish", {"record": {"action": "rollback"}, "token": "t1"}
+    )
+    assert (answer["appended"], answer["released"]) == (True, True)
+    assert ledger(tmp_path, "lock", "status")[1] == FREE
+    assert [r["action"] for r in history(tmp_path)] == ["deploy", "rollback"]
+    with pytest.raises(ledger_module.LedgerError, match="token"):
+        ledger_module.run(directory, "finish", {"record": {"action": "deploy"}, "token": ""})

@@ -301,6 +301,16 @@ def lock_release(directory: str, token: str = "", force: bool = False, who: str 
         return {"released": True, "forced": force and not token, **answer}
 
 
+def finish(directory: str, record: dict, token: str) -> dict:
+    """A rollout's last step, in one call: its record appended to the history, then its lock
+    released by its token (never a newer holder's: then released is false)."""
+    if not token:
+        raise LedgerError("finish releases the lock by its holder's token: give token")
+    appended = history_append(directory, record)
+    released = lock_release(directory, token)
+    return {**appended, "released": released["released"]}
+
+
 def lock_status(directory: str) -> dict:
     return describe(*read_lock(directory))
 
@@ -439,6 +449,9 @@ def run(directory: str, command: str, args: dict) -> dict:
         "history append": lambda: history_append(directory, given("record", "--record")),
         "history show": lambda: history_show(directory, int(args.get("limit") or 0)),
         "history merge": lambda: history_merge(directory, list(args.get("records") or [])),
+        "finish": lambda: finish(
+            directory, given("record", "--record"), str(args.get("token") or "")
+        ),
     }  # fmt: skip
     if command not in commands:
         raise LedgerError(f"unknown command {command!r}")

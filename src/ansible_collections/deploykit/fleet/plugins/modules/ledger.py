@@ -21,7 +21,7 @@ options:
     description: What to do.
     type: str
     required: true
-    choices: [lock acquire, lock renew, lock release, lock status, history append, history show, history merge, finish settled]
+    choices: [lock acquire, lock renew, lock release, lock status, history append, history show, history merge, finish, finish settled]
   records:
     description:
       - C(history merge) appends, in order and as they are, the records this history lacks (another
@@ -49,8 +49,8 @@ options:
     default: false
   token:
     description:
-      - C(lock renew) renews, and C(lock release) releases, only the lease whose holder carries
-        this token. Required by C(lock renew).
+      - C(lock renew) renews, and C(lock release) and C(finish) release, only the lease whose
+        holder carries this token. Required by C(lock renew) and C(finish).
     type: str
     default: ""
   force:
@@ -65,7 +65,9 @@ options:
     type: str
     default: ""
   record:
-    description: The record C(history append) appends (recorded is added).
+    description:
+      - The record C(history append) appends (recorded is added); C(finish) appends it, then
+        releases the lock by O(token): a rollout's last step in one call.
     type: dict
   limit:
     description: C(history show) returns the last N records (0, every one).
@@ -113,7 +115,7 @@ from ansible_collections.deploykit.fleet.plugins.module_utils.ledger import (
 
 CHANGING = (
     "lock acquire", "lock renew", "lock release", "history append", "history merge",
-    "finish settled",
+    "finish", "finish settled",
 )  # fmt: skip
 
 
@@ -160,6 +162,7 @@ def main() -> None:
                     "history append",
                     "history show",
                     "history merge",
+                    "finish",
                     "finish settled",
                 ],
             },
@@ -181,6 +184,7 @@ def main() -> None:
             ("command", "lock renew", ["token"]),
             ("command", "history append", ["record"]),
             ("command", "history merge", ["records"]),
+            ("command", "finish", ["record", "token"]),
             ("command", "finish settled", ["record", "surveys", "token"]),
         ],
         supports_check_mode=False,
