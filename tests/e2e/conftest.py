@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,22 +48,30 @@ def lab_image() -> str:
     return lab.ensure_image(log=print)
 
 
-@pytest.fixture(scope="session")
-def lab_up(lab_image: str) -> Iterator[lab.LabUpResult]:
-    """The default lab (full profile), created once per run; `lab down` runs at the end even
-    when a test fails, so no run leaves containers behind (DEPLOYKIT_KEEP_LAB=1 keeps it).
-
-    A lab already there (a run that was killed before its teardown, or a developer's) is removed
-    first, unless DEPLOYKIT_KEEP_LAB is set: its nodes may be in any state (a clone in maint, a
-    stopped database), and the tests assume a lab that only this run has touched."""
-    keep = bool(os.environ.get("DEPLOYKIT_KEEP_LAB"))
-    if not keep and lab.status(root=ROOT):
+def _remove_a_stale_lab() -> None:
+    """A lab already there (a run that was killed before its teardown, or a developer's) is
+    removed first, unless DEPLOYKIT_KEEP_LAB is set: its nodes may be in any state (a clone in
+    maint, a stopped database), and the tests assume a lab that only this run has touched."""
+    if not os.environ.get("DEPLOYKIT_KEEP_LAB") and lab.status(root=ROOT):
         print("e2e: removing the lab a previous run left (set DEPLOYKIT_KEEP_LAB=1 to reuse it)")
         lab.down(root=ROOT, log=print)
     if not lab.status(root=ROOT):
         # A new lab: its first converge is still to come, and will be kept (FIRST_CONVERGE).
         shutil.rmtree(FIRST_CONVERGE, ignore_errors=True)
         _first_converge_pending[0] = True
+
+
+@pytest.fixture(scope="session")
+def lab_up(request: pytest.FixtureRequest, lab_image: str) -> Iterator[lab.LabUpResult]:
+    """The default lab (full profile), created once per run; `lab down` runs at the end even
+    when a test fails, so no run leaves containers behind (DEPLOYKIT_KEEP_LAB=1 keeps it). When
+    the run needs the shop deployed, the lab is already coming up (EarlyUp): waited for here."""
+    keep = bool(os.environ.get("DEPLOYKIT_KEEP_LAB"))
+    early = request.config.stash.get(EARLY_UP, None)
+    if early is not None:
+        early.wait()
+    else:
+        _remove_a_stale_lab()
     result = lab.up(lab.LabSpec(), root=ROOT, log=print)
     yield result
     if keep:  # a developer's re-runs: keep the lab for the next
@@ -83,27 +93,94 @@ def deploykit(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     run directories are kept in FIRST_CONVERGE."""
     first = _first_converge_pending[0]
     _first_converge_pending[0] = False
-    runs = ROOT / ".cache" / "runs"
-    before = set(runs.iterdir()) if runs.is_dir() else set()
-    started = time.time()
+    before, started = _runs(), time.time()
     proc = subprocess.run(
         [sys.executable, "-m", "deploykit", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
     if first:
-        made = sorted(set(runs.iterdir()) - before) if runs.is_dir() else []
-        FIRST_CONVERGE.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for run in made:
-            shutil.copytree(run, FIRST_CONVERGE / run.name, symlinks=True)
-        (FIRST_CONVERGE / "output.txt").write_text(proc.stdout + proc.stderr)
-        record = {
-            "command": f"deploykit {' '.join(args)}",
-            "started": started,
-            "ended": time.time(),
-            "runs": [run.name for run in made],
-        }
-        (FIRST_CONVERGE / "record.json").write_text(json.dumps(record))
+        _keep_first_converge(args, before, started, proc.stdout + proc.stderr)
     return proc
+
+
+def _runs() -> set[Path]:
+    runs = ROOT / ".cache" / "runs"
+    return set(runs.iterdir()) if runs.is_dir() else set()
+
+
+def _keep_first_converge(
+    args: tuple[str, ...], before: set[Path], started: float, output: str
+) -> None:
+    made = sorted(_runs() - before)
+    FIRST_CONVERGE.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for run in made:
+        shutil.copytree(run, FIRST_CONVERGE / run.name, symlinks=True)
+    (FIRST_CONVERGE / "output.txt").write_text(output)
+    record = {
+        "command": f"deploykit {' '.join(args)}",
+        "started": started,
+        "ended": time.time(),
+        "runs": [run.name for run in made],
+    }
+    (FIRST_CONVERGE / "record.json").write_text(json.dumps(record))
+
+
+class EarlyUp:
+    """`deploykit up` (the lab, site.yml, the shop built and deployed), started as soon as pytest
+    has collected a run that needs it, so that the lab comes up beside the unit tests instead of
+    after them; the `shop` fixture takes its result. A process of its own, not a thread: the
+    unit tests patch deploykit's modules in this one."""
+
+    ARGS = ("up",)
+    TIMEOUT = 2400
+
+    def __init__(self) -> None:
+        _remove_a_stale_lab()
+        self.first = _first_converge_pending[0]
+        _first_converge_pending[0] = False
+        self.before, self.started = _runs(), time.time()
+        # Read and closed by wait(); unlinked already (the output may name the lab's addresses).
+        self.output = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "deploykit", *self.ARGS],
+            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self.output, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True,
+        )  # fmt: skip
+        self.result: subprocess.CompletedProcess[str] | None = None
+
+    def wait(self) -> subprocess.CompletedProcess[str]:
+        if self.result is None:
+            left = self.started + self.TIMEOUT - time.time()
+            try:
+                rc = self.proc.wait(timeout=max(1.0, left))
+            except subprocess.TimeoutExpired:
+                self.stop()
+                rc = self.proc.returncode
+            self.output.seek(0)
+            text = self.output.read()
+            self.output.close()
+            if self.first:
+                _keep_first_converge(self.ARGS, self.before, self.started, text)
+            self.result = subprocess.CompletedProcess(["deploykit", *self.ARGS], rc, text, "")
+        return self.result
+
+    def stop(self) -> None:
+        """Ended with its process group (ansible-playbook and its workers), when still running."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+EARLY_UP = pytest.StashKey[EarlyUp]()
+
+
+def _needs_the_shop(session: pytest.Session) -> bool:
+    return any("shop" in getattr(item, "fixturenames", ()) for item in session.items)
 
 
 def _selected_scenarios(session: pytest.Session) -> set[str]:
@@ -122,13 +199,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     unit test: one at a time beside every other test (molecule_runs.py), on the lab's base
     image. Without an engine nothing starts here: the scenarios' tests say why (lab_image)."""
     scenarios = _selected_scenarios(session)
-    if not scenarios or session.config.option.collectonly:
+    if session.config.option.collectonly or not (scenarios or _needs_the_shop(session)):
         return
     try:
         lab.ensure_image(log=print)
     except LabError:
         return
-    _start_pool(session)
+    if scenarios:
+        _start_pool(session)
+    if _needs_the_shop(session):
+        session.config.stash[EARLY_UP] = EarlyUp()
 
 
 def _start_pool(session: pytest.Session) -> molecule_scenarios.Pool:
@@ -139,6 +219,13 @@ def _start_pool(session: pytest.Session) -> molecule_scenarios.Pool:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    early = session.config.stash.get(EARLY_UP, None)
+    if early is not None and early.result is None:
+        # No test took the lab (interrupted, or every lab test deselected on the way): it goes.
+        early.stop()
+        if not os.environ.get("DEPLOYKIT_KEEP_LAB"):
+            lab.down(root=ROOT, log=print)
+            shutil.rmtree(FIRST_CONVERGE, ignore_errors=True)
     pool = session.config.stash.get(MOLECULE_POOL, None)
     if pool is not None:
         pool.shutdown()
@@ -185,10 +272,11 @@ def provision(*extra: str) -> dict[str, object]:
 
 
 @pytest.fixture(scope="session")
-def shop(lab_up: lab.LabUpResult) -> str:
+def shop(request: pytest.FixtureRequest, lab_up: lab.LabUpResult) -> str:
     """The whole stack with examples/shop deployed by `deploykit up` (once per run); the balancer's
     URL."""
-    proc = deploykit("up", timeout=2400)
+    early = request.config.stash.get(EARLY_UP, None)
+    proc = early.wait() if early is not None else deploykit("up", timeout=EarlyUp.TIMEOUT)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-5000:]
     assert "ok health" in output and "ok home page" in output
