@@ -62,3 +62,31 @@ def test_a_stage_records_the_machines_busy_seconds_beside_its_time(tmp_path: Pat
     assert (name, rc) == ("burn", "0")
     assert float(seconds) >= 0.9
     assert float(busy) >= 0.8, record.read_text()
+
+
+def test_a_stage_run_beside_the_others_is_shown_but_not_added_to_the_total(tmp_path: Path) -> None:
+    lines = report(
+        ["lint\t40.0\t0\t40.0", "shop-test (beside)\t80.0\t0\t10.0", "pytest\t100.0\t0"], tmp_path
+    )
+    table = {line[:28].strip(): line[28:].split() for line in lines[1:-1]}
+    assert table["shop-test (beside)"] == ["80"], lines
+    assert table["total"][0] == "140", lines
+
+
+BESIDE = SCRIPT.parent / "beside"
+
+
+def beside(background: str, main: str) -> subprocess.CompletedProcess[str]:
+    argv = [str(BESIDE), "the job", "sh", "-c", background, "--", "sh", "-c", main]
+    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+
+
+def test_beside_shows_the_background_output_after_the_main_ones_and_fails_with_either() -> None:
+    done = beside("echo early; sleep 0.5; echo late; exit 3", "sleep 0.2; echo main")
+    assert done.returncode == 3
+    out = done.stdout
+    assert out.index("main") < out.index("=== the job (run beside the rest): exit 3 ===")
+    assert out.index("exit 3 ===") < out.index("early") < out.index("late"), out
+    # The main command's failure wins: it is the one the run was about.
+    assert beside("exit 3", "exit 4").returncode == 4
+    assert beside("true", "true").returncode == 0
