@@ -60,3 +60,22 @@ def test_a_failed_run_is_the_last_answer_with_its_output() -> None:
     assert not probe_until(probe, 1.0)
     probe.stop()
     assert probe.last == "rc 69: Error: No nodes replied within time constraint"
+
+
+def test_runs_still_waiting_after_the_one_that_answered_are_ended_too(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    # The first run to get going waits 6 s; the second answers 1.5 s after it got going (the
+    # third has started by then, 0.5 s after it); the third waits 6 s. mkdir: one run per slot.
+    script = (
+        f"mkdir {first} 2>/dev/null && exec sleep 6; "
+        f"mkdir {second} 2>/dev/null && sleep 1.5 && exit 0; exec sleep 6"
+    )
+    probe = CommandProbe(["sh", "-c", script])
+    try:
+        assert probe_until(probe, 4.0), probe.last
+        waiting = [proc for _, proc, _ in probe.running]
+        assert len(waiting) == 2, "the first run and the one started after the answer"
+    finally:
+        probe.stop()
+    assert all(proc.poll() is not None for proc in waiting)
+    assert probe.last == "rc 0: "

@@ -92,7 +92,7 @@ class CommandProbe:
 
     def poll(self) -> bool:
         """True once a run exited 0; starts another run when one is due."""
-        still = []
+        still, ready = [], False
         for started, proc, output in self.running:
             rc = proc.poll()
             if rc is None:
@@ -102,11 +102,14 @@ class CommandProbe:
             text = output.read().decode("utf-8", "replace").strip()
             output.close()
             self.answered = True
-            self.last = f"rc {rc}: {text[-300:]}"
-            if rc == 0:
-                self.running = still
-                return True
+            if not ready:
+                self.last = f"rc {rc}: {text[-300:]}"
+            ready = ready or rc == 0
+        # Every run still waiting stays tracked, those started after the one that answered too:
+        # stop() ends them.
         self.running = still
+        if ready:
+            return True
         newest = max((started for started, _, _ in still), default=None)
         now = time.monotonic()
         if len(still) < COMMAND_IN_FLIGHT and (newest is None or now - newest >= COMMAND_EVERY):
