@@ -34,8 +34,8 @@ down: venv
 
 # scripts/role-docs is Python without a .py suffix: ruff checks it when it is named.
 lint: venv
-	$(STAGE) lint $(BIN)/ruff check src tests bench examples scripts/role-docs
-	$(STAGE) lint $(BIN)/ruff format --check src tests bench examples scripts/role-docs
+	$(STAGE) lint $(BIN)/ruff check src tests bench examples scripts/role-docs molecule/resources
+	$(STAGE) lint $(BIN)/ruff format --check src tests bench examples scripts/role-docs molecule/resources
 	$(STAGE) lint $(BIN)/mypy
 	$(STAGE) lint $(BIN)/yamllint --strict .
 	$(STAGE) lint $(BIN)/ansible-lint

@@ -752,49 +752,79 @@ def _ensure_container(client: Any, plan: HostPlan, image: str, log: Log) -> bool
             container.start()
             return True
     log(f"{plan.name}: creating ({plan.address}, {', '.join(plan.groups)})")
+    start_systemd_container(
+        client,
+        name=name,
+        hostname=plan.name,
+        image=image,
+        network=NETWORK_NAME,
+        address=plan.address,
+        labels=_labels(plan, image),
+    )
+    return True
+
+
+def start_systemd_container(
+    client: Any,
+    *,
+    name: str,
+    hostname: str,
+    image: str,
+    network: str,
+    address: str,
+    labels: dict[str, str],
+    restart: bool = True,
+) -> None:
+    """A lab host: the base image booting systemd as PID 1, with explicit capabilities (no
+    --privileged), at a fixed ADDRESS on NETWORK. The molecule scenarios' hosts are made here too
+    (molecule/resources/instances.py), so a role is tested on the host the lab runs it on."""
     api = client.api
     host_config = api.create_host_config(
         cap_add=_CAPABILITIES,
         security_opt=_SECURITY_OPTS,
         binds={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
         tmpfs=_TMPFS,
-        restart_policy={"Name": "unless-stopped"},
+        restart_policy={"Name": "unless-stopped"} if restart else None,
     )
     networking = api.create_networking_config(
-        {NETWORK_NAME: api.create_endpoint_config(ipv4_address=plan.address)}
+        {network: api.create_endpoint_config(ipv4_address=address)}
     )
     created = api.create_container(
         image,
         name=name,
-        hostname=plan.name,
+        hostname=hostname,
         detach=True,
         environment={"container": "docker"},
         stop_signal="SIGRTMIN+3",
-        labels=_labels(plan, image),
+        labels=labels,
         host_config=host_config,
         networking_config=networking,
     )
     api.start(created["Id"])
-    return True
 
 
 def _exec(client: Any, host: str, command: str) -> tuple[int, str]:
-    container = client.containers.get(_container_name(host))
-    exit_code, output = container.exec_run(["sh", "-c", command])
+    return exec_in(client, _container_name(host), command)
+
+
+def exec_in(client: Any, container_name: str, command: str) -> tuple[int, str]:
+    """COMMAND (sh -c) in a container: its exit code and output."""
+    exit_code, output = client.containers.get(container_name).exec_run(["sh", "-c", command])
     return int(exit_code), output.decode(errors="replace").strip()
 
 
-def _wait_booted(client: Any, host: str, timeout: float = 90) -> None:
+def wait_booted(client: Any, container_name: str, timeout: float = 90) -> None:
+    """Until systemd in the container has booted (running, or degraded), within TIMEOUT."""
     deadline = time.monotonic() + timeout
     state = ""
     while time.monotonic() < deadline:
-        _, state = _exec(client, host, "systemctl is-system-running")
+        _, state = exec_in(client, container_name, "systemctl is-system-running")
         if state in ("running", "degraded"):
             return
         time.sleep(0.5)
     raise LabError(
-        f"{host}: systemd did not finish booting in {timeout:.0f} s (state {state!r})",
-        hint=f"docker exec {_container_name(host)} systemctl --failed",
+        f"{container_name}: systemd did not finish booting in {timeout:.0f} s (state {state!r})",
+        hint=f"docker exec {container_name} systemctl --failed",
     )
 
 
@@ -866,7 +896,7 @@ def up(spec: LabSpec, *, root: Path | None = None, log: Log = print) -> LabUpRes
     private_key, public_key = ensure_key_pair(ssh_dir)
     known_hosts: list[str] = []
     for plan in plans:
-        _wait_booted(client, plan.name)
+        wait_booted(client, _container_name(plan.name))
         _authorize(client, plan.name, public_key)
         known_hosts.append(_host_key(client, plan))
     for plan in plans:
