@@ -643,8 +643,8 @@ class Rollouts:
         if app is None:
             app = self._learned_app(histories[0].get("app") if histories else None)
         lock = next((a for a in locks if isinstance(a, Mapping) and "acquired" in a), None)
-        # The history read under the lock: the last one (without an application named, the first
-        # was read before the lock to learn it).
+        # The history read under the lock: the last one, in the lock's own answer (without an
+        # application named, the first was read before the lock to learn it).
         history_answer = histories[-1] if histories else {}
         if isinstance(lock, Mapping) and isinstance(lock.get("took_over"), Mapping):
             old = lock["took_over"]

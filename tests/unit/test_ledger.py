@@ -333,3 +333,27 @@ def test_finish_appends_the_record_then_releases_only_its_own_lock(tmp_path: Pat
     assert [r["action"] for r in history(tmp_path)] == ["deploy", "rollback"]
     with pytest.raises(ledger_module.LedgerError, match="token"):
         ledger_module.run(directory, "finish", {"record": {"action": "deploy"}, "token": ""})
+
+
+def test_a_lock_taken_with_history_answers_the_last_records_read_under_it(tmp_path: Path) -> None:
+    """A rollout's first step in one call (begin.yml): the lock, then the history's last records;
+    a lock refused answers no history (the run stops there)."""
+    directory = str(tmp_path)
+    for action in ("deploy", "rollback", "deploy"):
+        ledger_module.history_append(directory, {"action": action, "app": "shop"})
+    code, answer = ledger(
+        tmp_path, "lock", "acquire", "--holder", holder("ada@ctl", "t1"), "--with-history",
+        "--limit", "2",
+    )  # fmt: skip
+    assert code == 0 and answer["acquired"] is True, answer
+    assert [r["action"] for r in answer["records"]] == ["rollback", "deploy"]
+    assert answer["app"] == "shop"
+    refused = ledger_module.run(
+        directory, "lock acquire",
+        {"holder": json.loads(holder("bob@ctl", "t2")), "with_history": True, "limit": 2},
+    )  # fmt: skip
+    assert refused["acquired"] is False and "records" not in refused
+    # Without with_history, the answer is the lock's alone, as before.
+    ledger(tmp_path, "lock", "release", "--token", "t1")
+    plain = ledger_module.run(directory, "lock acquire", {"holder": json.loads(holder("c", "t3"))})
+    assert set(plain) == {"acquired", "holder"}

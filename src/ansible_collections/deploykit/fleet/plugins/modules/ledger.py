@@ -70,9 +70,15 @@ options:
         releases the lock by O(token): a rollout's last step in one call.
     type: dict
   limit:
-    description: C(history show) returns the last N records (0, every one).
+    description: C(history show) (and C(lock acquire) O(with_history)) returns the last N records (0, every one).
     type: int
     default: 0
+  with_history:
+    description:
+      - C(lock acquire), once the lock is taken, answers the history's last O(limit) records too
+        (C(records), C(app): as C(history show)), read under the lock in the same call.
+    type: bool
+    default: false
   surveys:
     description:
       - C(finish settled) (a deploy's first run, when nothing may run before its plan): the
@@ -175,6 +181,7 @@ def main() -> None:
             "who": {"type": "str", "default": ""},
             "record": {"type": "dict"},
             "limit": {"type": "int", "default": 0},
+            "with_history": {"type": "bool", "default": False},
             "records": {"type": "list", "elements": "dict"},
             "surveys": {"type": "dict"},
             "hosts": {"type": "list", "elements": "str", "default": []},
