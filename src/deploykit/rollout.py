@@ -6,9 +6,9 @@ one task carried out by a module of deploykit's collection (deploykit.fleet):
 1. ``begin.yml`` takes the deploy lock on the first balancer (ledger) and surveys every node
    (survey: what each runs); the lock is a lease, which a thread of the controller renews
    (:class:`LeaseRenewer`, every lease/4 seconds) from the moment it is taken until ``finish.yml``;
-2. ``stage.yml`` (a deploy of a release not yet everywhere) stages the release on every node in
-   parallel (stage), configures the nodes for it, and runs its migration once, before any clone
-   switches;
+2. ``stage.yml`` (a deploy of a release not yet everywhere) stages the release on every node to
+   switch in parallel (stage), configures the nodes for it, and runs its migration once, before
+   any clone switches;
 3. ``roll.yml`` switches the app clones batch by batch (a deploy's first batch is a canary),
    three steps a clone: drain on every balancer, activate (switch, restart, health gate on the new
    release id), ready on every balancer; then, together, the workers (activate) and the baked
@@ -17,6 +17,9 @@ one task carried out by a module of deploykit's collection (deploykit.fleet):
    failing batch) to the release it ran before, with a short stop bound for what never became
    ready (``retire.yml`` stops what it started on a host that ran no release before);
 5. ``finish.yml`` appends the record to the history and releases the lock, whatever happened.
+
+A deploy runs 2 and 3 as one run (``deploy.yml``: the two imported): a failure while staging stops
+it before any clone is drained.
 
 Steps and results come back as data: each module's own return values, read from the run's events
 (:attr:`deploykit.runner.RunResult.results`); a step is known by its module (:data:`STEP_OF`), never
@@ -814,7 +817,10 @@ class Rollouts:
         *,
         returning: bool = False,
         canary: str | None = None,
+        stage: Mapping[str, Any] | None = None,
     ) -> tuple[runner.RunResult, _Tracker]:
+        """roll.yml on the targets; with ``stage`` (stage.yml's extra vars), deploy.yml: the
+        targets staged first, in the same run (one ansible-playbook start less per deploy)."""
         tracker = _Tracker(self.on_step, self._groups)
         hosts = sorted(targets)
         app, replaced = result.app, result.replaced
@@ -841,7 +847,17 @@ class Rollouts:
             # not the full graceful timeout (it serves nothing: drained, or never ready).
             extravars["rollout_stop_timeout"] = RETURN_STOP_TIMEOUT
         # The app play's batches follow the inventory order of the hosts in the run: the targets.
-        run = self._run("roll.yml", extravars, limit=",".join(hosts), on_event=tracker)
+        if stage is None:
+            run = self._run("roll.yml", extravars, limit=",".join(hosts), on_event=tracker)
+            return run, tracker
+
+        def on_event(event: dict[str, Any]) -> None:
+            self._stage_events(event)
+            tracker(event)
+
+        run = self._run(
+            "deploy.yml", {**extravars, **stage}, limit=",".join(hosts), on_event=on_event
+        )
         return run, tracker
 
     def _switch(
@@ -853,10 +869,13 @@ class Rollouts:
         batch: str,
         canary: bool,
         before: Mapping[str, str] | None = None,
+        stage: Mapping[str, Any] | None = None,
     ) -> None:
         """Switch every node to result.release; on failure, return what was touched. Fills
         result.nodes and result.outcome. ``before``: {"host/role": release} to return to, when
-        not the application's own (deploy --replace: the replaced application's)."""
+        not the application's own (deploy --replace: the replaced application's). ``stage``:
+        stage.yml's extra vars (a deploy): the nodes to switch are staged first, in the same run;
+        a failure there changed nothing live and returns nothing."""
         targets = _targets(result, status)
         for key, release in (before or {}).items():
             if key in result.nodes:
@@ -872,8 +891,13 @@ class Rollouts:
             else "no app clone to switch"
         )
         canary_host = result.batches[0][0] if canary and len(order) > 1 else None
-        run, tracker = self._roll(result, targets, result.batches, canary=canary_host)
+        run, tracker = self._roll(result, targets, result.batches, canary=canary_host, stage=stage)
         self._record_steps(result, tracker)
+        self._record_stage_seconds(result, run)
+        if stage is not None and not run.ok and not tracker.step:
+            # No host began a step of the switch: the run stopped while staging.
+            self._staging_failed(result, run)
+            return
         soaked = [r.res.get("soak") for r in run.results_of("soak")]
         result.canary = next((s for s in soaked if isinstance(s, dict)), None)
         if result.canary is not None:
@@ -897,6 +921,27 @@ class Rollouts:
                 if isinstance(journal, list) and step in _ROLE_STEPS[outcome.role]:
                     outcome.journal = [str(line)[:300] for line in journal[-JOURNAL_LINES:]]
         self._return_touched(result, tracker, layout, batch=batch)
+
+    def _staging_failed(self, result: RolloutResult, run: runner.RunResult) -> None:
+        """The run stopped while staging (or migrating), before any clone was drained: the node
+        that failed is named, every other one is untouched, and nothing is returned."""
+        host, _, message = self._failure(run)
+        result.failure = f"{host or '?'}: staging: {message}"
+        result.outcome = "failed"
+        self.log(f"[red]failed[/red] {escape(result.failure)}; nothing live changed")
+        for outcome in result.nodes.values():
+            if outcome.host == host:
+                outcome.outcome, outcome.step, outcome.message = "failed", "stage", message
+            elif outcome.outcome != "unchanged":
+                outcome.outcome = "untouched"
+
+    @staticmethod
+    def _record_stage_seconds(result: RolloutResult, run: runner.RunResult) -> None:
+        """Each node's staging time, first among its steps' durations."""
+        for staged in run.results_of("stage"):
+            for outcome in (o for o in result.nodes.values() if o.host == staged.host):
+                if staged.seconds:
+                    outcome.seconds = {"stage": round(staged.seconds, 2), **outcome.seconds}
 
     @staticmethod
     def _record_steps(result: RolloutResult, tracker: _Tracker, prefix: str = "") -> None:
@@ -1119,36 +1164,16 @@ class Rollouts:
             if settled_everywhere(status, release):
                 self._unchanged(result, status)
                 return result
-            self.log(f"staging {release} on every node (nothing live changes)")
+            self.log(f"staging {release} on every node to switch, then switching them")
             live = sorted({n.current for n in status.of("app") if n.current})
-            staged = self._run(
-                "stage.yml",
-                {
-                    "rollout_app": app,
-                    "rollout_artifact": str(artifact.resolve()),
-                    "rollout_live_releases": live,
-                    "rollout_configuration_code": configuration_code,
-                },
-                on_event=self._stage_events,
+            stage = {
+                "rollout_artifact": str(artifact.resolve()),
+                "rollout_live_releases": live,
+                "rollout_configuration_code": configuration_code,
+            }
+            self._switch(
+                result, status, layout, batch=batch, canary=canary, before=before, stage=stage
             )
-            staged_seconds = {r.host: r.seconds for r in staged.results_of("stage") if r.seconds}
-            if not staged.ok:
-                host, _, message = self._failure(staged)
-                result.failure = f"{host or '?'}: staging: {message}"
-                result.outcome = "failed"
-                for node in status.nodes:
-                    result.nodes[f"{node.host}/{node.role}"] = NodeOutcome(
-                        host=node.host, role=node.role, before=node.release, target=release,
-                        outcome="failed" if node.host == host else "untouched",
-                        step="stage" if node.host == host else None,
-                        message=message if node.host == host else None,
-                    )  # fmt: skip
-                return result
-            self._switch(result, status, layout, batch=batch, canary=canary, before=before)
-            for outcome in result.nodes.values():
-                if outcome.host in staged_seconds:
-                    outcome.seconds = {"stage": round(staged_seconds[outcome.host] or 0, 2),
-                                       **outcome.seconds}  # fmt: skip
             return result
         finally:
             result.seconds = time.monotonic() - started

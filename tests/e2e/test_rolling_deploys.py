@@ -133,6 +133,35 @@ def load(shop: str) -> Iterator[LoadGenerator]:
         generator.stop()
 
 
+def test_a_release_one_node_cannot_stage_changes_nothing_live(
+    artifacts: dict[str, dict[str, Any]], lab_up: lab.LabUpResult
+) -> None:
+    """Staging and the switch are one run (playbooks/rollout/deploy.yml): a node that cannot stage
+    the release (here a file where its release directory goes) stops the run before the migration
+    and before any clone is drained; the node is named, the others are untouched."""
+    a = artifacts["a"]
+    shell = LabShell(lab_up)
+    before = releases_on_clones(status())
+    blocker = f"/srv/{APP}/releases/{a['release_id']}"
+    shell.run("app2", f"echo not-a-release > {blocker}")
+    try:
+        run = deploykit("deploy", "--artifact", a["path"], "--json")
+    finally:
+        shell.run("app2", f"rm -f {blocker}")
+    summary = run.summary
+    assert run.rc == 1, summary
+    assert summary["outcome"] == "failed"
+    assert "app2: staging:" in summary["failure"], summary["failure"]
+    nodes = summary["nodes"]
+    assert (nodes["app2/app"]["outcome"], nodes["app2/app"]["step"]) == ("failed", "stage")
+    assert {n["outcome"] for key, n in nodes.items() if key != "app2/app"} == {"untouched"}
+    steps = {line["step"] for line in run.lines if line.get("event") == "step"}
+    assert not steps & {"drain", "switch", "ready", "pages"}, steps
+    report = status()
+    assert releases_on_clones(report) == before
+    assert {n["haproxy"] for n in report["nodes"] if n["role"] == "app"} == {"UP"}
+
+
 def test_a_deploy_reports_each_node_in_json(artifacts: dict[str, dict[str, Any]]) -> None:
     a = artifacts["a"]
     run = deploykit("deploy", "--artifact", a["path"], "--batch", "1", "--json")
@@ -441,14 +470,17 @@ def test_a_node_configured_by_other_code_is_configured_again_by_a_deploy_of_the_
 ) -> None:
     """After an upgrade of deploykit (or a change of the inventory), a deploy of the release the
     fleet runs applies the new configuration: a node whose recorded configuration is another one
-    is configured again and restarted through the rolling switch; the others are left alone."""
+    is configured again and restarted through the rolling switch; the others are left alone (not
+    even staged)."""
     b = artifacts["b"]
     shell = LabShell(lab_up)
     recorded = f"/srv/{APP}/shared/configured"
     shell.run("app3", f"echo configured-by-an-older-deploykit > {recorded}")
     run = deploykit("deploy", "--artifact", b["path"], "--json")
     assert run.rc == 0, run.summary
-    assert staged_configured(run) == {host: host != "app3" for host in STAGED}
+    # Only the node to switch is staged (and configured again): the others run the release, in
+    # service, configured by this code.
+    assert staged_configured(run) == {"app3": False}
     assert run.summary["nodes"]["app3/app"]["outcome"] == "switched"
     assert run.summary["nodes"]["app1/app"]["outcome"] == "unchanged"
     assert "configured-by-an-older-deploykit" not in shell.run("app3", f"cat {recorded}")

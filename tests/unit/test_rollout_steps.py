@@ -105,3 +105,9 @@ def test_a_step_skipped_on_a_host_is_not_shown_or_kept_as_its_step() -> None:
     assert tracker.step == {"app1": "soak", "app2": "ready"}
     assert "soak" in tracker.seconds["app1"] and "soak" not in tracker.seconds.get("app2", {})
     assert [(e["host"], e["step"]) for e in seen if e["step"] == "soak"] == []
+
+
+def test_a_deploys_run_stages_then_switches() -> None:
+    """deploy.yml is stage.yml's plays, then roll.yml's (one run): no step of its own."""
+    plays = yaml.safe_load((ROLLOUT / "deploy.yml").read_text())
+    assert [p["ansible.builtin.import_playbook"] for p in plays] == ["stage.yml", "roll.yml"]
