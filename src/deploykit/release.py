@@ -41,6 +41,7 @@ from typing import Any
 from packaging.requirements import Requirement
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from uv import find_uv_bin
 
 from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
     HEALTH_PATH_RE,
@@ -574,8 +575,9 @@ def _build_env() -> dict[str, str]:
 
 
 def _offline_env() -> dict[str, str]:
-    """pip with no index, no configuration file and no PIP_* variable: only the wheelhouse."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
+    """pip or uv with no index, no configuration file and no PIP_* or UV_* variable: only the
+    wheelhouse."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PIP_", "UV_"))}
     env.update(
         PIP_CONFIG_FILE=os.devnull,
         PIP_DISABLE_PIP_VERSION_CHECK="1",
@@ -746,32 +748,29 @@ if args["bake"]:
 
 
 def _install_offline(builder: _Builder, wheelhouse: Path, requirement: str, work: Path) -> Path:
-    """A throwaway virtualenv with the app installed from the wheelhouse alone; its python."""
+    """A throwaway virtualenv with the app installed from the wheelhouse alone; its python.
+
+    It proves that the wheelhouse is complete and that the app imports, and the bake runs in it.
+    uv (a dependency of deploykit) makes it in under a second where pip took four to five: the
+    venv is thrown away, and the nodes still install with their own pip (the stage module), which
+    refuses an incomplete wheelhouse before anything live changes."""
     venv = work / "venv"
     python = venv / "bin" / "python"
-    # pip >= 22.3 installs into another environment (--python): no ensurepip, seconds faster.
-    reuse_pip = builder.pip >= (22, 3)
-    create = [builder.python, "-m", "venv", *(["--without-pip"] if reuse_pip else []), str(venv)]
-    proc = _run(create, env=_build_env())
-    if proc.returncode != 0:
+    try:
+        uv = str(find_uv_bin())
+    except FileNotFoundError as error:
         raise BuildError(
-            f"python -m venv failed (exit {proc.returncode}):\n    {_tail(proc.stderr)}"
-        )
-    if reuse_pip:
-        pip = [builder.python, "-m", "pip", "--python", str(python)]
-    else:
-        pip = [str(python), "-m", "pip"]
-    install = [
-        *pip,
-        "install",
-        "--no-index",
-        "--find-links",
-        str(wheelhouse),
-        "--no-cache-dir",
-        "--progress-bar",
-        "off",
-        requirement,
-    ]
+            f"uv is not where its package says: {error}",
+            hint="reinstall deploykit's dependencies (make venv)",
+        ) from error
+    create = [uv, "venv", "--quiet", "--no-config", "--no-python-downloads",
+              "--python", builder.python, str(venv)]  # fmt: skip
+    proc = _run(create, env=_offline_env())
+    if proc.returncode != 0:
+        raise BuildError(f"uv venv failed (exit {proc.returncode}):\n    {_tail(proc.stderr)}")
+    install = [uv, "pip", "install", "--quiet", "--no-config", "--python", str(python),
+               "--offline", "--no-cache", "--no-index", "--find-links", str(wheelhouse),
+               requirement]  # fmt: skip
     proc = _run(install, env=_offline_env())
     if proc.returncode != 0:
         raise BuildError(

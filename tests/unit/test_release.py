@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import shutil
+import subprocess
 import sys
 import tarfile
 import textwrap
@@ -592,11 +593,39 @@ def test_a_failing_bake_stops_the_build(tmp_path: Path) -> None:
 
 
 def _fake_wheel(directory: Path, name: str, requires: list[str]) -> None:
+    """An installable pure-Python wheel NAME 1.0: one empty module, these Requires-Dist."""
     dist = f"{name}-1.0"
     metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n"
     metadata += "".join(f"Requires-Dist: {line}\n" for line in requires)
+    files = {
+        f"{name}.py": "",
+        f"{dist}.dist-info/METADATA": metadata,
+        f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{path},,\n" for path in [*files, f"{dist}.dist-info/RECORD"])
     with zipfile.ZipFile(directory / f"{name}-1.0-py3-none-any.whl", "w") as archive:
-        archive.writestr(f"{dist}.dist-info/METADATA", metadata)
+        for path, text in {**files, f"{dist}.dist-info/RECORD": record}.items():
+            archive.writestr(path, text)
+
+
+def test_the_offline_install_refuses_a_wheelhouse_without_a_dependency(tmp_path: Path) -> None:
+    # What the build's check install proves (uv, no index): every dependency is in the wheelhouse.
+    wheelhouse = tmp_path / "wheels"
+    wheelhouse.mkdir()
+    _fake_wheel(wheelhouse, "orders", ["ledgerish>=1"])
+    builder = release._inspect_python(sys.executable)
+    with pytest.raises(BuildError) as raised:
+        release._install_offline(builder, wheelhouse, "orders==1.0", tmp_path / "first")
+    message = str(raised.value)
+    assert message.startswith("the wheelhouse is incomplete: installing orders==1.0 offline failed")
+    assert "ledgerish" in message
+    _fake_wheel(wheelhouse, "ledgerish", [])
+    python = release._install_offline(builder, wheelhouse, "orders==1.0", tmp_path / "second")
+    installed = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('ledgerish'))"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert installed.stdout.strip() == "1.0", installed.stderr
 
 
 def test_the_wheelhouse_is_judged_with_the_nodes_markers(tmp_path: Path) -> None:
