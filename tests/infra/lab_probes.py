@@ -1,6 +1,7 @@
 """What every role's tests do on a molecule scenario's hosts, in one place: keep a module's
 tests to its scenario, read its role's defaults, name the scenario's hosts, read a host's address,
-knock on a port from another host, make one HTTP request from a host. Linked into each scenario's
+knock on a port from another host, make one HTTP request from a host, read a unit's properties
+and the sandbox every unit of a release's code runs in. Linked into each scenario's
 tests/ folder beside the test modules (molecule's testinfra verifier runs pytest there, which puts
 that folder on sys.path)."""
 
@@ -47,6 +48,29 @@ except OSError as error:
 print(json.dumps({"status": status, "headers": {k.lower(): v for k, v in headers.items()},
                   "body": body.decode(errors="replace")}))
 """
+
+#: The hardening of every unit that runs a release's code (the app's web unit, the worker's unit:
+#: the same block in both roles' templates), as `systemctl show` reports it.
+RELEASE_UNIT_SANDBOX = {
+    "User": "deploykit",
+    "KillMode": "mixed",
+    "KillSignal": "15",
+    "Restart": "on-failure",
+    "NoNewPrivileges": "yes",
+    "CapabilityBoundingSet": "",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectControlGroups": "yes",
+    "ProtectProc": "invisible",
+    "RestrictSUIDSGID": "yes",
+    "RestrictRealtime": "yes",
+    "LockPersonality": "yes",
+    "UMask": "0027",
+}
 
 
 def only_in_scenario(scenario: str) -> pytest.MarkDecorator:
@@ -108,3 +132,10 @@ def listening(host: testinfra.host.Host) -> dict[int, set[str]]:
         address, _, port = url[len("tcp://") :].rpartition(":")
         sockets.setdefault(int(port), set()).add(address)
     return sockets
+
+
+def unit_properties(host: testinfra.host.Host, unit: str, names: Any) -> dict[str, str]:
+    """`systemctl show` of the unit's properties NAMES on HOST: {name: value}."""
+    shown = host.run("systemctl show %s --property=%s", unit, ",".join(names))
+    assert shown.rc == 0, shown.stderr
+    return dict(line.split("=", 1) for line in shown.stdout.splitlines())

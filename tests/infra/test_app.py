@@ -25,7 +25,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lab_probes import http_request, ipv4, knock, only_in_scenario, scenario_hosts
+from lab_probes import (
+    RELEASE_UNIT_SANDBOX,
+    http_request,
+    ipv4,
+    knock,
+    only_in_scenario,
+    scenario_hosts,
+    unit_properties,
+)
 
 SCENARIO = "app"
 
@@ -263,30 +271,11 @@ def test_gunicorn_runs_as_the_service_account(lab, release_a_live):
 def test_unit_settings_and_hardening(lab):
     web = lab[WEB]
     wanted = {
-        "User": "deploykit",
+        **RELEASE_UNIT_SANDBOX,
         "Group": "deploykit",
         "Type": "notify",
-        "Restart": "on-failure",
-        "KillMode": "mixed",
-        "KillSignal": "15",
-        "NoNewPrivileges": "yes",
-        "ProtectSystem": "strict",
-        "ProtectHome": "yes",
-        "PrivateTmp": "yes",
-        "PrivateDevices": "yes",
-        "ProtectKernelTunables": "yes",
-        "ProtectKernelModules": "yes",
-        "ProtectControlGroups": "yes",
-        "RestrictSUIDSGID": "yes",
-        "LockPersonality": "yes",
-        "RestrictRealtime": "yes",
-        "ProtectProc": "invisible",
-        "CapabilityBoundingSet": "",
-        "UMask": "0027",
     }
-    shown = web.run("systemctl show %s --property=%s", UNIT, ",".join(wanted)).stdout
-    properties = dict(line.split("=", 1) for line in shown.splitlines())
-    assert properties == wanted
+    assert unit_properties(web, UNIT, wanted) == wanted
     unit = web.run("systemctl cat %s", UNIT).stdout
     assert "ExecReload=/bin/kill -s HUP $MAINPID" in unit
     assert f"EnvironmentFile={APP}/shared/env" in unit

@@ -18,7 +18,7 @@ import json
 import time
 
 import pytest
-from lab_probes import ipv4, only_in_scenario, role_defaults, scenario_hosts
+from lab_probes import ROOT, ipv4, only_in_scenario, role_defaults, scenario_hosts
 
 SCENARIO = "redis"
 
@@ -31,39 +31,29 @@ ADMIN_USER = ROLE_DEFAULTS["redis_admin_user"]
 
 CACHE, APP, LB = "redis-cache", "redis-app", "redis-lb"
 
-# Runs on a client host: python3 - HOST PORT COMMANDS-JSON. Sends each command (a list of strings)
-# in RESP and prints the replies as JSON: {"replies": [...]} where an error reply is
+# Runs on a client host: python3 -c RESP_CLIENT HOST PORT COMMANDS-JSON. Sends each command (a list
+# of strings) in RESP and prints the replies as JSON: {"replies": [...]} where an error reply is
 # {"error": "..."}, or {"connect": "timeout" | "refused" | "..."} when no connection is made.
 # An item {"repeat": N, "command": [...]} sends the command N times in one pipeline ("{i}" in an
 # argument is replaced by the counter) and gives {"ok": n, "errors": [first errors]}.
-RESP_CLIENT = r"""
-import json, socket, sys
+# RESP is spoken by the project's own client (module_utils/sentinel.py, standard library only):
+# its source runs on the host, followed by the few lines that drive it.
+SENTINEL_CLIENT = ROOT / "src/ansible_collections/deploykit/fleet/plugins/module_utils/sentinel.py"
+RESP_DRIVER = r"""
+import json, sys
 
-def encode(args):
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = str(arg).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+encode = _encode
+
+
+def plain(reply):
+    if isinstance(reply, RespError):
+        return {"error": str(reply)}
+    return [plain(item) for item in reply] if isinstance(reply, list) else reply
+
 
 def read(stream):
-    line = stream.readline()
-    if not line:
-        raise EOFError("connection closed by the server")
-    kind, rest = line[:1], line[1:-2].decode()
-    if kind == b"+":
-        return rest
-    if kind == b"-":
-        return {"error": rest}
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        size = int(rest)
-        return None if size < 0 else stream.read(size + 2)[:-2].decode(errors="replace")
-    if kind == b"*":
-        size = int(rest)
-        return None if size < 0 else [read(stream) for _ in range(size)]
-    raise ValueError("unexpected reply %r" % line)
+    return plain(_read(stream))
+
 
 host, port, commands = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 try:
@@ -95,6 +85,7 @@ for item in commands:
         replies.append(read(stream))
 print(json.dumps({"replies": replies}))
 """
+RESP_CLIENT = SENTINEL_CLIENT.read_text(encoding="utf-8") + RESP_DRIVER
 
 
 def resp(source, address: str, *commands) -> dict:

@@ -11,7 +11,7 @@ import json
 import time
 
 import pytest
-from lab_probes import only_in_scenario, scenario_host
+from lab_probes import RELEASE_UNIT_SANDBOX, only_in_scenario, scenario_host, unit_properties
 
 SCENARIO = "worker"
 
@@ -75,26 +75,8 @@ def test_worker_runs_as_the_service_account(node, worker_running):
 
 
 def test_unit_stops_with_a_warm_shutdown_and_is_hardened(node):
-    wanted = {
-        "User": "deploykit",
-        "KillMode": "mixed",
-        "KillSignal": "15",
-        "TimeoutStopUSec": "1min",
-        "Restart": "on-failure",
-        "NoNewPrivileges": "yes",
-        "ProtectSystem": "strict",
-        "ProtectHome": "yes",
-        "PrivateTmp": "yes",
-        "PrivateDevices": "yes",
-        "ProtectKernelTunables": "yes",
-        "ProtectKernelModules": "yes",
-        "ProtectControlGroups": "yes",
-        "RestrictSUIDSGID": "yes",
-        "LockPersonality": "yes",
-        "CapabilityBoundingSet": "",
-    }
-    shown = node.run("systemctl show %s --property=%s", UNIT, ",".join(wanted)).stdout
-    assert dict(line.split("=", 1) for line in shown.splitlines()) == wanted
+    wanted = {**RELEASE_UNIT_SANDBOX, "TimeoutStopUSec": "1min"}
+    assert unit_properties(node, UNIT, wanted) == wanted
     unit = node.run("systemctl cat %s", UNIT).stdout
     assert f"EnvironmentFile={APP}/shared/env" in unit
     assert f"ExecStart={HELPER} exec {APP} celery -A @worker@ worker" in unit
