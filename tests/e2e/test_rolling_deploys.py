@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,11 +114,14 @@ def artifacts(shop: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     assert text.count(HEALTH_LINE) == 1, "update HEALTH_LINE: the shop's health endpoint changed"
     web.write_text(text.replace(HEALTH_LINE, BAD_ON_APP3), encoding="utf-8")
     stamp = time.strftime("%H%M%S")
-    return {
-        "a": build(source, f"2.0.0-e2e{stamp}a", out),
-        "b": build(source, f"2.0.0-e2e{stamp}b", out),
-        "bad": build(bad, f"2.0.0-e2e{stamp}bad", out),
-    }
+    sources = {"a": source, "b": source, "bad": bad}
+    # Side by side: each build is one controller process, mostly CPU, and the lab idles meanwhile.
+    with ThreadPoolExecutor(max_workers=len(sources)) as builds:
+        built = {
+            name: builds.submit(build, path, f"2.0.0-e2e{stamp}{name}", out)
+            for name, path in sources.items()
+        }
+        return {name: future.result() for name, future in built.items()}
 
 
 @pytest.fixture
@@ -204,10 +208,11 @@ def test_a_release_failing_on_the_last_batch_is_rolled_back_everywhere(
     hook.write_text("#!/bin/sh\nenv | grep '^DEPLOYKIT_' | sort > env.txt\ncat > summary.json\n")
     hook.chmod(0o755)
     try:
-        # The canary (app1, healthy) soaks on the live traffic first, and passes.
+        # The canary (app1, healthy) soaks on the live traffic first, and passes. app3 answers
+        # 503 until the health gate's deadline (15 s, not the default 30: the test's own time).
         run = deploykit(
             "deploy", "--artifact", bad["path"], "--batch", "1", "--json", "--hooks",
-            str(tmp_path), "--canary-soak", "4",
+            str(tmp_path), "--canary-soak", "4", "--health-timeout", "15",
         )  # fmt: skip
     finally:
         marker.unlink()
