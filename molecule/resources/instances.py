@@ -33,11 +33,6 @@ from deploykit.lab import docker_client, start_systemd_container, wait_booted
 
 LABELS = {"owner": "molecule"}
 BOOT_TIMEOUT = 120.0
-# A quarter of a lab host's CPU weight: in CI the scenarios run beside the e2e tests, whose lab
-# hosts' work is what the run waits for, and the scenarios have time to spare (molecule's own
-# Ansible runs at a lower priority for the same reason: tests/e2e/molecule_runs.py). Alone, or
-# with a CPU idle, a weight changes nothing.
-CPU_SHARES = 256
 
 
 def _networks(platforms: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
@@ -95,7 +90,6 @@ def create(client: Any, platforms: list[dict[str, Any]]) -> dict[str, Any]:
             address=address,
             labels=LABELS,
             restart=False,
-            cpu_shares=CPU_SHARES,
         )
         created.append(name)
     for platform in platforms:

@@ -774,16 +774,12 @@ def start_systemd_container(
     address: str,
     labels: dict[str, str],
     restart: bool = True,
-    cpu_shares: int | None = None,
 ) -> None:
     """A lab host: the base image booting systemd as PID 1, with explicit capabilities (no
     --privileged), at a fixed ADDRESS on NETWORK. The molecule scenarios' hosts are made here too
-    (molecule/resources/instances.py), so a role is tested on the host the lab runs it on.
-    CPU_SHARES: the host's CPU weight against the other containers when the CPUs are all busy
-    (Docker's default 1024); it changes nothing while a CPU is idle."""
+    (molecule/resources/instances.py), so a role is tested on the host the lab runs it on."""
     api = client.api
     host_config = api.create_host_config(
-        cpu_shares=cpu_shares,
         cap_add=_CAPABILITIES,
         security_opt=_SECURITY_OPTS,
         binds={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
