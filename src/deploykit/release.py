@@ -394,7 +394,6 @@ print(json.dumps({
 class _Builder:
     python: str
     glibc: tuple[int, ...]
-    pip: tuple[int, ...]
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -438,11 +437,8 @@ def _inspect_python(python: str) -> _Builder:
         )
     if not facts["pip"]:
         raise BadInput(f"python {python!r} has no pip: run `{python} -m ensurepip` first")
-    return _Builder(
-        python=python,
-        glibc=_version_tuple(facts["libc_version"]),
-        pip=_version_tuple(facts["pip"]),
-    )
+    # pip builds the wheels (pip wheel); its version no longer matters: uv makes the check's venv.
+    return _Builder(python=python, glibc=_version_tuple(facts["libc_version"]))
 
 
 def wheel_problem(filename: str, *, builder_glibc: tuple[int, ...] | None = None) -> str | None:
