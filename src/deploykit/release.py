@@ -602,6 +602,13 @@ def _run(
         raise BuildError(f"{command[0]}: cannot be run: {error}") from error
 
 
+#: Beside the application's dependencies, the wheelhouse carries pypa/installer: a node whose
+#: release keeps the previous one's dependencies installs only the application's own wheel, with
+#: installer (about 0.1 s) rather than pip (0.4-0.5 s of CPU, most of it pip starting), on every
+#: node at once (the stage module). It is not installed into the release's virtualenv.
+STAGE_INSTALLER = "installer>=1.0,<2"
+
+
 def _pip_wheel(builder: _Builder, source: Path, wheelhouse: Path, pyproject: Path) -> None:
     wheelhouse.mkdir(parents=True)
     proc = _run(
@@ -615,6 +622,7 @@ def _pip_wheel(builder: _Builder, source: Path, wheelhouse: Path, pyproject: Pat
             "--progress-bar",
             "off",
             str(source),
+            STAGE_INSTALLER,
         ],
         env=_build_env(),
         cwd=source,

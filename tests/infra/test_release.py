@@ -108,6 +108,7 @@ def test_every_file_matches_the_manifest(node, releases):
 
 
 def test_virtualenv_built_offline_from_the_wheelhouse(node, releases):
+    seeded = []
     for release in releases.values():
         venv = f"{ROOT}/releases/{release}/venv"
         marker = node.file(f"{venv}/.deploykit-complete")
@@ -125,11 +126,24 @@ def test_virtualenv_built_offline_from_the_wheelhouse(node, releases):
             name.split("-")[0].lower().replace("_", "-"): name.split("-")[1]
             for name in node.run("ls -1 %s/releases/%s/wheelhouse", ROOT, release).stdout.split()
         }
+        # The build ships pypa/installer in the wheelhouse for the stage (below); it is a tool of
+        # the node's install, not a package of the release.
+        assert wheels.pop("installer", None) is not None, wheels
         assert installed == wheels
+        if "seeded from release" in marker.content_string:
+            # A seeded virtualenv got the application's own wheel from installer, not pip (which
+            # marks what it installs with INSTALLER: pip).
+            app = manifest(node, release)["project"].lower().replace("-", "_")
+            site = f"{venv}/lib/python3.11/site-packages"
+            record = node.run("cat %s/%s-*.dist-info/INSTALLER", site, app)
+            assert record.rc != 0 and "pip" not in record.stdout, record.stdout
+            seeded.append(release)
         # No index is configured on the node for pip.
         config = node.run("%s/bin/python -m pip config list", venv)
         assert config.stdout.strip() == ""
         assert node.file(f"{venv}/bin/gunicorn").is_file
+    # The second release has the first one's dependencies: its virtualenv is the first's, seeded.
+    assert len(seeded) == 1, seeded
 
 
 def test_virtualenv_runs_the_application(node, releases):

@@ -18,7 +18,10 @@ description:
     since fails the step, naming it).
   - The virtualenv is built offline from the release's wheelhouse, once (a marker written last).
     When a release kept on the node has exactly the same dependencies (the same wheels, byte for
-    byte), its virtualenv is copied and only the application's own wheel is installed into it.
+    byte), its virtualenv is copied and only the application's own wheel is installed into it:
+    the previous version's files (its RECORD) are removed and the new wheel is installed by
+    pypa/installer, which the build puts in the wheelhouse (pip, whose start alone costs about
+    0.4 s of CPU per node, when the wheelhouse has no installer wheel).
   - The work runs at the lowest CPU priority (nice 19): on a clone that serves, the live release
     comes first.
 options:
@@ -58,6 +61,8 @@ configured:
   type: bool
 """
 
+import csv
+import glob
 import grp
 import os
 import pwd
@@ -177,30 +182,90 @@ def seed_venv(module: AnsibleModule, root: str, seed: str, release_dir: str) -> 
             os.replace(partial, path)
 
 
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _wheels(wheelhouse: str, project: str) -> list[str]:
+    """The wheels of PROJECT in the wheelhouse."""
+    return sorted(
+        path
+        for path in glob.glob(os.path.join(wheelhouse, "*.whl"))
+        if _canonical(os.path.basename(path).split("-")[0]) == _canonical(project)
+    )
+
+
+def uninstall(module: AnsibleModule, venv: str, project: str) -> None:
+    """Remove PROJECT from the virtualenv as pip would: every file its RECORD lists (scripts in
+    bin/ too), their compiled modules, the directories left empty, and its .dist-info."""
+    for site in glob.glob(os.path.join(venv, "lib", "python*", "site-packages")):
+        for info in glob.glob(os.path.join(site, "*.dist-info")):
+            if _canonical(os.path.basename(info).split("-")[0]) != _canonical(project):
+                continue
+            with open(os.path.join(info, "RECORD"), newline="", encoding="utf-8") as handle:
+                listed = [row[0] for row in csv.reader(handle) if row]
+            directories = set()
+            for name in listed:
+                path = os.path.normpath(os.path.join(site, name))
+                if os.path.commonpath([path, venv]) != venv:
+                    module.fail_json(msg=f"{info}/RECORD names a file outside {venv}: {name}")
+                stem, suffix = os.path.splitext(path)
+                cached = glob.glob(
+                    os.path.join(os.path.dirname(path), "__pycache__", f"{os.path.basename(stem)}.*.pyc")
+                ) if suffix == ".py" else []  # fmt: skip
+                for victim in [path, *cached]:
+                    if os.path.lexists(victim):
+                        os.unlink(victim)
+                        directories.add(os.path.dirname(victim))
+            shutil.rmtree(info)
+            # Deepest first: a package's __pycache__ before the package.
+            for emptied in sorted(directories, key=len, reverse=True):
+                directory = emptied
+                while (
+                    directory.startswith(site + os.sep)
+                    and os.path.isdir(directory)
+                    and not os.listdir(directory)
+                ):
+                    os.rmdir(directory)
+                    directory = os.path.dirname(directory)
+
+
 def build_venv(
     module: AnsibleModule, root: str, release_dir: str, python: str, manifest: dict
 ) -> str | None:
     """The release's virtualenv, offline from its wheelhouse. When a release kept here has the
     same dependencies, its virtualenv is the seed and only the application's own wheel is
-    installed into it (measured on a lab clone: about 2 s instead of about 14). Returns the
+    installed into it (measured on a lab clone: about 2 s instead of about 14; installer instead
+    of pip: 0.1 s instead of 0.4-0.5 s). Returns the
     seed."""
     venv = os.path.join(release_dir, VENV)
     requirement = str(manifest["requirement"])
     shutil.rmtree(venv, ignore_errors=True)
     seed = seed_release(root, os.path.basename(release_dir), manifest)
+    wheelhouse = os.path.join(release_dir, "wheelhouse")
     install = [
         os.path.join(venv, "bin", "python"), "-m", "pip", "install", "--no-index",
-        f"--find-links={os.path.join(release_dir, 'wheelhouse')}", "--only-binary=:all:",
+        f"--find-links={wheelhouse}", "--only-binary=:all:",
         "--no-cache-dir", "--disable-pip-version-check", "--no-input",
         "--root-user-action=ignore",
     ]  # fmt: skip
+    # PIP_CONFIG_FILE=/dev/null: no pip.conf of the node (an index, a proxy) takes part.
+    env = {"PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INDEX": "1"}
+    project = requirement.partition("==")[0]
+    installer, own = _wheels(wheelhouse, "installer"), _wheels(wheelhouse, project)
     if seed:
         seed_venv(module, root, seed, release_dir)
+    if seed and len(installer) == 1 and len(own) == 1:
+        # The application's own wheel only, its previous version removed first (installer
+        # never writes over a file: the seed's hard-linked files stay as they are).
+        uninstall(module, venv, project)
+        steps = [[os.path.join(venv, "bin", "python"), "-m", "installer",
+                  "--compile-bytecode", "0", own[0]]]  # fmt: skip
+        env = {"PYTHONPATH": installer[0]}
+    elif seed:
         steps = [[*install, "--no-deps", "--force-reinstall", requirement]]
     else:
         steps = [[python, "-m", "venv", "--clear", venv], [*install, requirement]]
-    # PIP_CONFIG_FILE=/dev/null: no pip.conf of the node (an index, a proxy) takes part.
-    env = {"PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INDEX": "1"}
     for argv in steps:
         rc, out, err = module.run_command(argv, environ_update=env)
         if rc != 0:
