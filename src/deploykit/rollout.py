@@ -178,6 +178,15 @@ def plan_batches(hosts: Sequence[str], batch: str, *, canary: bool = True) -> li
     return batches
 
 
+def lacking(status: StatusReport, release: str) -> list[str]:
+    """The app clones and workers whose survey lists no kept ``release``: the stage sends them
+    the artifact without asking first (one module run fewer each). A balancer's kept releases
+    are not surveyed: it is asked."""
+    return sorted(
+        {n.host for n in status.nodes if n.role in ("app", "worker") and release not in n.releases}
+    )
+
+
 def previous_release(
     live: str, history: Sequence[Mapping[str, Any]], kept: Sequence[str]
 ) -> str | None:
@@ -1168,6 +1177,7 @@ class Rollouts:
             live = sorted({n.current for n in status.of("app") if n.current})
             stage = {
                 "rollout_artifact": str(artifact.resolve()),
+                "rollout_upload_to": lacking(status, release),
                 "rollout_live_releases": live,
                 "rollout_configuration_code": configuration_code,
             }

@@ -21,6 +21,7 @@ from deploykit.rollout import (
     StatusReport,
     app_from_history,
     is_settled,
+    lacking,
     parse_batch,
     plan_batches,
     previous_release,
@@ -93,6 +94,17 @@ def _nodes(
         "worker1": {"groups": ["worker"], "worker": _survey("worker", "r2")},
         "lb1": {"groups": ["lb"], "lb": {"servers": servers}, "static": "r2"},
     }
+
+
+def test_the_artifact_goes_without_asking_to_the_clones_and_workers_that_lack_the_release() -> None:
+    nodes = _nodes()
+    nodes["app2"]["app"]["releases"] = ["r1"]
+    report = status_from_survey("shop", nodes)
+    # app1 and worker1 keep r1 and r2, app2 only r1; the balancer's kept releases are not
+    # surveyed: the stage asks it.
+    assert lacking(report, "r2") == ["app2"]
+    assert lacking(report, "r3") == ["app1", "app2", "worker1"]
+    assert lacking(report, "r1") == []
 
 
 def test_one_release_everywhere_is_no_drift() -> None:

@@ -1,5 +1,6 @@
 """The controller's half of deploykit.fleet.stage: read the artifact's manifest here, upload the
-artifact only to a node that does not have the release yet, then run the module there."""
+artifact only to a node that does not have the release yet (asked first, unless the task says it
+lacks it), then run the module there."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import tarfile
 from typing import Any
 
 from ansible.errors import AnsibleActionFail
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
@@ -39,12 +41,16 @@ def read_manifest(artifact: str) -> dict[str, Any]:
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = True
-    _VALID_ARGS = frozenset(("artifact", "app_root", "venv", "python", "keep", "configuration"))
+    _VALID_ARGS = frozenset(
+        ("artifact", "upload", "app_root", "venv", "python", "keep", "configuration")
+    )
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result = super().run(tmp, task_vars)
         args = dict(self._task.args)
         artifact = os.path.realpath(os.path.expanduser(str(args.pop("artifact", ""))))
+        # The controller's survey says the node lacks the release: upload without asking first.
+        upload = boolean(args.pop("upload", False), strict=True)
         try:
             manifest = read_manifest(artifact)
         except ReleaseProblem as error:
@@ -55,7 +61,11 @@ class ActionModule(ActionBase):
             "release_id": manifest["release_id"],
             "checksum": manifest["checksum"],
         }
-        answer = self._execute_module(MODULE, module_args=module_args, task_vars=task_vars)
+        answer = (
+            {"needs_artifact": True}
+            if upload
+            else self._execute_module(MODULE, module_args=module_args, task_vars=task_vars)
+        )
         if answer.get("needs_artifact") and not answer.get("failed"):
             tmpdir = self._make_tmp_path()
             try:

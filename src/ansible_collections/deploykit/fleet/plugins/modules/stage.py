@@ -26,6 +26,13 @@ description:
     comes first.
 options:
   artifact: {description: The artifact on the controller (deploykit build's .tar.gz)., type: path, required: true}
+  upload:
+    description:
+      - The node is known to lack the release (the controller's survey): upload the artifact
+        without asking the node first. A node that has it after all keeps its copy (checked file
+        by file) and the upload is discarded.
+    type: bool
+    default: false
   app_root: {description: Where the application lives; empty for /srv/<name>., type: str, default: ""}
   venv: {description: Build the release's virtualenv (false on the balancers, which run no app code)., type: bool, default: true}
   python: {description: The interpreter the virtualenv is made from., type: path, default: /usr/bin/python3}
