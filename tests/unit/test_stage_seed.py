@@ -11,6 +11,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from ansible_collections.deploykit.fleet.plugins.modules import stage
 from deploykit import release
 
@@ -91,14 +93,17 @@ def app_wheel(directory: Path, version: str, modules: dict[str, str]) -> Path:
     return path
 
 
-def release_of(root: Path, version: str, modules: dict[str, str], installer: Path) -> Path:
-    """A kept release of orders VERSION: its wheelhouse (its own wheel and installer's, no
-    dependency) and its manifest."""
+def release_of(root: Path, version: str, modules: dict[str, str], installer: Path | None) -> Path:
+    """A kept release of orders VERSION: its wheelhouse (its own wheel and installer's when
+    given, no dependency) and its manifest."""
     directory = root / "releases" / version
     (directory / "wheelhouse").mkdir(parents=True)
     app_wheel(directory / "wheelhouse", version, modules)
-    shutil.copy(installer, directory / "wheelhouse")
-    data = manifest(f"orders=={version}", {installer.name: "i" * 64})
+    tools = {}
+    if installer is not None:
+        shutil.copy(installer, directory / "wheelhouse")
+        tools = {installer.name: "i" * 64}
+    data = manifest(f"orders=={version}", tools)
     (directory / "manifest.json").write_text(json.dumps(data))
     return directory
 
@@ -111,17 +116,22 @@ def run_python(venv: Path, code: str) -> str:
     return proc.stdout.strip()
 
 
-def test_a_seeded_venv_gets_the_new_wheel_by_installer_and_keeps_nothing_of_the_old(
-    tmp_path: Path,
+@pytest.mark.parametrize("tool", ["installer", "pip"])
+def test_a_seeded_venv_gets_the_new_wheel_and_keeps_nothing_of_the_old(
+    tmp_path: Path, tool: str
 ) -> None:
-    wheels = tmp_path / "installer"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(wheels),
-         release.STAGE_INSTALLER],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    (installer,) = wheels.glob("installer-*.whl")
+    # installer when the wheelhouse has it (what deploykit build makes); pip for a release built
+    # before the build shipped installer.
+    installer = None
+    if tool == "installer":
+        wheels = tmp_path / "installer"
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(wheels),
+             release.STAGE_INSTALLER],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        (installer,) = wheels.glob("installer-*.whl")
     root = tmp_path / "srv"
     old = {"__init__": "def report():\n    print('one')\n", "dropped": "GONE = 1\n"}
     first = release_of(root, "1.0", old, installer)
@@ -145,6 +155,8 @@ def test_a_seeded_venv_gets_the_new_wheel_by_installer_and_keeps_nothing_of_the_
     assert [p.name for p in site.glob("orders-*.dist-info")] == ["orders-2.0.dist-info"]
     # installer ran from its wheel: it is not a package of the release.
     assert run_python(venv, "import importlib.util as u; print(u.find_spec('installer'))") == "None"
+    by_pip = list(site.glob("orders-*.dist-info/INSTALLER"))
+    assert [p.read_text().strip() for p in by_pip] == (["pip"] if tool == "pip" else [])
     script = venv / "bin" / "orders-report"
     assert script.read_text().splitlines()[0] == f"#!{venv / 'bin' / 'python'}"
     assert subprocess.run([script], capture_output=True, text=True, check=True).stdout == "two\n"
