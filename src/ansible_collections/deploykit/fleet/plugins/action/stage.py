@@ -50,7 +50,8 @@ class ActionModule(ActionBase):
         args = dict(self._task.args)
         artifact = os.path.realpath(os.path.expanduser(str(args.pop("artifact", ""))))
         # The controller's survey says the node lacks the release: upload without asking first.
-        upload = boolean(args.pop("upload", False), strict=True)
+        # (Never in check mode, where the module only reports what it would do.)
+        upload = boolean(args.pop("upload", False), strict=True) and not self._task.check_mode
         try:
             manifest = read_manifest(artifact)
         except ReleaseProblem as error:
