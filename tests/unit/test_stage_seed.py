@@ -37,9 +37,11 @@ def keep(root: Path, release: str, data: dict[str, object], *, complete: bool = 
 
 
 def test_the_applications_own_wheel_is_not_a_dependency() -> None:
-    wheels = {**DEPS, "my_app-1.0-py3-none-any.whl": "c" * 64}
-    assert stage.dependencies(manifest("my-app==1.0", wheels)) == {
-        f"wheelhouse/{name}": digest for name, digest in DEPS.items()
+    # A dependency whose name starts with the application's is still one.
+    deps = {**DEPS, "My.App_extras-2.0-py3-none-any.whl": "d" * 64}
+    wheels = {**deps, "my_app-1.0-py3-none-any.whl": "c" * 64}
+    assert stage.dependencies(manifest("My.App==1.0", wheels)) == {
+        f"wheelhouse/{name}": digest for name, digest in deps.items()
     }
 
 

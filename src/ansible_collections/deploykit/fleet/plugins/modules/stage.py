@@ -128,14 +128,20 @@ def remove_later(module: AnsibleModule, path: str) -> None:
         shutil.rmtree(target, ignore_errors=True)
 
 
+def _canonical(name: str) -> str:
+    """A distribution's name as wheel file names spell it (PEP 427/503): lower case, runs of
+    '-', '_' and '.' as one '_'."""
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
 def dependencies(manifest: dict) -> dict[str, str]:
     """{wheel: sha256} of the wheelhouse without the application's own wheel."""
     project = re.split(r"[=<>!~ ;\[]", str(manifest.get("requirement") or ""), maxsplit=1)[0]
-    own = re.sub(r"[-_.]+", "_", project).lower() + "-"
     return {
         name: digest
         for name, digest in (manifest.get("files") or {}).items()
-        if name.startswith("wheelhouse/") and not os.path.basename(name).lower().startswith(own)
+        if name.startswith("wheelhouse/")
+        and _canonical(os.path.basename(name).split("-")[0]) != _canonical(project)
     }
 
 
@@ -187,10 +193,6 @@ def seed_venv(module: AnsibleModule, root: str, seed: str, release_dir: str) -> 
                 handle.write(content.replace(old.encode(), new.encode()))
             shutil.copymode(path, partial)
             os.replace(partial, path)
-
-
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "_", name).lower()
 
 
 def _wheels(wheelhouse: str, project: str) -> list[str]:
