@@ -604,7 +604,7 @@ def test_a_broken_argument_spec_is_a_problem(tmp_path: Path, roles_dir: Path) ->
         "role 'queue': cannot read meta/argument_specs.yml (expected the node content, but "
         "found '<stream end>' at line 2, column 1); fix its YAML syntax"
     ] or problems == [
-        # PyYAML without its C extension words the same error differently.
+        # libyaml (PyYAML's C extension, used when it is there) words the same error so.
         "role 'queue': cannot read meta/argument_specs.yml (did not find expected node "
         "content at line 2, column 1); fix its YAML syntax"
     ]
