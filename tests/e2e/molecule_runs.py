@@ -5,9 +5,9 @@ testinfra verify, destroy, on containers and a network of its own (fixed subnets
 never the lab's). The pool starts once pytest has collected the run (conftest.py), before the
 first unit test: the unit and e2e tests leave about half of this 2-core machine idle (one process;
 the e2e tests wait on deploys, health gates and load at a fixed rate: vmstat during CI,
-2026-12-05), and one scenario at a time fills that, at a lower CPU priority (its Ansible niced, its hosts
-with a lower CPU weight than the lab's: CPU_SHARES). When every other test
-has run and test_molecule.py's tests start waiting for their results, the pool widens to JOBS.
+2026-12-05), and one scenario at a time fills that, at a lower CPU priority (its Ansible
+niced, its hosts with a lower CPU weight than the lab's: CPU_SHARES). When every other test has
+run and test_molecule.py's tests start waiting for their results, the pool widens to JOBS.
 The benches run before test_molecule.py's tests, with a scenario beside them (conftest.py orders
 them): CI checks what they do; their figures worth quoting come from a quiet machine.
 
