@@ -36,10 +36,11 @@ from deploykit.project import project_root
 ROOT = project_root()
 SCENARIOS = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
 
-# Two scenarios at a time once every other test has run, one beside them (0: none, the pool
-# waits for them). DEPLOYKIT_MOLECULE_JOBS=1 for a machine that is already busy.
+# Two scenarios at a time, beside the other tests too (their hosts yield the CPU to the lab's:
+# CPU_SHARES; DEPLOYKIT_MOLECULE_BESIDE=0: none beside, the pool waits for the other tests).
+# DEPLOYKIT_MOLECULE_JOBS=1 for a machine that is already busy.
 JOBS = max(1, int(os.environ.get("DEPLOYKIT_MOLECULE_JOBS", "2")))
-BESIDE = max(0, min(JOBS, int(os.environ.get("DEPLOYKIT_MOLECULE_BESIDE", "1"))))
+BESIDE = max(0, min(JOBS, int(os.environ.get("DEPLOYKIT_MOLECULE_BESIDE", "2"))))
 # Molecule's Ansible (the controller's side) yields the CPU to the e2e tests' deploys under load.
 NICENESS = 10
 # So do the scenarios' hosts (the modules' side, most of a scenario's CPU): a quarter of the CPU
