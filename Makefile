@@ -48,23 +48,23 @@ e2e: venv engine
 
 # The example application's own tests, against real Redis and PostgreSQL on loopback, in a
 # virtualenv of its own (its dependencies are the application's, not deploykit's).
-# SHOP_STAGE: the name its time is recorded under (make test runs it, the virtualenv too, beside
-# the other stages: scripts/stage-time leaves a stage named "... (beside)" out of the total).
-SHOP_STAGE ?= shop-test
 $(SHOP_VENV)/.installed: examples/shop/pyproject.toml
-	$(STAGE) "$(SHOP_STAGE)" $(PYTHON) -m venv $(SHOP_VENV)
-	$(STAGE) "$(SHOP_STAGE)" $(SHOP_VENV)/bin/pip install --quiet -e 'examples/shop[test]'
+	$(STAGE) shop-test $(PYTHON) -m venv $(SHOP_VENV)
+	$(STAGE) shop-test $(SHOP_VENV)/bin/pip install --quiet -e 'examples/shop[test]'
 	touch $@
 
+# SHOP_STAGE: the name its time is recorded under (make test runs it beside the other stages:
+# scripts/stage-time leaves a stage named "... (beside)" out of the total).
+SHOP_STAGE ?= shop-test
 shop-test: $(SHOP_VENV)/.installed
 	$(STAGE) "$(SHOP_STAGE)" examples/shop/scripts/test-services
 	$(STAGE) "$(SHOP_STAGE)" env SHOP_REQUIRE_SERVICES=1 $(SHOP_VENV)/bin/pytest examples/shop
 
 # lint, then pytest (unit tests, molecule scenarios, e2e, benches), with the shop's own tests
-# beside them, their virtualenv first: they mostly wait (a Sentinel failover, processes starting:
-# 12 % of the two cores over 80 s in CI), so they cost the run no time there. Their output comes
-# once they are done, after pytest's; a failure of either fails the run (scripts/beside).
-test: venv engine
+# beside them: they mostly wait (a Sentinel failover, processes starting: 12 % of the two cores
+# over 80 s in CI), so they cost the run no time there. Their output comes once they are done,
+# after pytest's; a failure of either fails the run (scripts/beside).
+test: venv engine $(SHOP_VENV)/.installed
 	scripts/beside "the shop's own tests" \
 	  $(MAKE) --no-print-directory shop-test "SHOP_STAGE=shop-test (beside)" -- \
 	  sh -c '$(MAKE) --no-print-directory lint && $(STAGE) pytest $(BIN)/pytest'

@@ -15,10 +15,6 @@ CI machine that was the costliest part of a scenario after the role itself (the 
 with nothing to destroy). The driver stays `docker`: Ansible still reaches the hosts with
 `docker exec`, and `molecule login` works as before.
 
-DEPLOYKIT_MOLECULE_CPU_SHARES (when set): the hosts' CPU weight against the other containers
-(Docker's default 1024). The test run sets it lower for the scenarios it runs beside the lab's
-tests (tests/e2e/molecule_runs.py), so that the lab's hosts have the CPU first.
-
 Prints one JSON line: {"changed": bool, "created": [...], "removed": [...]}.
 """
 
@@ -26,9 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 from docker.errors import NotFound
@@ -39,17 +33,6 @@ from deploykit.lab import docker_client, start_systemd_container, wait_booted
 
 LABELS = {"owner": "molecule"}
 BOOT_TIMEOUT = 120.0
-CPU_SHARES = "DEPLOYKIT_MOLECULE_CPU_SHARES"
-
-
-def cpu_shares(environ: Mapping[str, str]) -> int | None:
-    """The hosts' CPU weight from the environment, None for Docker's default."""
-    value = environ.get(CPU_SHARES, "").strip()
-    if not value:
-        return None
-    if not value.isdigit() or not 2 <= int(value) <= 262144:
-        raise LabError(f"{CPU_SHARES}={value!r}: a CPU weight is a whole number, 2 to 262144")
-    return int(value)
 
 
 def _networks(platforms: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
@@ -69,7 +52,6 @@ def _address(platform: dict[str, Any]) -> tuple[str, str]:
 
 def create(client: Any, platforms: list[dict[str, Any]]) -> dict[str, Any]:
     created: list[str] = []
-    shares = cpu_shares(os.environ)
     for name, ipam in _networks(platforms).items():
         try:
             existing = client.networks.get(name)
@@ -108,7 +90,6 @@ def create(client: Any, platforms: list[dict[str, Any]]) -> dict[str, Any]:
             address=address,
             labels=LABELS,
             restart=False,
-            cpu_shares=shares,
         )
         created.append(name)
     for platform in platforms:

@@ -783,13 +783,10 @@ def start_systemd_container(
     address: str,
     labels: dict[str, str],
     restart: bool = True,
-    cpu_shares: int | None = None,
 ) -> None:
     """A lab host: the base image booting systemd as PID 1, with explicit capabilities (no
     --privileged), at a fixed ADDRESS on NETWORK. The molecule scenarios' hosts are made here too
-    (molecule/resources/instances.py), so a role is tested on the host the lab runs it on.
-    CPU_SHARES: the host's CPU weight against the other containers when the CPU is contended
-    (Docker's default 1024), e.g. lower for a scenario's hosts beside the lab's."""
+    (molecule/resources/instances.py), so a role is tested on the host the lab runs it on."""
     api = client.api
     host_config = api.create_host_config(
         cap_add=_CAPABILITIES,
@@ -797,7 +794,6 @@ def start_systemd_container(
         binds={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
         tmpfs=_TMPFS,
         restart_policy={"Name": "unless-stopped"} if restart else None,
-        cpu_shares=cpu_shares,
     )
     networking = api.create_networking_config(
         {network: api.create_endpoint_config(ipv4_address=address)}

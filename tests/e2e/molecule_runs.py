@@ -5,9 +5,8 @@ testinfra verify, destroy, on containers and a network of its own (fixed subnets
 never the lab's). The pool starts once pytest has collected the run (conftest.py), before the
 first unit test: the unit and e2e tests leave about half of this 2-core machine idle (one process;
 the e2e tests wait on deploys, health gates and load at a fixed rate: vmstat during CI,
-2026-12-05), and one scenario at a time fills that, at a lower CPU priority (its Ansible
-niced, its hosts with a lower CPU weight than the lab's: CPU_SHARES). When every other test has
-run and test_molecule.py's tests start waiting for their results, the pool widens to JOBS.
+2026-12-05), and one scenario at a time fills that, at a lower CPU priority. When every other test
+has run and test_molecule.py's tests start waiting for their results, the pool widens to JOBS.
 The benches run before test_molecule.py's tests, with a scenario beside them (conftest.py orders
 them): CI checks what they do; their figures worth quoting come from a quiet machine.
 
@@ -36,17 +35,12 @@ from deploykit.project import project_root
 ROOT = project_root()
 SCENARIOS = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
 
-# Two scenarios at a time, beside the other tests too (their hosts yield the CPU to the lab's:
-# CPU_SHARES; DEPLOYKIT_MOLECULE_BESIDE=0: none beside, the pool waits for the other tests).
-# DEPLOYKIT_MOLECULE_JOBS=1 for a machine that is already busy.
+# Two scenarios at a time once every other test has run, one beside them (0: none, the pool
+# waits for them). DEPLOYKIT_MOLECULE_JOBS=1 for a machine that is already busy.
 JOBS = max(1, int(os.environ.get("DEPLOYKIT_MOLECULE_JOBS", "2")))
-BESIDE = max(0, min(JOBS, int(os.environ.get("DEPLOYKIT_MOLECULE_BESIDE", "2"))))
+BESIDE = max(0, min(JOBS, int(os.environ.get("DEPLOYKIT_MOLECULE_BESIDE", "1"))))
 # Molecule's Ansible (the controller's side) yields the CPU to the e2e tests' deploys under load.
 NICENESS = 10
-# So do the scenarios' hosts (the modules' side, most of a scenario's CPU): a quarter of the CPU
-# weight of the lab's containers (Docker's default, 1024) when both want it. A shop deploy beside
-# the rabbitmq scenario took 38-46 s with equal weights, 27-30 s with this (2026-12-06).
-CPU_SHARES = 256
 # The longest first, so that the queues end together (the CI rehearsal of 7bfba99, 2026-12-05).
 LONGEST_FIRST = (
     "rabbitmq", "haproxy", "app", "redis", "postgresql", "static", "worker", "mongodb", "common",
@@ -68,7 +62,6 @@ def run_scenario(scenario: str, report: Path) -> subprocess.CompletedProcess[str
         **os.environ,
         "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTEST_ADDOPTS": addopts,
-        "DEPLOYKIT_MOLECULE_CPU_SHARES": str(CPU_SHARES),
     }
     started = time.monotonic()
     try:

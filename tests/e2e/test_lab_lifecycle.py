@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 
-import molecule_runs as molecule_scenarios
 import pytest
 import yaml
 from docker.types import IPAMConfig, IPAMPool
@@ -115,46 +113,3 @@ def test_lab_down_leaves_nothing_behind(lab_up: lab.LabUpResult) -> None:
     # A second `down` is safe and says there was nothing to do.
     again = run(*DEPLOYKIT, "lab", "down")
     assert "nothing to remove" in again.stderr
-
-
-def test_a_scenario_host_has_the_cpu_weight_the_test_run_gives_it(
-    lab_up: lab.LabUpResult, lab_image: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """molecule/resources/instances.py makes a scenario's hosts with the CPU weight the test run
-    gives them beside the lab (tests/e2e/molecule_runs.py): a real host, booted, then removed."""
-    spec = importlib.util.spec_from_file_location(
-        "instances", ROOT / "molecule" / "resources" / "instances.py"
-    )
-    assert spec and spec.loader
-    instances = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(instances)
-    platforms = [
-        {
-            "name": "deploykit-test-weight",
-            "image": lab_image,
-            "docker_networks": [
-                {
-                    "name": "deploykit-test-weight",
-                    "ipam_config": [{"subnet": "172.30.97.0/28", "gateway": "172.30.97.1"}],
-                }
-            ],
-            "networks": [{"name": "deploykit-test-weight", "ipv4_address": "172.30.97.2"}],
-        }
-    ]
-    client = lab.docker_client()
-    monkeypatch.setenv("DEPLOYKIT_MOLECULE_CPU_SHARES", str(molecule_scenarios.CPU_SHARES))
-    try:
-        assert instances.create(client, platforms)["created"] == [
-            "network deploykit-test-weight",
-            "deploykit-test-weight",
-        ]
-        host = client.containers.get("deploykit-test-weight")
-        assert host.attrs["HostConfig"]["CpuShares"] == molecule_scenarios.CPU_SHARES < 1024
-    finally:
-        removed = instances.destroy(client, platforms)["removed"]
-    assert removed == ["deploykit-test-weight", "network deploykit-test-weight"]
-    # The lab's own hosts keep Docker's default weight.
-    assert {
-        client.containers.get(f"deploykit-lab-{h}").attrs["HostConfig"]["CpuShares"]
-        for h in ("lb1", "app1")
-    } <= {0, 1024}

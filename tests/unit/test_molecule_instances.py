@@ -61,17 +61,3 @@ def test_each_host_has_a_fixed_address_in_a_network_of_its_scenario(path: Path) 
 def test_a_wrong_call_prints_the_usage_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert instances().main(["frobnicate", "[]"]) == 2
     assert "usage: instances.py create|destroy" in capsys.readouterr().err
-
-
-def test_the_hosts_cpu_weight_comes_from_the_environment() -> None:
-    module = instances()
-    assert module.cpu_shares({}) is None
-    assert module.cpu_shares({module.CPU_SHARES: " "}) is None
-    assert module.cpu_shares({module.CPU_SHARES: "256"}) == 256
-
-
-@pytest.mark.parametrize("value", ["quarter", "-5", "1", "262145", "2.5"])
-def test_a_cpu_weight_docker_would_refuse_is_refused_naming_the_variable(value: str) -> None:
-    module = instances()
-    with pytest.raises(module.LabError, match=f"DEPLOYKIT_MOLECULE_CPU_SHARES={value!r}"):
-        module.cpu_shares({module.CPU_SHARES: value})
