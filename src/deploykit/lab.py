@@ -505,7 +505,7 @@ ENGINE_HINT = (
 
 def docker_sdk() -> Any:
     """The Docker SDK (docker, docker.errors, docker.types), imported on first use: the commands
-    that do not touch the lab start without it (a tenth of a second of every `deploykit deploy`)."""
+    that do not touch the lab start without it (0.04 s of each one's start, on a quiet machine)."""
     import docker  # noqa: PLC0415
     import docker.errors  # noqa: PLC0415
     import docker.types  # noqa: PLC0415
