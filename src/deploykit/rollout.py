@@ -593,6 +593,20 @@ class Rollouts:
             )
         return next(iter(layout.app_names), None)
 
+    def _app_named_by(self, result: runner.RunResult, layout: inventory.Layout) -> str:
+        """The application the history names last in a run that read it on every balancer
+        (status.yml): the first balancer, in the group's order, that answered."""
+        answers = {
+            answer.host: answer.res["ledger"]
+            for answer in result.results_of("ledger")
+            if answer.ok and isinstance(answer.res.get("ledger"), Mapping)
+        }
+        first = next((answers[h] for h in layout.groups["lb"] if h in answers), None)
+        if first is None:
+            _, _, message = self._failure(result)
+            raise DeploykitError(f"could not read the deploy ledger: {message}")
+        return self._learned_app(first.get("app"))
+
     @staticmethod
     def _learned_app(served: object) -> str:
         """The application the history names, or BadInput when it names none."""
@@ -1351,13 +1365,23 @@ class Rollouts:
         return self._app_name(self._check_inventory(), app_name)
 
     def status(self, *, app_name: str | None = None) -> StatusReport:
+        """Every node's survey, and each shared-service tier's state, in one run. Without an
+        application named (``app_name``, the inventory's deploykit_app_name), the one the
+        history names last, learned in the same run."""
         layout = self._check_inventory()
-        return self._surveyed(self._app_name(layout, app_name), tiers=True)
+        return self._surveyed(self._named_app(layout, app_name), tiers=True, layout=layout)
 
-    def _surveyed(self, app: str, *, tiers: bool = False) -> StatusReport:
+    def _surveyed(
+        self, app: str | None, *, tiers: bool = False, layout: inventory.Layout | None = None
+    ) -> StatusReport:
         """Every node's survey for ``app`` (status.yml: read-only, no lock); with ``tiers``, each
-        shared-service tier's state too."""
-        result = self._run("status.yml", {"rollout_app": app, "rollout_tiers": tiers})
+        shared-service tier's state too. ``app`` None: the application the history names last,
+        on the first balancer of ``layout`` that answers (BadInput when it names none)."""
+        extravars: dict[str, Any] = {"rollout_tiers": tiers}
+        extravars.update({"rollout_app": app} if app else {"rollout_app_from_history": True})
+        result = self._run("status.yml", extravars)
+        if app is None:
+            app = self._app_named_by(result, layout or self._check_inventory())
         nodes = self._survey(result)
         if not result.ok and not nodes:
             _, _, message = self._failure(result)

@@ -12,7 +12,8 @@ import pytest
 
 from ansible_collections.deploykit.fleet.plugins.module_utils import ledger
 from ansible_collections.deploykit.fleet.plugins.modules.ledger import finish_settled
-from deploykit.errors import BadInput
+from deploykit.errors import BadInput, DeploykitError
+from deploykit.inventory import Layout
 from deploykit.rollout import (
     ForeignApplication,
     NodeOutcome,
@@ -28,6 +29,7 @@ from deploykit.rollout import (
     status_from_survey,
     unreachable_hint,
 )
+from deploykit.runner import ModuleResult, RunResult, TaskFailure
 
 ROOT = Path(__file__).resolve().parents[2]
 CLONES = [f"app{n}" for n in range(1, 7)]
@@ -431,3 +433,45 @@ def test_a_refusal_for_unreachable_hosts_says_how_to_go_on() -> None:
     assert "take lb1 out of the inventory" in hint
     assert "deploykit rollback again" in hint
     assert "deploykit provision" in hint
+
+
+# --- the application deploykit status learns from the history, in its one run ---------------------
+
+TWO_BALANCERS = Layout(groups={"lb": ["lb1", "lb2"], "app": ["app1"]}, app_names=frozenset())
+
+
+def _history_run(answers: dict[str, dict[str, Any] | None], unreachable: list[str]) -> RunResult:
+    """status.yml's run as the controller reads it: each balancer's "history show" answer (None:
+    the balancer answered nothing), the balancers that could not be reached."""
+    results = [
+        ModuleResult(host=host, action="deploykit.fleet.ledger", ok=True, res={"ledger": answer})
+        for host, answer in answers.items()
+        if answer is not None
+    ]
+    failures = [
+        TaskFailure(host=host, task="Read the history's last records", message="ssh: timed out",
+                    unreachable=True)
+        for host in unreachable
+    ]  # fmt: skip
+    return RunResult(status="failed" if failures else "successful", rc=4 if failures else 0,
+                     recap={}, failures=failures, artifacts_dir=None, results=results)  # fmt: skip
+
+
+def test_status_learns_the_application_from_the_first_balancer_that_answered(
+    tmp_path: Path,
+) -> None:
+    rollouts, _ = _rollouts(tmp_path)
+    both = _history_run({"lb2": {"app": "notes"}, "lb1": {"app": "shop"}}, [])
+    assert rollouts._app_named_by(both, TWO_BALANCERS) == "shop"  # the group's order, not the run's
+    first_down = _history_run({"lb2": {"app": "notes"}}, ["lb1"])
+    assert rollouts._app_named_by(first_down, TWO_BALANCERS) == "notes"
+
+
+def test_status_names_why_it_learned_no_application(tmp_path: Path) -> None:
+    rollouts, _ = _rollouts(tmp_path)
+    with pytest.raises(BadInput, match="which application"):
+        rollouts._app_named_by(
+            _history_run({"lb1": {"app": None, "records": []}}, []), TWO_BALANCERS
+        )
+    with pytest.raises(DeploykitError, match=r"could not read the deploy ledger: .*unreachable"):
+        rollouts._app_named_by(_history_run({}, ["lb1", "lb2"]), TWO_BALANCERS)

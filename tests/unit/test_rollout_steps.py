@@ -25,7 +25,14 @@ def fleet_tasks(playbook: str) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def test_every_module_the_rollout_uses_is_a_known_step() -> None:
-    for playbook in ("begin.yml", "status.yml", "stage.yml", "roll.yml", "finish.yml"):
+    for playbook in (
+        "begin.yml",
+        "status.yml",
+        "survey.yml",
+        "stage.yml",
+        "roll.yml",
+        "finish.yml",
+    ):
         for _, module, _ in fleet_tasks(playbook):
             assert module in rollout.STEP_OF, f"{playbook}: {module} has no step"
 
