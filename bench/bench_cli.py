@@ -7,7 +7,9 @@ every bench alike.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +43,27 @@ class Out:
         print(line, file=self.stream, flush=True)
 
 
+def machine_yardstick() -> dict[str, float]:
+    """This machine's speed when the bench starts: a fixed pure-Python workload (the best of
+    three runs, in seconds) and the load average of the last minute. The same code measured on
+    this workplace's machines on different days differed by half (2026-12-06: every rollout
+    step 1.45x the day before's, the workload 0.26 s); a figure is compared with another beside
+    the yardstick each was measured with."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        sum(i * i for i in range(2_000_000))
+        best = min(best, time.perf_counter() - started)
+    return {"workload_seconds": round(best, 3), "load_1min": round(os.getloadavg()[0], 2)}
+
+
+def describe_yardstick(yardstick: dict[str, float]) -> str:
+    return (
+        f"machine: the yardstick workload in {yardstick['workload_seconds']:.3f} s (best of 3), "
+        f"load average {yardstick['load_1min']:.2f}"
+    )
+
+
 def run_bench(
     name: str,
     json_mode: bool,
@@ -50,12 +73,15 @@ def run_bench(
 ) -> int:
     """``run(say, emit)``'s exit code. A NotRunnable or a DeploykitError ends the bench with
     "NAME: cannot run: ..." for people and {"error", "exit_code"} as the JSON; the exit code is
-    ``cannot_run_exit``, or the error's own when that is None. Ctrl-C ends it with 130."""
+    ``cannot_run_exit``, or the error's own when that is None. Ctrl-C ends it with 130. The
+    machine's yardstick (:func:`machine_yardstick`) heads the report and is in the JSON."""
     say = Out(json_mode)
+    yardstick = machine_yardstick()
+    say(describe_yardstick(yardstick))
 
     def emit(data: dict[str, Any]) -> None:
         if json_mode:
-            print(json.dumps(data, indent=2), flush=True)
+            print(json.dumps({**data, "machine": yardstick}, indent=2), flush=True)
 
     try:
         return run(say, emit)

@@ -37,6 +37,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench_cli import describe_yardstick, machine_yardstick
+
 from deploykit import lab
 from deploykit.project import project_root
 
@@ -128,6 +130,8 @@ def main() -> int:
     if not any("lb" in h.groups for h in hosts):
         print("fleet_speed: the lab is not up: run `deploykit up` first", file=sys.stderr)
         return 2
+    yardstick = machine_yardstick()
+    print(describe_yardstick(yardstick))
     results: list[Figures] = []
     if args.short:
         clones = sum(1 for h in hosts if "app" in h.groups)
@@ -135,7 +139,7 @@ def main() -> int:
             for settings, env in (("project", {}), ("defaults", ANSIBLE_DEFAULTS)):
                 # Not in full: tests/e2e/test_provision.py runs one (CI's durations show it).
                 results.append(measure(clones, settings, env, Path(tmp), deploy=False, full=False))
-        return report(results, json_output=args.json)
+        return report(results, json_output=args.json, yardstick=yardstick)
     sizes = [int(n) for n in args.clones.split(",")]
     with tempfile.TemporaryDirectory(prefix="deploykit-fleet-") as tmp:
         out = Path(tmp)
@@ -151,14 +155,16 @@ def main() -> int:
             if not args.no_defaults:
                 results.append(measure(clones, "defaults", ANSIBLE_DEFAULTS, out, deploy=largest))
         resize(sizes[0])
-    return report(results, json_output=args.json)
+    return report(results, json_output=args.json, yardstick=yardstick)
 
 
-def report(results: list[Figures], *, json_output: bool) -> int:
+def report(
+    results: list[Figures], *, json_output: bool, yardstick: dict[str, float] | None = None
+) -> int:
     ours = {f.clones: f for f in results if f.settings == "project"}
     theirs = {f.clones: f for f in results if f.settings == "defaults"}
     small, large = min(ours), max(ours)
-    summary: dict[str, object] = {"runs": [asdict(f) for f in results]}
+    summary: dict[str, object] = {"runs": [asdict(f) for f in results], "machine": yardstick}
     for what in ("noop_site", "deploy"):
         a, b = getattr(ours[small], what), getattr(ours[large], what)
         if large != small and a and b:

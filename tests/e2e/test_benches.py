@@ -41,6 +41,8 @@ def run_bench(capsys: pytest.CaptureFixture[str], script: str, timeout: float) -
     text = proc.stdout.strip()
     start = text.rfind("\n{") + 1 if not text.startswith("{") else 0
     summary: dict[str, Any] = json.loads(text[start:])
+    # Every report carries the machine's yardstick, to compare its figures with another day's.
+    assert summary["machine"]["workload_seconds"] > 0, summary.get("machine")
     return summary
 
 
