@@ -595,7 +595,8 @@ class Rollouts:
 
     def _app_named_by(self, result: runner.RunResult, layout: inventory.Layout) -> str:
         """The application the history names last in a run that read it on every balancer
-        (status.yml): the first balancer, in the group's order, that answered."""
+        (learn.yml, in status.yml and bake.yml): the first balancer, in the group's order, that
+        answered."""
         answers = {
             answer.host: answer.res["ledger"]
             for answer in result.results_of("ledger")
@@ -1464,13 +1465,15 @@ class Rollouts:
         (why the bake run now failed, or None)}."""
         layout = self._check_inventory()  # it has a worker: the inventory's rules require one
         workers = layout.groups["worker"]
-        app = self._app_name(layout, app_name)
-        extravars = {
-            "rollout_app": app,
+        app = self._named_app(layout, app_name)
+        extravars: dict[str, Any] = {
             "rollout_bake_now": now,
             "rollout_bake_timeout": max(1, math.ceil(timeout)),
         }
-        result = self._run("bake.yml", extravars, limit=workers[0])
+        extravars.update({"rollout_app": app} if app else {"rollout_app_from_history": True})
+        result = self._run("bake.yml", extravars)
+        if app is None:
+            self._app_named_by(result, layout)  # BadInput when the history names none
         answers = [r for r in result.results_of("bake") if r.host == workers[0]]
         if answers and (answers[0].ok or "record" in answers[0].res):
             res = answers[0].res
