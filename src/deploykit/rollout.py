@@ -37,7 +37,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -398,6 +398,11 @@ _SOME_HOSTS_STEPS = frozenset({"soak"})
 #: works stops within it (gunicorn with nothing in flight: about 0.5 s on the lab); one that hung
 #: ignores SIGTERM and is killed at it.
 RETURN_STOP_TIMEOUT = 2
+#: The stop bound of a clone whose switch failed (its new release never passed the health gate):
+#: that release never served a request and has no request to finish, and one that hangs ignores
+#: SIGTERM (gunicorn's master waits for workers stuck at import): it is killed half a second after
+#: SIGTERM, not two.
+NEVER_READY_STOP_TIMEOUT = 0.5
 #: The last step of a node's switch: a clone is back in service after ready; a worker after
 #: switch; a balancer after pages.
 _LAST_STEP = {"app": "ready", "worker": "switch", "lb": "pages"}
@@ -842,9 +847,12 @@ class Rollouts:
         returning: bool = False,
         canary: str | None = None,
         stage: Mapping[str, Any] | None = None,
+        never_ready: Iterable[str] = (),
     ) -> tuple[runner.RunResult, _Tracker]:
         """roll.yml on the targets; with ``stage`` (stage.yml's extra vars), deploy.yml: the
-        targets staged first, in the same run (one ansible-playbook start less per deploy)."""
+        targets staged first, in the same run (one ansible-playbook start less per deploy).
+        ``never_ready``: the clones of a return whose failed release never passed its health
+        gate (their stop bound is NEVER_READY_STOP_TIMEOUT)."""
         tracker = _Tracker(self.on_step, self._groups)
         hosts = sorted(targets)
         app, replaced = result.app, result.replaced
@@ -870,6 +878,9 @@ class Rollouts:
             # What runs on a returned clone failed or hung: it gets a short stop, then SIGKILL,
             # not the full graceful timeout (it serves nothing: drained, or never ready).
             extravars["rollout_stop_timeout"] = RETURN_STOP_TIMEOUT
+            extravars["rollout_stop_timeouts"] = dict.fromkeys(
+                sorted(set(never_ready) & set(targets)), NEVER_READY_STOP_TIMEOUT
+            )
         # The app play's batches follow the inventory order of the hosts in the run: the targets.
         if stage is None:
             run = self._run("roll.yml", extravars, limit=",".join(hosts), on_event=tracker)
@@ -1007,7 +1018,11 @@ class Rollouts:
         batches = plan_batches(
             [h for h in layout.groups.get("app", []) if h in back], batch, canary=False
         )
-        undo, tracker = self._roll(result, back, batches, returning=True)
+        # A clone that failed its switch never served the release it was switched to.
+        never_ready = {
+            o.host for o in result.nodes.values() if o.role == "app" and o.step == "switch"
+        }
+        undo, tracker = self._roll(result, back, batches, returning=True, never_ready=never_ready)
         self._record_steps(result, tracker, prefix="return ")
         for outcome in (o for o in result.nodes.values() if o.host in back):
             returned = tracker.done(outcome.host, outcome.role)

@@ -15,11 +15,14 @@ from ansible_collections.deploykit.fleet.plugins.modules.ledger import finish_se
 from deploykit.errors import BadInput, DeploykitError
 from deploykit.inventory import Layout
 from deploykit.rollout import (
+    NEVER_READY_STOP_TIMEOUT,
+    RETURN_STOP_TIMEOUT,
     ForeignApplication,
     NodeOutcome,
     RolloutResult,
     Rollouts,
     StatusReport,
+    _Tracker,
     app_from_history,
     is_settled,
     lacking,
@@ -475,3 +478,44 @@ def test_status_names_why_it_learned_no_application(tmp_path: Path) -> None:
         )
     with pytest.raises(DeploykitError, match=r"could not read the deploy ledger: .*unreachable"):
         rollouts._app_named_by(_history_run({}, ["lb1", "lb2"]), TWO_BALANCERS)
+
+
+# --- the return's stop bound ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("failed_step", "expected"),
+    [
+        # Its release never passed the health gate: nothing to finish, killed after 0.5 s.
+        ("switch", {"app2": NEVER_READY_STOP_TIMEOUT}),
+        # Its release answered the gate; drained: a graceful stop, within the return's bound.
+        ("ready", {}),
+    ],
+)
+def test_a_clone_whose_release_never_passed_its_gate_gets_the_shortest_stop_on_the_return(
+    tmp_path: Path, failed_step: str, expected: dict[str, float]
+) -> None:
+    rollouts, _ = _rollouts(tmp_path)
+    rollouts._groups = {"app1": ["app"], "app2": ["app"]}
+    seen: list[dict[str, Any]] = []
+
+    def fake_run(playbook: str, extravars: dict[str, Any], **_: Any) -> Any:
+        seen.append(dict(extravars))
+        return RunResult(status="successful", rc=0, recap={}, failures=[], artifacts_dir=None)
+
+    rollouts._run = fake_run  # type: ignore[method-assign]
+    result = RolloutResult(action="deploy", app="shop", release="r2", previous="r1")
+    for host in ("app1", "app2"):
+        result.nodes[f"{host}/app"] = NodeOutcome(host=host, role="app", before="r1", target="r2")
+    result.nodes["app2/app"].step = failed_step
+    failed = _Tracker(None, rollouts._groups)
+    failed.touched = {"app1", "app2"}
+    layout = Layout(groups={"app": ["app1", "app2"], "lb": ["lb1"]}, app_names=frozenset())
+    rollouts._return_touched(result, failed, layout, batch="1")
+    (returned,) = seen
+    assert returned["rollout_targets"] == {"app1": "r1", "app2": "r1"}
+    assert returned["rollout_stop_timeout"] == RETURN_STOP_TIMEOUT
+    assert returned["rollout_stop_timeouts"] == expected
+    # A deploy's own switch keeps each clone's full graceful stop.
+    rollouts._roll(result, {"app1": "r2"}, [["app1"]], never_ready={"app1"})
+    assert "rollout_stop_timeout" not in seen[-1] and "rollout_stop_timeouts" not in seen[-1]
