@@ -781,12 +781,23 @@ class Rollouts:
         return answer
 
     def _finish(self, result: RolloutResult) -> None:
-        # Renewals stop first: the release below is token-checked and serialized with them anyway.
-        self._stop_renewing()
-        finished = self._run(
-            "finish.yml",
-            {"rollout_record": result.record(), "rollout_token": result.holder.get("token", "")},
-        )
+        # No renewal starts from here on. One under way is not waited for before the release: the
+        # ledger serializes the two and checks the token, so either order leaves the lock free
+        # (a renewal after the release extends nothing); it is waited for after the finish run.
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None:
+            renewer.cancel()
+        try:
+            finished = self._run(
+                "finish.yml",
+                {
+                    "rollout_record": result.record(),
+                    "rollout_token": result.holder.get("token", ""),
+                },
+            )
+        finally:
+            if renewer is not None:
+                renewer.stop()
         if not finished.ok:
             _, _, message = self._failure(finished)
             self.log(
@@ -1602,6 +1613,11 @@ class LeaseRenewer:
 
     def start(self) -> None:
         self._thread.start()
+
+    def cancel(self) -> None:
+        """No renewal starts from now on; one under way ends by itself (its answer is ignored)
+        and :meth:`stop` waits for it."""
+        self._stop.set()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop renewing; a renewal under way is waited for up to ``timeout`` seconds."""

@@ -217,6 +217,51 @@ def test_the_lease_is_renewed_from_the_moment_the_lock_is_taken_until_finish(
     assert len(runs.played("ledger.yml")) == renewals
 
 
+def test_the_finish_does_not_wait_for_a_renewal_under_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A renewal that runs when the rollout ends would hold its finish (the record, the lock's
+    release) for its whole run: the finish runs beside it, then waits for it; none starts after."""
+    renewing, let_go = threading.Event(), threading.Event()
+    played: list[str] = []
+
+    def run(playbook: str, extravars: dict[str, Any], **_: Any) -> runner.RunResult:
+        played.append(playbook)
+        if playbook == "ledger.yml":
+            renewing.set()
+            let_go.wait(10)
+        answer = [ledger_result({"extended": True})] if playbook == "ledger.yml" else []
+        return runner.RunResult(status="successful", rc=0, recap={}, failures=[],
+                                artifacts_dir=None, results=answer)  # fmt: skip
+
+    made = Rollouts(ROOT, ROOT / "inventories" / "none.yml", log=[].append, lease=20)
+    monkeypatch.setattr(made, "_run", run)
+    made.renew_interval = 0.01
+    holder = made._holder("deploy", "r2")
+    taken = ledger_result({"acquired": True, "holder": holder})
+    made._on_lock_event(
+        {
+            "event": "runner_on_ok",
+            "event_data": {"resolved_action": taken.action, "res": taken.res},
+        },
+        holder["token"],
+    )
+    renewer = made._renewer
+    assert renewer is not None and renewing.wait(5)
+    result = RolloutResult(action="deploy", app="shop", release="r2", previous="r1", holder=holder)
+    finishing = threading.Thread(target=made._finish, args=(result,))
+    finishing.start()
+    try:
+        # The finish ran while the renewal still waits, and then waits for it.
+        assert wait_for(lambda: "finish.yml" in played), played
+        assert finishing.is_alive() and renewer.running
+    finally:
+        let_go.set()
+        finishing.join(5)
+    assert not finishing.is_alive() and not renewer.running and made._renewer is None
+    assert played == ["ledger.yml", "finish.yml"]
+
+
 def test_a_refused_acquire_starts_no_renewal(monkeypatch: pytest.MonkeyPatch) -> None:
     made = rollouts(monkeypatch, FakeRuns(), [])
     refused = ledger_result({"acquired": False, **lease_answer()}, ok=False)
