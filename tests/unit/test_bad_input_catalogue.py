@@ -1,7 +1,8 @@
 """A catalogue of malformed inputs, each refused by the real command line before anything changes.
 
-Every entry runs ``python -m deploykit ...`` in a subprocess from the repository root, as a user
-would (the real roles' argument specs, the real ansible.cfg, the real console output), and asserts
+Every entry runs ``python -m deploykit ...`` in a process of its own from the repository root, as a
+user would (the real roles' argument specs, the real ansible.cfg, the real console output; the
+process is forked from one that has imported the command line once, forked_cli.py), and asserts
 exit code 2 (bad input) and that the output names what to fix: the group, host, variable, key or
 file, and the form expected instead. The four kinds of input a user gives deploykit:
 
@@ -20,14 +21,14 @@ checks what reaches the user through the command line.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import hashlib
 import io
 import json
 import os
-import subprocess
-import sys
 import tarfile
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterable
@@ -37,6 +38,7 @@ from typing import Any
 
 import pytest
 import yaml
+from forked_cli import ForkedCli
 
 from deploykit.release import files_checksum
 
@@ -64,24 +66,29 @@ class Run:
         return " ".join(self.output.split())
 
 
+_CLI: ForkedCli | None = None
+
+
 def deploykit(*args: str, timeout: float = 120) -> Run:
-    env = dict(os.environ)
-    # The project is found from the working directory (the repository root), as for a user.
-    env.pop("DEPLOYKIT_PROJECT", None)
-    # rich wraps at the terminal's width (80 without a terminal); one line per message instead.
-    env["COLUMNS"] = "1000"
-    started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "deploykit", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    seconds = time.monotonic() - started
-    return Run(proc.returncode, proc.stdout, proc.stdout + proc.stderr, seconds)
+    """``python -m deploykit ARGS`` from the repository root, in a process of its own (forked from
+    one that has imported the command line once: forked_cli.py)."""
+    global _CLI  # noqa: PLW0603 - one server for the whole module, started on first use
+    if _CLI is None:
+        env = dict(os.environ)
+        # The project is found from the working directory (the repository root), as for a user.
+        env.pop("DEPLOYKIT_PROJECT", None)
+        # rich wraps at the terminal's width (80 without a terminal); one line per message instead.
+        env["COLUMNS"] = "1000"
+        _CLI = ForkedCli(REPO, env)
+        atexit.register(_CLI.close)
+    with tempfile.TemporaryDirectory(prefix="deploykit-cli-") as streams:
+        out, err = Path(streams, "stdout"), Path(streams, "stderr")
+        started = time.monotonic()
+        returncode = _CLI.run(list(args), out, err, timeout)
+        seconds = time.monotonic() - started
+        stdout = out.read_text(encoding="utf-8", errors="replace")
+        stderr = err.read_text(encoding="utf-8", errors="replace")
+    return Run(returncode, stdout, stdout + stderr, seconds)
 
 
 def assert_refused(run: Run, expected: Iterable[str]) -> None:
