@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Final
 
 import paramiko
@@ -407,6 +408,35 @@ def run_on_targets(
     for start in range(0, len(targets), workers):
         results += _run_group(targets[start : start + workers], command, timeout)
     return ExecResult(tuple(results))
+
+
+def run_with_input(target: SshTarget, command: str, data: str, *, timeout: float) -> HostResult:
+    """``command`` on one host with ``data`` on its standard input (then end of file), within
+    ``timeout`` seconds, connection included, as exec runs a command. (On paramiko's channel:
+    Invoke hands a stream that is not a terminal to the command one byte per 10 ms.)"""
+    try:
+        connection = _connection(target, timeout)
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else type(error).__name__
+        return HostResult(target.host, None, error=f"cannot read its known_hosts files: {reason}")
+    deadline = _Deadline(timeout, connection)
+    deadline.start()
+    outcome: Any
+    try:
+        connection.open()
+        channel = connection.client.get_transport().open_session()
+        channel.exec_command(command)
+        channel.sendall(data.encode())
+        channel.shutdown_write()
+        stdout = channel.makefile("rb").read().decode(errors="replace")
+        stderr = channel.makefile_stderr("rb").read().decode(errors="replace")
+        outcome = SimpleNamespace(exited=channel.recv_exit_status(), stdout=stdout, stderr=stderr)
+    except Exception as error:  # a host not reached is a result, as in exec
+        outcome = error
+    finally:
+        deadline.cancel()
+        _close(connection)
+    return _result(target, connection, outcome, deadline.expired, timeout)
 
 
 def _run_group(targets: Sequence[SshTarget], command: str, timeout: float) -> list[HostResult]:

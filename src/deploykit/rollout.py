@@ -60,6 +60,7 @@ from ansible_collections.deploykit.fleet.plugins.module_utils.tiers import (
 from deploykit import inventory, runner
 from deploykit.errors import BadInput, DeploykitError
 from deploykit.hooks import Hooks, environment
+from deploykit.ledger_ssh import LedgerOverSsh
 from deploykit.release import verify
 
 __all__ = [
@@ -526,6 +527,11 @@ class Rollouts:
         self.renew_interval: float | None = None
         self._renewer: LeaseRenewer | None = None
         self._groups: dict[str, list[str]] = {}
+        #: The balancers, in the inventory's order: the first holds the lock.
+        self._balancers: list[str] = []
+        #: The ledger's helper over SSH, once begin.yml has taken the lock (it says where the
+        #: ledger is); the lease's renewals and the finish ask it (ledger_ssh.py).
+        self._ledger_ssh: LedgerOverSsh | None = None
 
     # -- helpers
 
@@ -537,6 +543,7 @@ class Rollouts:
                 + "\n".join(str(p) for p in problems)
             )
         layout = inventory.read_layout(self.inventory)
+        self._balancers = list(layout.groups.get("lb", []))
         self._groups = {}
         for group, hosts in layout.groups.items():
             for host in hosts:
@@ -752,6 +759,12 @@ class Rollouts:
         res = data.get("res")
         answer = res.get("ledger") if isinstance(res, Mapping) else None
         if isinstance(answer, Mapping) and answer.get("acquired") and token:
+            directory = res.get("dir") if isinstance(res, Mapping) else None
+            self._ledger_ssh = (
+                LedgerOverSsh(self.inventory, directory, log=self.log)
+                if isinstance(directory, str) and self.vault_password_file is None
+                else None
+            )
             self._start_renewing(token)
 
     def _start_renewing(self, token: str) -> None:
@@ -767,8 +780,19 @@ class Rollouts:
         if renewer is not None:
             renewer.stop()
 
+    def _ask_ledger(self, host: str, request: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The ledger's answer on ``host`` through its helper over SSH; None when it is not
+        asked that way (the caller runs a playbook instead)."""
+        over_ssh = self._ledger_ssh
+        return over_ssh.ask(host, request) if over_ssh is not None else None
+
     def _renew(self, token: str) -> Mapping[str, Any]:
-        """One renewal of the lease (ledger.yml; its runs are kept apart from the rollout's)."""
+        """One renewal of the lease: by the ledger's helper over SSH, else a run of ledger.yml
+        (its runs are kept apart from the rollout's)."""
+        request = {"command": "lock renew", "token": token}
+        answer = self._ask_ledger(self._balancers[0], request) if self._balancers else None
+        if answer is not None:
+            return answer
         result = self._run(
             "ledger.yml", {"rollout_ledger": {"command": "lock renew", "token": token}},
             runs_subdir="lease",
@@ -787,17 +811,15 @@ class Rollouts:
         renewer, self._renewer = self._renewer, None
         if renewer is not None:
             renewer.cancel()
+        record, token = result.record(), str(result.holder.get("token", ""))
         try:
-            finished = self._run(
-                "finish.yml",
-                {
-                    "rollout_record": result.record(),
-                    "rollout_token": result.holder.get("token", ""),
-                },
-            )
+            if self._finish_over_ssh(record, token):
+                return
+            finished = self._run("finish.yml", {"rollout_record": record, "rollout_token": token})
         finally:
             if renewer is not None:
                 renewer.stop()
+            self._ledger_ssh = None
         if not finished.ok:
             _, _, message = self._failure(finished)
             self.log(
@@ -817,6 +839,26 @@ class Rollouts:
                 f"[yellow]the history's copy on {', '.join(missed)} misses this record[/yellow] "
                 "(unreachable, or no ledger role yet: deploykit provision)"
             )
+
+    def _finish_over_ssh(self, record: Mapping[str, Any], token: str) -> bool:
+        """finish.yml's work by the ledger's helper over SSH: the record and the release on the
+        first balancer, then the record's copies on the others. False when the first balancer's
+        helper could not be asked (finish.yml does it all then)."""
+        first, *others = self._balancers or [""]
+        request = {"command": "finish", "record": dict(record), "token": token}
+        if not first or self._ask_ledger(first, request) is None:
+            return False
+        missed = [
+            host
+            for host in others
+            if self._ask_ledger(host, {"command": "history append", "record": dict(record)}) is None
+        ]
+        if missed:
+            self.log(
+                f"[yellow]the history's copy on {', '.join(missed)} misses this record[/yellow] "
+                "(unreachable, or no ledger role yet: deploykit provision)"
+            )
+        return True
 
     def _holder(self, command: str, release: str) -> dict[str, Any]:
         return {

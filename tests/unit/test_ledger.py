@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from ansible_collections.deploykit.fleet.plugins.module_utils import ledger as ledger_module
 
@@ -357,3 +358,55 @@ def test_a_lock_taken_with_history_answers_the_last_records_read_under_it(tmp_pa
     ledger(tmp_path, "lock", "release", "--token", "t1")
     plain = ledger_module.run(directory, "lock acquire", {"holder": json.loads(holder("c", "t3"))})
     assert set(plain) == {"acquired", "holder"}
+
+
+def call(directory: Path, request: str) -> subprocess.CompletedProcess[str]:
+    """The helper's ``call``: the module's arguments as one JSON object on stdin."""
+    return subprocess.run(
+        [sys.executable, str(HELPER), "--dir", str(directory), "call"],
+        input=request, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+
+
+def test_call_takes_the_modules_arguments_on_stdin_and_answers_as_the_commands(
+    tmp_path: Path,
+) -> None:
+    """What the controller runs over SSH (ledger_ssh.py): a renewal refused exits 1 with its
+    answer; a finish records and releases; the token is in no argument."""
+    ledger(tmp_path, "lock", "acquire", "--holder", holder("ada@ctl", "t1"))
+    refused = call(tmp_path, json.dumps({"command": "lock renew", "token": "t2"}))
+    assert refused.returncode == 1 and json.loads(refused.stdout)["extended"] is False
+    renewed = call(tmp_path, json.dumps({"command": "lock renew", "token": "t1"}))
+    assert renewed.returncode == 0 and json.loads(renewed.stdout)["extended"] is True
+    request = {"command": "finish", "record": {"action": "deploy", "to": "r2"}, "token": "t1"}
+    finished = call(tmp_path, json.dumps(request))
+    assert finished.returncode == 0, finished.stderr
+    assert (json.loads(finished.stdout)["appended"], json.loads(finished.stdout)["released"]) == (
+        True,
+        True,
+    )
+    assert ledger(tmp_path, "lock", "status")[1] == FREE
+    assert [r["to"] for r in history(tmp_path)] == ["r2"]
+
+
+@pytest.mark.parametrize(
+    ("request_text", "said"),
+    [
+        ("not json", "the request on stdin is not JSON"),
+        ("[1]", "must be a JSON object"),
+        ('{"command": "lock steal"}', "unknown command 'lock steal'"),
+        ('{"command": "history append"}', "history append needs record"),
+    ],
+)
+def test_a_bad_call_exits_2_naming_the_problem(
+    tmp_path: Path, request_text: str, said: str
+) -> None:
+    proc = call(tmp_path, request_text)
+    assert proc.returncode == 2 and said in proc.stderr, proc.stderr
+    assert history(tmp_path) == []
+
+
+def test_the_helper_is_installed_where_the_controller_asks_it() -> None:
+    """module_utils/ledger.py's HELPER (ledger_ssh.py runs it) is the ledger role's path."""
+    role_vars = yaml.safe_load((ROOT / "roles" / "ledger" / "vars" / "main.yml").read_text())
+    assert role_vars["__ledger_helper"] == ledger_module.HELPER

@@ -492,3 +492,87 @@ def test_the_history_is_read_from_the_first_balancer_that_answers(
     assert (record["action"], record["release"]) == ("deploy", "r2")
     with pytest.raises(DeploykitError, match="could not read the deploy ledger"):
         made.ledger("lock", "status")
+
+
+# --- the ledger's helper over SSH ---------------------------------------------------------------
+
+
+class FakeHelper:
+    """LedgerOverSsh's ask, recorded: answers ``answer`` (None: it could not be asked)."""
+
+    def __init__(self, answer: Mapping[str, Any] | None) -> None:
+        self.answer = answer
+        self.asked: list[tuple[str, dict[str, Any]]] = []
+
+    def ask(self, host: str, request: Mapping[str, Any]) -> dict[str, Any] | None:
+        self.asked.append((host, dict(request)))
+        return None if self.answer is None else dict(self.answer)
+
+
+def taken_with_dir(made: Rollouts, holder: Mapping[str, Any]) -> None:
+    """begin.yml's lock answer as the ledger module gives it: with the ledger's directory."""
+    taken = ledger_result({"acquired": True, "holder": dict(holder)})
+    res = {**taken.res, "dir": "/var/lib/deploykit-ledger"}
+    made._on_lock_event(
+        {"event": "runner_on_ok", "event_data": {"resolved_action": taken.action, "res": res}},
+        str(holder["token"]),
+    )
+
+
+def test_the_lock_taken_names_the_ledger_the_helper_is_asked_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made = rollouts(monkeypatch, FakeRuns(), [])
+    made.renew_interval = 60
+    holder = made._holder("deploy", "r2")
+    taken_with_dir(made, holder)
+    over_ssh = made._ledger_ssh
+    assert over_ssh is not None and over_ssh.directory == "/var/lib/deploykit-ledger"
+    made._stop_renewing()
+    # With a vault, the inventory's SSH settings may be encrypted: Ansible is asked.
+    made.vault_password_file = Path("/dev/null")
+    taken_with_dir(made, holder)
+    assert made._ledger_ssh is None
+    made._stop_renewing()
+
+
+def test_renewals_and_the_finish_ask_the_helper_over_ssh_and_run_no_playbook(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runs = FakeRuns()
+    lines: list[str] = []
+    made = rollouts(monkeypatch, runs, lines)
+    made._balancers = ["lb1", "lb2"]
+    made.renew_interval = 0.02
+    holder = made._holder("deploy", "r2")
+    taken_with_dir(made, holder)
+    helper = FakeHelper({"extended": True, "appended": True, "released": True})
+    made._ledger_ssh = helper  # type: ignore[assignment]
+    assert wait_for(lambda: len(helper.asked) >= 2)
+    assert helper.asked[0] == ("lb1", {"command": "lock renew", "token": holder["token"]})
+    result = RolloutResult(action="deploy", app="shop", release="r2", previous="r1", holder=holder)
+    made._finish(result)
+    asked = [(host, request["command"]) for host, request in helper.asked]
+    assert asked[-2:] == [("lb1", "finish"), ("lb2", "history append")]
+    finish = helper.asked[-2][1]
+    assert (finish["token"], finish["record"]) == (holder["token"], result.record())
+    assert runs.runs == [] and made._renewer is None and made._ledger_ssh is None
+
+
+def test_a_helper_that_cannot_be_asked_leaves_it_to_the_playbooks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runs = FakeRuns({"ledger.yml": [ledger_result({"extended": True})]})
+    made = rollouts(monkeypatch, runs, [])
+    made._balancers = ["lb1"]
+    made.renew_interval = 0.02
+    holder = made._holder("deploy", "r2")
+    taken_with_dir(made, holder)
+    helper = FakeHelper(None)
+    made._ledger_ssh = helper  # type: ignore[assignment]
+    assert wait_for(lambda: len(runs.played("ledger.yml")) >= 1)
+    made._finish(
+        RolloutResult(action="deploy", app="shop", release="r2", previous="r1", holder=holder)
+    )
+    assert runs.played("finish.yml")[0]["rollout_token"] == holder["token"]
+    assert helper.asked and helper.asked[-1][1]["command"] == "finish"

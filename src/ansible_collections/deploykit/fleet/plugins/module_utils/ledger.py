@@ -44,6 +44,11 @@ deploykit-ledger [--dir DIR] history show [--limit N]
     the application the newest rollout carried out names (null for none).
 (module only) history merge, records: the records another balancer's history holds and this one
     lacks are appended, in order, as they are (the other balancers keep a copy of the history).
+deploykit-ledger [--dir DIR] call < REQUEST
+    Any command above, and finish (a rollout's record appended, then its lock released by its
+    token, in one call), as the module takes it: REQUEST is one JSON object on stdin, the command
+    and its arguments ({"command": "lock renew", "token": ...}). The controller renews a lease and
+    finishes a rollout this way over SSH (a token or a record never appears in a process list).
 
 Renew, release and take-over are serialized by flock(2) on DIR/.ledger.guard, so each reads the
 holder and acts on that same holder (token-checked), never on one that replaced it meanwhile.
@@ -66,6 +71,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 DEFAULT_DIR = "/var/lib/deploykit-ledger"
+#: Where the ledger role installs this file as a program (roles/ledger/vars/main.yml).
+HELPER = "/usr/local/libexec/deploykit-ledger"
 LOCK = "deploy.lock"
 HISTORY = "history.jsonl"
 #: Serializes renew, release and take-over (flock(2); released by the kernel if its process dies).
@@ -412,10 +419,15 @@ def main() -> int:
     append.add_argument("--record", required=True)
     show = history.add_parser("show")
     show.add_argument("--limit", type=int, default=0)
+    sub.add_parser("call")
     args = parser.parse_args()
     try:
         check_dir(args.dir)
-        answer = run(args.dir, f"{args.area} {args.action}", vars(args))
+        if args.area == "call":
+            request = parse_object(sys.stdin.read(), "the request on stdin")
+            answer = run(args.dir, str(request.pop("command", "")), request)
+        else:
+            answer = run(args.dir, f"{args.area} {args.action}", vars(args))
     except LedgerError as error:
         print(f"deploykit-ledger: {error}", file=sys.stderr)
         return 2
@@ -445,8 +457,12 @@ def run(directory: str, command: str, args: dict) -> dict:
     """One ledger command with its arguments (the module's and the command line's one path)."""
 
     def given(name: str, flag: str) -> dict:
-        value = args[name]
-        return parse_object(value, flag) if isinstance(value, str) else value
+        value = args.get(name)
+        if isinstance(value, str):
+            return parse_object(value, flag)
+        if not isinstance(value, dict):
+            raise LedgerError(f"{command} needs {name} (a JSON object)")
+        return value
 
     commands = {
         "lock acquire": lambda: with_history(

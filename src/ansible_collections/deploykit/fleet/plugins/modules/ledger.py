@@ -100,6 +100,10 @@ ledger:
   description: The ledger's answer, as C(deploykit-ledger) prints it.
   returned: always
   type: dict
+dir:
+  description: The ledger's directory (the controller asks the helper there over SSH afterwards).
+  returned: always
+  type: str
 """
 
 import calendar
@@ -212,7 +216,7 @@ def main() -> None:
         or answer.get("appended")
         or answer.get("settled")
     )
-    module.exit_json(changed=changed, ledger=answer)
+    module.exit_json(changed=changed, ledger=answer, dir=module.params["dir"])
 
 
 if __name__ == "__main__":
