@@ -49,14 +49,18 @@ class LedgerOverSsh:
         self.given_up: str | None = None
         self._targets: dict[str, remote.SshTarget] = {}
 
-    def ask(self, host: str, request: Mapping[str, Any]) -> dict[str, Any] | None:
+    def ask(
+        self, host: str, request: Mapping[str, Any], *, alone: bool = False
+    ) -> dict[str, Any] | None:
         """The helper's answer on ``host`` to ``request`` (the module's arguments: ``command``
         and its own), refused (exit 1) or not; None when it could not be asked (see the module's
-        docstring): the caller asks through Ansible."""
-        if self.given_up is not None:
+        docstring): the caller asks through Ansible. ``alone``: a call whose failure says
+        nothing of the next ones (a copy of the history on another balancer): asked even after
+        the client gave up, and never makes it give up."""
+        if self.given_up is not None and not alone:
             return None
         answer, problem = self._call(host, request)
-        if problem is not None:
+        if problem is not None and not alone:
             self.given_up = remote.printable(problem)[:300]
             self.log(
                 f"the deploy ledger is asked through Ansible from here on (its helper could not "

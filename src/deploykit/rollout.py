@@ -830,10 +830,15 @@ class Rollouts:
         # The first balancer's answers come first; the others' are the copies.
         answers = finished.results_of("ledger")
         first = answers[0].host if answers else None
-        missed = sorted(
-            {f.host for f in finished.failures if f.host and f.host != first}
-            | {r.host for r in answers if r.host != first and not r.ok}
+        self._say_missed(
+            sorted(
+                {f.host for f in finished.failures if f.host and f.host != first}
+                | {r.host for r in answers if r.host != first and not r.ok}
+            )
         )
+
+    def _say_missed(self, missed: Sequence[str]) -> None:
+        """Name the balancers whose copy of the history misses the rollout's record."""
         if missed:
             self.log(
                 f"[yellow]the history's copy on {', '.join(missed)} misses this record[/yellow] "
@@ -845,19 +850,13 @@ class Rollouts:
         first balancer, then the record's copies on the others. False when the first balancer's
         helper could not be asked (finish.yml does it all then)."""
         first, *others = self._balancers or [""]
+        over_ssh = self._ledger_ssh
         request = {"command": "finish", "record": dict(record), "token": token}
-        if not first or self._ask_ledger(first, request) is None:
+        if over_ssh is None or not first or over_ssh.ask(first, request) is None:
             return False
-        missed = [
-            host
-            for host in others
-            if self._ask_ledger(host, {"command": "history append", "record": dict(record)}) is None
-        ]
-        if missed:
-            self.log(
-                f"[yellow]the history's copy on {', '.join(missed)} misses this record[/yellow] "
-                "(unreachable, or no ledger role yet: deploykit provision)"
-            )
+        # Each copy is asked for, whatever became of the one before (a balancer lost).
+        copy = {"command": "history append", "record": dict(record)}
+        self._say_missed([h for h in others if over_ssh.ask(h, copy, alone=True) is None])
         return True
 
     def _holder(self, command: str, release: str) -> dict[str, Any]:

@@ -83,6 +83,18 @@ def test_a_helper_that_cannot_be_asked_is_given_up_once_saying_why(
     assert len(lines) == 1 and "through Ansible" in lines[0] and said in lines[0]
     assert over_ssh.ask("lb1", {"command": "finish", "record": {}, "token": "t"}) is None
     assert len(host.ran) == 1 and len(lines) == 1
+    # A call alone (a copy of the history) is still asked, and gives up nothing more.
+    given_up = over_ssh.given_up
+    assert over_ssh.ask("lb2", {"command": "history append", "record": {}}, alone=True) is None
+    assert len(host.ran) == 2 and len(lines) == 1 and over_ssh.given_up == given_up
+
+
+def test_a_call_alone_that_fails_does_not_give_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    host = FakeHost("root", remote.HostResult("lb2", None, error="timed out after 10 s"))
+    lines: list[str] = []
+    over_ssh = client(monkeypatch, host, lines)
+    assert over_ssh.ask("lb2", {"command": "history append", "record": {}}, alone=True) is None
+    assert over_ssh.given_up is None and lines == []
 
 
 def test_settings_exec_cannot_honour_leave_it_to_ansible(monkeypatch: pytest.MonkeyPatch) -> None:

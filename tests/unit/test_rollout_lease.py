@@ -500,13 +500,17 @@ def test_the_history_is_read_from_the_first_balancer_that_answers(
 class FakeHelper:
     """LedgerOverSsh's ask, recorded: answers ``answer`` (None: it could not be asked)."""
 
-    def __init__(self, answer: Mapping[str, Any] | None) -> None:
-        self.answer = answer
+    def __init__(self, answer: Mapping[str, Any] | None, lost: tuple[str, ...] = ()) -> None:
+        self.answer, self.lost = answer, lost
         self.asked: list[tuple[str, dict[str, Any]]] = []
+        self.alone: list[bool] = []
 
-    def ask(self, host: str, request: Mapping[str, Any]) -> dict[str, Any] | None:
+    def ask(
+        self, host: str, request: Mapping[str, Any], *, alone: bool = False
+    ) -> dict[str, Any] | None:
         self.asked.append((host, dict(request)))
-        return None if self.answer is None else dict(self.answer)
+        self.alone.append(alone)
+        return None if self.answer is None or host in self.lost else dict(self.answer)
 
 
 def taken_with_dir(made: Rollouts, holder: Mapping[str, Any]) -> None:
@@ -576,3 +580,27 @@ def test_a_helper_that_cannot_be_asked_leaves_it_to_the_playbooks(
     )
     assert runs.played("finish.yml")[0]["rollout_token"] == holder["token"]
     assert helper.asked and helper.asked[-1][1]["command"] == "finish"
+
+
+def test_each_copy_of_the_record_is_asked_for_a_lost_balancer_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runs = FakeRuns()
+    lines: list[str] = []
+    made = rollouts(monkeypatch, runs, lines)
+    made._balancers = ["lb1", "lb2", "lb3"]
+    made.renew_interval = 60
+    holder = made._holder("deploy", "r2")
+    taken_with_dir(made, holder)
+    helper = FakeHelper({"appended": True, "released": True}, lost=("lb2",))
+    made._ledger_ssh = helper  # type: ignore[assignment]
+    made._finish(
+        RolloutResult(action="deploy", app="shop", release="r2", previous="r1", holder=holder)
+    )
+    assert [(h, r["command"]) for h, r in helper.asked] == [
+        ("lb1", "finish"), ("lb2", "history append"), ("lb3", "history append"),
+    ]  # fmt: skip
+    # A copy's failure gives nothing up: the finish and the renewals are the lock's alone.
+    assert helper.alone == [False, True, True]
+    assert runs.runs == []
+    assert any("copy on lb2 misses this record" in line for line in lines), lines
