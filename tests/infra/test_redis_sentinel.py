@@ -191,11 +191,12 @@ def test_replicas_refuse_writes_and_the_server_cannot_rewrite_its_file(hosts, pr
     replica = next(name for name in CACHES if name != primary)
     written = ask(
         app,
-        ADDRESSES["redis-cache2"],
+        ADDRESSES[replica],
         PORT,
         ["AUTH", APP_USER, password],
         ["SET", "session:x", "1"],
     )
+    assert isinstance(written[1], dict), f"{replica}, a replica of {primary}, took a write"
     assert written[1]["error"].startswith("READONLY")
     # CONFIG REWRITE (what a Sentinel sends after a failover) fails: /etc/redis is read-only to it.
     rewrite = hosts[primary].run("redis-admin CONFIG REWRITE")
