@@ -86,8 +86,8 @@ __all__ = [
 #: A quarter of the clones at a time (at least one, never all of them at once): the rest serve.
 DEFAULT_BATCH = "25%"
 #: The deploy lock's lease, in seconds: a lease not renewed for longer is stale (its controller is
-#: presumed dead). The controller renews it every lease/4 seconds; one renewal is one short run of
-#: ledger.yml (about 1.5 s of the controller's CPU, 2-4 s of wall time).
+#: presumed dead). The controller renews it every lease/4 seconds: one call of the ledger's helper
+#: over SSH (about 0.2 s), or a short run of ledger.yml (2-4 s) when the helper cannot be asked.
 DEFAULT_LEASE = 60.0
 #: The shortest lease a rollout may state: four renewals a lease, each taking seconds, must fit.
 MIN_LEASE = 20.0
