@@ -751,6 +751,51 @@ if args["bake"]:
 """
 
 
+def _uv() -> str:
+    try:
+        return str(find_uv_bin())
+    except FileNotFoundError as error:
+        raise BuildError(
+            f"uv is not where its package says: {error}",
+            hint="reinstall deploykit's dependencies (make venv)",
+        ) from error
+
+
+def _wheels_for_nodes(wheelhouse: Path, requirement: str, work: Path) -> list[str]:
+    """The wheels of WHEELHOUSE a node installs for REQUIREMENT, by file name: uv resolves it from
+    the wheelhouse alone for the nodes' interpreter and platform (TARGET_*), so that the stage
+    module installs exactly these with pypa/installer, with no resolver of its own."""
+    (work / "nodes.in").write_text(requirement + "\n", encoding="utf-8")
+    platform = f"{TARGET_ARCH}-manylinux_{TARGET_GLIBC[0]}_{TARGET_GLIBC[1]}"
+    compile_ = [_uv(), "pip", "compile", "--quiet", "--no-config", "--offline", "--no-cache",
+                "--no-index", "--find-links", str(wheelhouse), "--no-header", "--no-annotate",
+                "--python-version", TARGET_MARKER_ENVIRONMENT["python_full_version"],
+                "--python-platform", platform, str(work / "nodes.in")]  # fmt: skip
+    proc = _run(compile_, env=_offline_env())
+    if proc.returncode != 0:
+        raise BuildError(
+            f"the wheelhouse does not resolve {requirement} for the nodes ({TARGET_DESCRIPTION}):"
+            f"\n    {_tail(proc.stdout + proc.stderr)}"
+        )
+    by_name: dict[str, list[tuple[str, str]]] = {}
+    for wheel in wheelhouse.glob("*.whl"):
+        name, version, _, _ = parse_wheel_filename(wheel.name)
+        by_name.setdefault(name, []).append((str(version), wheel.name))
+    chosen: list[str] = []
+    for line in proc.stdout.splitlines():
+        pin = Requirement(line) if "==" in line and not line.startswith(("#", "-")) else None
+        if pin is None:
+            continue
+        matches = [f for v, f in by_name.get(canonicalize_name(pin.name), []) if v in pin.specifier]
+        if len(matches) != 1:
+            raise BuildError(
+                f"the nodes' resolution pins {line.strip()}, which {len(matches)} wheel(s) of "
+                "the wheelhouse match (one expected)"
+            )
+        chosen.extend(matches)
+    return sorted(chosen)
+
+
 def _install_offline(builder: _Builder, wheelhouse: Path, requirement: str, work: Path) -> Path:
     """A throwaway virtualenv with the app installed from the wheelhouse alone; its python.
 
@@ -760,13 +805,7 @@ def _install_offline(builder: _Builder, wheelhouse: Path, requirement: str, work
     refuses an incomplete wheelhouse before anything live changes."""
     venv = work / "venv"
     python = venv / "bin" / "python"
-    try:
-        uv = str(find_uv_bin())
-    except FileNotFoundError as error:
-        raise BuildError(
-            f"uv is not where its package says: {error}",
-            hint="reinstall deploykit's dependencies (make venv)",
-        ) from error
+    uv = _uv()
     create = [uv, "venv", "--quiet", "--no-config", "--no-python-downloads",
               "--python", builder.python, str(venv)]  # fmt: skip
     proc = _run(create, env=_offline_env())
@@ -1049,6 +1088,7 @@ def build(
 
         venv_python = _install_offline(builder, wheelhouse, requirement, work)
         log(f"offline install of {requirement} from the wheelhouse: ok")
+        for_nodes = _wheels_for_nodes(wheelhouse, requirement, work)
         baked = stage / "baked" if contract.bake else None
         _check_and_bake(
             venv_python,
@@ -1070,6 +1110,8 @@ def build(
             "version": version,
             "release_id": release_id,
             "requirement": requirement,
+            # What the stage installs on a node without a seed, resolved here (not on the nodes).
+            "install": for_nodes,
             "source": {"sha256": digest, "revision": revision, "dirty": dirty},
             "python": TARGET_PYTHON,
             "platform": TARGET_PLATFORM,

@@ -139,3 +139,20 @@ def unit_properties(host: testinfra.host.Host, unit: str, names: Any) -> dict[st
     shown = host.run("systemctl show %s --property=%s", unit, ",".join(names))
     assert shown.rc == 0, shown.stderr
     return dict(line.split("=", 1) for line in shown.stdout.splitlines())
+
+
+def installed_distributions(host: testinfra.host.Host, venv: str) -> dict[str, str]:
+    """{name: version} of every distribution VENV's Python finds (names as wheel file names
+    spell them, '-' for '_' and '.'), read with importlib.metadata: a release's virtualenv has
+    no pip to ask."""
+    listed = host.run(
+        "%s/bin/python -c %s",
+        venv,
+        "import importlib.metadata as m, json; "
+        "print(json.dumps([[d.metadata['Name'], d.version] for d in m.distributions()]))",
+    )
+    assert listed.rc == 0, listed.stderr
+    return {
+        name.lower().replace("_", "-").replace(".", "-"): version
+        for name, version in json.loads(listed.stdout)
+    }

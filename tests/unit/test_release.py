@@ -416,6 +416,11 @@ def test_the_artifact_holds_source_wheels_baked_pages_and_manifest(
     wheels = sorted(n for n in files if n.startswith("wheelhouse/"))
     assert any(n.startswith("wheelhouse/minimal_app-0.1.0-") for n in wheels)
     assert any(n.startswith("wheelhouse/gunicorn-") for n in wheels)
+    # What a node installs without a seed, resolved for the nodes at build time: every wheel but
+    # installer's (the stage's tool, not a package of the release).
+    assert manifest["install"] == [
+        n.removeprefix("wheelhouse/") for n in wheels if not n.startswith("wheelhouse/installer-")
+    ]
     page = files["baked/index.html"].decode()
     assert f"release {built.release_id}" in page
     assert not any("egg-info" in n or "/build/" in n for n in files)

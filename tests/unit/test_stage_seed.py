@@ -100,12 +100,15 @@ def release_of(root: Path, version: str, modules: dict[str, str], installer: Pat
     given, no dependency) and its manifest."""
     directory = root / "releases" / version
     (directory / "wheelhouse").mkdir(parents=True)
-    app_wheel(directory / "wheelhouse", version, modules)
-    tools = {}
+    own = app_wheel(directory / "wheelhouse", version, modules)
+    wheels = {own.name: "o" * 64}
     if installer is not None:
         shutil.copy(installer, directory / "wheelhouse")
-        tools = {installer.name: "i" * 64}
-    data = manifest(f"orders=={version}", tools)
+        wheels[installer.name] = "i" * 64
+    data = manifest(f"orders=={version}", wheels)
+    if installer is not None:
+        # What deploykit build resolves for the nodes (a build without installer predates it).
+        data["install"] = [own.name]
     (directory / "manifest.json").write_text(json.dumps(data))
     return directory
 
@@ -138,9 +141,16 @@ def test_a_seeded_venv_gets_the_new_wheel_and_keeps_nothing_of_the_old(
     old = {"__init__": "def report():\n    print('one')\n", "dropped": "GONE = 1\n"}
     first = release_of(root, "1.0", old, installer)
     node = Node()
-    # The first release: a virtualenv of its own (pip, nothing to seed from).
+    # The first release: a virtualenv of its own, nothing to seed from: the wheels the build
+    # resolved, by installer, in a virtualenv without pip (pip when the release has no installer).
     assert stage.build_venv(node, str(root), str(first), sys.executable, json.loads(
         (first / "manifest.json").read_text())) is None  # fmt: skip
+    assert (first / "venv" / "bin" / "pip").exists() == (tool == "pip")
+    first_site = next((first / "venv" / "lib").glob("python*/site-packages"))
+    assert list((first_site / "orders").glob("__pycache__/dropped.*.pyc")), "not compiled"
+    assert (first / "venv" / "bin" / "orders-report").read_text().splitlines()[0] == (
+        f"#!{first / 'venv' / 'bin' / 'python'}"
+    )
     (root / "current").symlink_to("releases/1.0")
     new = {"__init__": "def report():\n    print('two')\n", "added": "NEW = 2\n"}
     second = release_of(root, "2.0", new, installer)
@@ -170,3 +180,24 @@ def test_a_seeded_venv_gets_the_new_wheel_and_keeps_nothing_of_the_old(
     assert (
         subprocess.run([seed_script], capture_output=True, text=True, check=True).stdout == "one\n"
     )
+
+
+@pytest.mark.parametrize(
+    "names",
+    [[], "orders-1.0-py3-none-any.whl", ["../orders-1.0-py3-none-any.whl"],
+     ["other-1.0-py3-none-any.whl"], ["source/app.py"]],
+)  # fmt: skip
+def test_an_install_list_naming_anything_but_the_wheelhouses_wheels_is_refused(
+    names: object,
+) -> None:
+    data = manifest("orders==1.0", {"orders-1.0-py3-none-any.whl": "o" * 64})
+    data["install"] = names
+    with pytest.raises(stage.ReleaseProblem, match="install list"):
+        stage.install_list(data, "/srv/orders/releases/1.0/wheelhouse")
+
+
+def test_a_release_built_before_the_install_list_installs_with_pip() -> None:
+    data = manifest("orders==1.0", {"orders-1.0-py3-none-any.whl": "o" * 64})
+    assert stage.install_list(data, "/w") is None
+    data["install"] = ["orders-1.0-py3-none-any.whl"]
+    assert stage.install_list(data, "/w") == ["/w/orders-1.0-py3-none-any.whl"]
