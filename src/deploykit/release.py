@@ -605,8 +605,10 @@ def _run(
 #: Beside the application's dependencies, the wheelhouse carries pypa/installer: a node whose
 #: release keeps the previous one's dependencies installs only the application's own wheel, with
 #: installer (about 0.1 s) rather than pip (0.4-0.5 s of CPU, most of it pip starting), on every
-#: node at once (the stage module). It is not installed into the release's virtualenv.
-STAGE_INSTALLER = "installer>=1.0,<2"
+#: node at once (the stage module); a node with no such release installs the wheels resolved for
+#: the nodes (the manifest's install list) in one installer run (1.1 takes several wheels). It is
+#: not installed into the release's virtualenv.
+STAGE_INSTALLER = "installer>=1.1,<2"
 
 
 def _pip_wheel(builder: _Builder, source: Path, wheelhouse: Path, pyproject: Path) -> None:
@@ -801,8 +803,8 @@ def _install_offline(builder: _Builder, wheelhouse: Path, requirement: str, work
 
     It proves that the wheelhouse is complete and that the app imports, and the bake runs in it.
     uv (a dependency of deploykit) makes it in under a second where pip took four to five: the
-    venv is thrown away, and the nodes still install with their own pip (the stage module), which
-    refuses an incomplete wheelhouse before anything live changes."""
+    venv is thrown away. The nodes install what _wheels_for_nodes resolves for them (the stage
+    module), which refuses a wheel the manifest does not verify before anything live changes."""
     venv = work / "venv"
     python = venv / "bin" / "python"
     uv = _uv()

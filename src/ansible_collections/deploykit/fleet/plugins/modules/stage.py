@@ -24,7 +24,7 @@ description:
     0.4 s of CPU per node, when the wheelhouse has no installer wheel).
   - Without such a release, installer puts the wheels the build resolved for the nodes (the
     manifest's C(install) list, each verified by its sha256) into a virtualenv made without pip,
-    in one process (2.3 s of CPU on a lab clone for the shop's 29 wheels; pip took 6.9 s). The
+    in one run (about 2.3 s of CPU on a lab clone for the shop's 29 wheels; pip took 6.9 s). The
     release's virtualenv then holds no installer at all. A release built before the build wrote
     that list installs with pip.
   - The work runs at the lowest CPU priority (nice 19): on a clone that serves, the live release
@@ -244,24 +244,6 @@ def uninstall(module: AnsibleModule, venv: str, project: str) -> None:
                     directory = os.path.dirname(directory)
 
 
-# pypa/installer's own API, run by the new virtualenv's Python with installer's wheel on its path:
-# every wheel named on the command line, in one process, compiled once (optimization level 0, as
-# pip does). The CLI (python -m installer) would start a Python per wheel and compile twice.
-INSTALL_WHEELS = """
-import sys, sysconfig
-from installer import install
-from installer.destinations import SchemeDictionaryDestination
-from installer.sources import WheelFile
-destination = SchemeDictionaryDestination(
-    sysconfig.get_paths(), interpreter=sys.executable, script_kind="posix",
-    bytecode_optimization_levels=[0],
-)
-for path in sys.argv[1:]:
-    with WheelFile.open(path) as source:
-        install(source, destination, {})
-"""
-
-
 def install_list(manifest: dict, wheelhouse: str) -> list[str] | None:
     """The wheels the build resolved for the nodes (the manifest's I(install)), as paths in the
     wheelhouse; None for a release built before the build wrote that list. Each must be a wheel
@@ -333,10 +315,12 @@ def build_venv(
     elif seed:
         steps = [[*install, "--no-deps", "--force-reinstall", requirement]]
     elif by_installer and resolved is not None:
+        # Every wheel in one installer run, bytecode compiled once (level 0, as pip does).
         steps = [
             [python, "-m", "venv", "--clear", "--without-pip", venv],
-            [os.path.join(venv, "bin", "python"), "-c", INSTALL_WHEELS, *resolved],
-        ]
+            [os.path.join(venv, "bin", "python"), "-m", "installer",
+             "--compile-bytecode", "0", *resolved],
+        ]  # fmt: skip
         env = {"PYTHONPATH": installer[0]}
     else:
         steps = [[python, "-m", "venv", "--clear", venv], [*install, requirement]]
@@ -344,10 +328,9 @@ def build_venv(
         rc, out, err = module.run_command(argv, environ_update=env)
         if rc != 0:
             tail = " | ".join((out + err).strip().splitlines()[-8:])
-            shown = argv[:4] if "-c" not in argv else [*argv[:2], "(pypa/installer)"]
             module.fail_json(
                 msg=f"the virtualenv of {os.path.basename(release_dir)} could not be built "
-                f"offline from its wheelhouse ({' '.join(shown)} ...: rc {rc}): {tail}",
+                f"offline from its wheelhouse ({' '.join(argv[:4])} ...: rc {rc}): {tail}",
             )
     with open(os.path.join(venv, VENV_MARKER), "w", encoding="utf-8") as handle:
         seeded = (
