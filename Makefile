@@ -33,14 +33,12 @@ down: venv
 	$(BIN)/deploykit down
 
 # scripts/role-docs is Python without a .py suffix: ruff checks it when it is named.
-# LINT_STAGE: the name its time is recorded under (make test runs it beside pytest).
-LINT_STAGE ?= lint
 lint: venv
-	$(STAGE) "$(LINT_STAGE)" $(BIN)/ruff check src tests bench examples scripts/role-docs molecule/resources
-	$(STAGE) "$(LINT_STAGE)" $(BIN)/ruff format --check src tests bench examples scripts/role-docs molecule/resources
-	$(STAGE) "$(LINT_STAGE)" $(BIN)/mypy
-	$(STAGE) "$(LINT_STAGE)" $(BIN)/yamllint --strict .
-	$(STAGE) "$(LINT_STAGE)" $(BIN)/ansible-lint
+	$(STAGE) lint $(BIN)/ruff check src tests bench examples scripts/role-docs molecule/resources
+	$(STAGE) lint $(BIN)/ruff format --check src tests bench examples scripts/role-docs molecule/resources
+	$(STAGE) lint $(BIN)/mypy
+	$(STAGE) lint $(BIN)/yamllint --strict .
+	$(STAGE) lint $(BIN)/ansible-lint
 
 unit: venv
 	$(STAGE) unit $(BIN)/pytest tests/unit
@@ -62,19 +60,14 @@ shop-test: $(SHOP_VENV)/.installed
 	$(STAGE) "$(SHOP_STAGE)" examples/shop/scripts/test-services
 	$(STAGE) "$(SHOP_STAGE)" env SHOP_REQUIRE_SERVICES=1 $(SHOP_VENV)/bin/pytest examples/shop
 
-# pytest (unit tests, molecule scenarios, e2e, benches), with two things beside it, their output
-# once they are done, after pytest's; a failure of any fails the run (scripts/beside):
-# - the shop's own tests: they mostly wait (a Sentinel failover, processes starting: 12 % of the
-#   two cores over 80 s in CI), so they cost the run no time there;
-# - lint, at the lowest CPU priority: it takes the cores pytest leaves idle (16-18 % of a CI
-#   run), not pytest's; before pytest it added its 47-81 s to every run. The files it reads are
-#   the repository's: what the tests write (.cache/, the lab's inventory) it ignores.
+# lint, then pytest (unit tests, molecule scenarios, e2e, benches), with the shop's own tests
+# beside them: they mostly wait (a Sentinel failover, processes starting: 12 % of the two cores
+# over 80 s in CI), so they cost the run no time there. Their output comes once they are done,
+# after pytest's; a failure of either fails the run (scripts/beside).
 test: venv engine $(SHOP_VENV)/.installed
-	scripts/beside "lint" \
-	  nice -n 19 $(MAKE) --no-print-directory lint "LINT_STAGE=lint (beside)" -- \
-	  scripts/beside "the shop's own tests" \
+	scripts/beside "the shop's own tests" \
 	  $(MAKE) --no-print-directory shop-test "SHOP_STAGE=shop-test (beside)" -- \
-	  $(STAGE) pytest $(BIN)/pytest
+	  sh -c '$(MAKE) --no-print-directory lint && $(STAGE) pytest $(BIN)/pytest'
 
 clean:
 	rm -rf $(VENV) $(SHOP_VENV) .cache .mypy_cache .ruff_cache .pytest_cache
