@@ -172,7 +172,9 @@ def retire_unit(module: AnsibleModule, unit: str, timeout: float) -> dict:
     killed = bounded_stop(module, unit, timeout) if running_now else False
     if enabled:
         systemctl(module, "disable", unit)
-    if failed or killed:
+    # A unit caught in a restart loop can end "failed" by the stop itself (its
+    # process failing as it goes down), so anything stopped here is reset too.
+    if failed or running_now:
         systemctl(module, "reset-failed", unit)
     return {"changed": changed, "killed": killed}
 
