@@ -172,9 +172,10 @@ def retire_unit(module: AnsibleModule, unit: str, timeout: float) -> dict:
     killed = bounded_stop(module, unit, timeout) if running_now else False
     if enabled:
         systemctl(module, "disable", unit)
-    # A unit caught in a restart loop can end "failed" by the stop itself (its
-    # process failing as it goes down), so anything stopped here is reset too.
-    if failed or running_now:
+    # Asked after the stop, not before: a unit caught in a restart loop can end
+    # "failed" by the stop itself, and one that ended inactive may be unloaded
+    # already (reset-failed then fails with "not loaded"; a failed unit stays loaded).
+    if systemctl_show(unit, "ActiveState").get("ActiveState") == "failed":
         systemctl(module, "reset-failed", unit)
     return {"changed": changed, "killed": killed}
 
