@@ -17,10 +17,14 @@ STAGE := scripts/stage-time
 
 venv: $(VENV)/.installed
 
+# uv (a dependency: deploykit build uses it) installs the same versions as pip in a fifth of the
+# time (13 s against 62 s here, 2026-12-06). It does not read pip's configuration: where only pip
+# can reach the packages (an index set in pip.conf), pip installs them instead.
 $(VENV)/.installed: pyproject.toml
 	$(STAGE) venv $(PYTHON) -m venv $(VENV)
-	$(STAGE) venv $(BIN)/pip install --quiet --upgrade pip
-	$(STAGE) venv $(BIN)/pip install --quiet -e '.[test]'
+	$(STAGE) venv $(BIN)/pip install --quiet 'uv>=0.4'
+	$(STAGE) venv $(BIN)/uv pip install --quiet --python $(BIN)/python --upgrade-package pip pip -e '.[test]' \
+	  || $(STAGE) venv $(BIN)/pip install --quiet --upgrade pip -e '.[test]'
 	touch $@
 
 engine:
@@ -48,9 +52,10 @@ e2e: venv engine
 
 # The example application's own tests, against real Redis and PostgreSQL on loopback, in a
 # virtualenv of its own (its dependencies are the application's, not deploykit's).
-$(SHOP_VENV)/.installed: examples/shop/pyproject.toml
-	$(STAGE) shop-test $(PYTHON) -m venv $(SHOP_VENV)
-	$(STAGE) shop-test $(SHOP_VENV)/bin/pip install --quiet -e 'examples/shop[test]'
+$(SHOP_VENV)/.installed: examples/shop/pyproject.toml | $(VENV)/.installed
+	$(STAGE) shop-test $(PYTHON) -m venv --without-pip $(SHOP_VENV)
+	$(STAGE) shop-test $(BIN)/uv pip install --quiet --python $(SHOP_VENV)/bin/python -e 'examples/shop[test]' \
+	  || $(STAGE) shop-test $(BIN)/pip --python $(SHOP_VENV)/bin/python install --quiet -e 'examples/shop[test]'
 	touch $@
 
 # SHOP_STAGE: the name its time is recorded under (make test runs it beside the other stages:
