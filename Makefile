@@ -1,7 +1,8 @@
 # deploykit's two set-up commands (see README.md):
 #   make up     from a fresh clone to the lab running the stack
 #   make test   every test: lint, unit, molecule scenarios and end-to-end on the lab
-# Both create their own virtualenv (.venv) and install Docker's engine when it is missing.
+# Both create their own virtualenv (.venv) and install Docker's engine when it is missing. The engine
+# comes first: scripts/ensure-docker-engine also installs python3-venv, which a fresh Debian 12 lacks.
 
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -36,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 engine:
 	$(STAGE) engine scripts/ensure-docker-engine
 
-up: venv engine
+up: engine venv
 	$(BIN)/deploykit up
 
 down: venv
@@ -53,7 +54,7 @@ lint: venv
 unit: venv
 	$(STAGE) unit $(BIN)/pytest tests/unit
 
-e2e: venv engine
+e2e: engine venv
 	$(BIN)/pytest tests/e2e
 
 # The example application's own tests, against real Redis and PostgreSQL on loopback, in a
@@ -75,7 +76,7 @@ shop-test: $(SHOP_VENV)/.installed
 # their virtualenv) beside them: they mostly wait (a Sentinel failover, processes starting: 12 % of
 # the two cores over 80 s in CI), so they cost the run no time there. Their output comes once they are done,
 # after pytest's; a failure of either fails the run (scripts/beside).
-test: venv engine
+test: engine venv
 	scripts/beside "the shop's own tests" \
 	  $(MAKE) --no-print-directory shop-test "SHOP_STAGE=shop-test (beside)" -- \
 	  sh -c '$(MAKE) --no-print-directory lint && $(STAGE) pytest $(BIN)/pytest'
