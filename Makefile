@@ -24,7 +24,7 @@ venv: $(VENV)/.installed
 # is set (it is on the CI machine) Python then compiles ansible-core again in every process
 # (ansible-playbook --version: 2.5 s, 0.8 s with it). So compileall does it once, on both cores,
 # leaving out the collections' modules and tests: the controller never imports those (a module
-# travels to the hosts as source). 2026-12-06: 25 s and 37 core-seconds here; pip took 62 s and 54.
+# travels to the hosts as source). `make venv`, 2026-12-06: 37 s and 53 core-seconds; pip: 62 s, 54.
 VENV_NOT_COMPILED := /ansible_collections/[^/]+/[^/]+/(plugins/modules|tests)/
 $(VENV)/.installed: pyproject.toml
 	$(STAGE) venv $(PYTHON) -m venv $(VENV)
@@ -74,8 +74,8 @@ shop-test: $(SHOP_VENV)/.installed
 
 # lint, then pytest (unit tests, molecule scenarios, e2e, benches), with the shop's own tests (and
 # their virtualenv) beside them: they mostly wait (a Sentinel failover, processes starting: 12 % of
-# the two cores over 80 s in CI), so they cost the run no time there. Their output comes once they are done,
-# after pytest's; a failure of either fails the run (scripts/beside).
+# the two cores over 80 s in CI), so they cost the run no time there. Their output comes once they
+# are done, after pytest's; a failure of either fails the run (scripts/beside).
 test: engine venv
 	scripts/beside "the shop's own tests" \
 	  $(MAKE) --no-print-directory shop-test "SHOP_STAGE=shop-test (beside)" -- \
