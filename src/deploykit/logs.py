@@ -1,7 +1,8 @@
 """``deploykit logs PATTERN``: the application's journal from every host PATTERN names, merged.
 
-On each host ``journalctl`` reads the application's units (``<app>-web.service`` and
-``<app>-worker.service``, with systemd's own lines about them, such as a start that failed) as
+On each host ``journalctl`` reads the application's units (``<app>-web.service``, the worker's
+``<app>-worker@<release>.service``, one per release, and the ``<app>-worker.service`` of a
+deploykit from before them, with systemd's own lines about them, such as a start that failed) as
 JSON. The lines come back over SSH (:mod:`deploykit.remote`: the inventory's connection settings,
 host keys checked) and are merged by their journal timestamp, each with its host. ``--follow``
 prints the merged tail, then every host's new lines as they come, each host on its own
@@ -80,7 +81,8 @@ def journal_command(
     # Following runs on a pseudo-terminal, where journalctl would colour its JSON.
     words = ["env", "SYSTEMD_COLORS=0", "journalctl", "--no-pager", "--quiet", "--output=json"]
     words.append(f"--output-fields={_FIELDS}")
-    words += [f"--unit={app}-web.service", f"--unit={app}-worker.service"]
+    words += [f"--unit={app}-web.service", f"--unit={app}-worker@*.service"]
+    words.append(f"--unit={app}-worker.service")
     if after_cursor is not None:
         words.append(f"--after-cursor={after_cursor}")
     else:

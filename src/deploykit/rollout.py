@@ -1132,7 +1132,9 @@ class Rollouts:
             else:
                 note = (
                     f"ran no release of {result.app} before, and its units could not be stopped: "
-                    f"systemctl disable --now {result.app}-web.service {result.app}-worker.service"
+                    f"systemctl disable --now {result.app}-web.service and each "
+                    f"{result.app}-worker@<release>.service (systemctl list-units "
+                    f"'{result.app}-worker@*')"
                 )
             outcome.message = f"{outcome.message}; {note}" if outcome.message else note
 

@@ -41,6 +41,7 @@ from shop_user import (
     wait_until,
 )
 
+from ansible_collections.deploykit.fleet.plugins.module_utils.release import instance_unit
 from deploykit import lab
 from deploykit.release import artifact_filename
 
@@ -124,7 +125,7 @@ def wait_stack_healthy(shell: LabShell, base_url: str) -> None:
         ("cache1", "redis-server"),
         ("db1", "postgresql@*"),  # the cluster itself, not Debian's umbrella unit
         ("queue1", "rabbitmq-server"),
-        (WORKER, f"{APP}-worker"),
+        (WORKER, worker_unit(shell)),
         *((clone, f"{APP}-web") for clone in CLONES),
     ):
         if not shell.succeeds(host, f"systemctl is-active --quiet '{unit}'"):
@@ -165,8 +166,14 @@ def queue_depth(shell: LabShell) -> tuple[int, int]:
     return int(row["messages_ready"] or 0), int(row["messages_unacknowledged"] or 0)
 
 
+def worker_unit(shell: LabShell, app: str = APP) -> str:
+    """The worker's unit of the live release: its instance of the worker role's template."""
+    live = shell.run(WORKER, f"readlink /srv/{app}/current").strip().rsplit("/", 1)[-1]
+    return instance_unit(f"{app}-worker@.service", live)
+
+
 def worker_restarts(shell: LabShell) -> int:
-    return int(shell.run(WORKER, f"systemctl show -P NRestarts {APP}-worker.service"))
+    return int(shell.run(WORKER, f"systemctl show -P NRestarts {worker_unit(shell)}"))
 
 
 # --- 1. a clone killed under load -----------------------------------------------------------------
@@ -258,7 +265,7 @@ def test_a_worker_killed_mid_job_loses_no_job_and_runs_none_twice(
             timeout=30,
             every=0.1,
         )
-        lab_shell.run(WORKER, f"systemctl kill -s KILL {APP}-worker.service")
+        lab_shell.run(WORKER, f"systemctl kill -s KILL {worker_unit(lab_shell)}")
         # What the kill interrupted: the jobs running now are half done (their worker is gone).
         at_kill = jobs(user, ids)
         interrupted = [i for i, d in at_kill.items() if d["status"] == "running"]
@@ -274,7 +281,9 @@ def test_a_worker_killed_mid_job_loses_no_job_and_runs_none_twice(
             "systemd restarting the killed worker",
             lambda: (
                 worker_restarts(lab_shell) > restarts
-                and lab_shell.succeeds(WORKER, f"systemctl is-active --quiet {APP}-worker")
+                and lab_shell.succeeds(
+                    WORKER, f"systemctl is-active --quiet {worker_unit(lab_shell)}"
+                )
             ),
             timeout=60,
         )
@@ -302,7 +311,7 @@ def test_a_worker_killed_mid_job_loses_no_job_and_runs_none_twice(
             "attempts: " + ", ".join(f"{job_id[:8]} {done[job_id]['attempts']}" for job_id in ids)
         )
     finally:
-        lab_shell.run(WORKER, f"systemctl start {APP}-worker.service")
+        lab_shell.run(WORKER, f"systemctl start {worker_unit(lab_shell)}")
 
 
 # --- 3. Redis and RabbitMQ restarted -------------------------------------------------------------
@@ -330,7 +339,7 @@ def test_sessions_survive_a_redis_restart(site: str, lab_shell: LabShell) -> Non
 
 def test_jobs_queued_while_rabbitmq_restarts_are_all_done(site: str, lab_shell: LabShell) -> None:
     user = User(site, f"fault3q-{uuid.uuid4().hex[:6]}").login()
-    lab_shell.run(WORKER, f"systemctl stop {APP}-worker.service")
+    lab_shell.run(WORKER, f"systemctl stop {worker_unit(lab_shell)}")
     try:
         ids = submit_reports(user, 5)
         five = lambda: queue_depth(lab_shell) == (5, 0)  # noqa: E731
@@ -339,7 +348,7 @@ def test_jobs_queued_while_rabbitmq_restarts_are_all_done(site: str, lab_shell: 
         # A durable (quorum) queue, persistent messages: the jobs are still there after the
         # restart (a lost one would keep the count under 5).
         wait_until("the 5 jobs still on the queue", five, timeout=6 * QUORUM_COUNTS_LAG)
-        lab_shell.run(WORKER, f"systemctl start {APP}-worker.service")
+        lab_shell.run(WORKER, f"systemctl start {worker_unit(lab_shell)}")
         done = wait_done(user, ids, timeout=90)
         assert all(doc["attempts"] == 1 for doc in done.values()), done
         wait_until("an empty queue", lambda: queue_depth(lab_shell) == (0, 0), timeout=20)
@@ -351,7 +360,7 @@ def test_jobs_queued_while_rabbitmq_restarts_are_all_done(site: str, lab_shell: 
     finally:
         if not lab_shell.succeeds("queue1", "systemctl is-active --quiet rabbitmq-server"):
             lab_shell.run("queue1", "systemctl start rabbitmq-server")
-        lab_shell.run(WORKER, f"systemctl start {APP}-worker.service")
+        lab_shell.run(WORKER, f"systemctl start {worker_unit(lab_shell)}")
 
 
 # --- 4. the document store stopped ----------------------------------------------------------------
@@ -697,12 +706,25 @@ def build_minimal(tmp_path: Path, name: str, *, broken: bool = False) -> dict[st
 def units_of(lab_shell: LabShell, host: str, app: str) -> dict[str, list[str]]:
     """{unit: [ActiveState, UnitFileState]} of APP's units on HOST (installed ones only)."""
     found: dict[str, list[str]] = {}
-    for unit in (f"{app}-web.service", f"{app}-worker.service"):
-        if lab_shell.succeeds(host, f"test -f /etc/systemd/system/{unit}"):
+    for unit in (f"{app}-web.service", f"{app}-worker@.service"):
+        if not lab_shell.succeeds(host, f"test -f /etc/systemd/system/{unit}"):
+            found[unit] = []
+        elif unit.endswith("@.service"):
+            # The worker's template: "active" when an instance (any release's) runs, "enabled"
+            # when one would start at boot.
+            prefix = unit.removesuffix(".service")
+            listed = lab_shell.run(
+                host, f"systemctl list-units --all --plain --no-legend '{prefix}*.service'"
+            )
+            states = {line.split()[2] for line in listed.splitlines() if line.strip()}
+            wants = lab_shell.succeeds(host, f"ls /etc/systemd/system/*.wants/{prefix}*.service")
+            found[unit] = [
+                "active" if states - {"inactive", "failed"} else "inactive",
+                "enabled" if wants else "disabled",
+            ]
+        else:
             shown = lab_shell.run(host, f"systemctl show -P ActiveState -P UnitFileState {unit}")
             found[unit] = shown.split()
-        else:
-            found[unit] = []
     return found
 
 
@@ -766,7 +788,7 @@ def test_replace_moves_the_fleet_to_another_application_and_back_without_a_faile
     assert f"release {good['release_id']}" in home, home
     for clone, units in clone_units.items():
         assert units[f"{APP}-web.service"] == ["inactive", "disabled"], (clone, units)
-    assert worker_units[f"{APP}-worker.service"] == ["inactive", "disabled"], worker_units
+    assert worker_units[f"{APP}-worker@.service"] == ["inactive", "disabled"], worker_units
     # 3. And back: the shop's release serves everywhere again, nothing of minimal runs.
     assert rc_back == 0, (back_lines[-1:], back_err[-3000:])
     after = status_report()

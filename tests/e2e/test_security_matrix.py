@@ -30,6 +30,7 @@ import pytest
 import yaml
 from conftest import FIRST_CONVERGE, ROOT, LabShell
 
+from ansible_collections.deploykit.fleet.plugins.module_utils.release import instance_unit
 from deploykit import lab, runner
 
 pytestmark = pytest.mark.e2e
@@ -196,7 +197,8 @@ UNIT_HARDENING = {
     "CapabilityBoundingSet": "",
     "AmbientCapabilities": "",
 }
-APP_UNITS = {"app": f"{APP}-web.service", "worker": f"{APP}-worker.service"}
+# The worker's is a template: the live release's instance is checked.
+APP_UNITS = {"app": f"{APP}-web.service", "worker": f"{APP}-worker@.service"}
 # `systemd-analyze security` measured 1.5 ("OK") for both units on the lab (systemd 252). What
 # is left is what a network service needs (AF_INET sockets, the host's network, @system-service's
 # @privileged/@resources syscalls) plus a few 0.1 items. 2.0 leaves room for a systemd update that
@@ -815,8 +817,12 @@ def test_the_application_runs_unprivileged_under_systemd_hardening(
     deployed: None, lab_shell: LabShell, hosts: dict[str, Host]
 ) -> None:
     problems = []
-    for group, unit in APP_UNITS.items():
+    for group, template in APP_UNITS.items():
         for host in _in_group(hosts, group):
+            unit = template
+            if template.endswith("@.service"):
+                live = lab_shell.run(host.name, f"readlink /srv/{APP}/current").strip()
+                unit = instance_unit(template, live.rsplit("/", 1)[-1])
             uid = lab_shell.run(host.name, f"id -u {SERVICE_ACCOUNT}")
             # A clone the fault tests killed comes back within seconds (Restart=on-failure).
             deadline = time.monotonic() + 60

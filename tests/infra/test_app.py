@@ -428,7 +428,7 @@ def test_static_pages_published_on_the_balancer(lab, releases):
 def test_worker_role_does_nothing_without_a_worker(lab):
     other = lab[OTHER]
     assert not other.file(APP).exists
-    assert not other.file("/etc/systemd/system/minimal-worker.service").exists
+    assert not other.file("/etc/systemd/system/minimal-worker@.service").exists
 
 
 def run_deploy_playbook(*extra: str) -> subprocess.CompletedProcess:

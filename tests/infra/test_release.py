@@ -273,6 +273,15 @@ def test_exec_runs_the_linked_release_with_its_id(node, releases, scratch):
     worker = node.run("%s exec %s probe -A @worker@", HELPER, scratch)
     assert worker.rc == 78
     assert "declares no worker" in worker.stderr
+    # --release (a unit per release passes its instance): that release, whatever current says.
+    node.run("rm %s/current", scratch)
+    named = node.run("%s exec --release 9.9.9-abc %s probe --flag", HELPER, scratch)
+    assert named.stdout.strip() == f"9.9.9-abc {release} --flag", named.stderr
+    unknown = node.run("%s exec --release 9.9.8-abc %s probe", HELPER, scratch)
+    assert unknown.rc == 78
+    assert "is not staged" in unknown.stderr
+    outside = node.run("%s exec --release .. %s probe", HELPER, scratch)
+    assert outside.rc == 78, outside.stdout
 
 
 def test_running_of_a_stopped_unit(node):

@@ -19,7 +19,7 @@ pytestmark = only_in_scenario(SCENARIO)
 
 NODE = "worker-node"
 APP = "/srv/jobs"
-UNIT = "jobs-worker.service"
+TEMPLATE = "jobs-worker@.service"
 BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 HELPER = "/usr/local/libexec/deploykit-release"
 
@@ -29,19 +29,30 @@ def node(request):
     return scenario_host(request, NODE)
 
 
+def live_release(node) -> str:
+    return node.run("readlink %s/current", APP).stdout.strip().rsplit("/", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def unit(node) -> str:
+    """The live release's instance of the worker's template (the release ids here hold no
+    character systemd escapes)."""
+    return f"jobs-worker@{live_release(node)}.service"
+
+
 @pytest.fixture
-def worker_running(node):
+def worker_running(node, unit):
     def restore():
-        node.run("systemctl start %s", UNIT)
-        assert node.service("jobs-worker").is_running
+        node.run("systemctl start %s", unit)
+        assert node.service(unit).is_running
 
     restore()
     yield
     restore()
 
 
-def main_pid(node) -> int:
-    return int(node.run("systemctl show --property=MainPID --value %s", UNIT).stdout.strip())
+def main_pid(node, unit) -> int:
+    return int(node.run("systemctl show --property=MainPID --value %s", unit).stdout.strip())
 
 
 def ping(node):
@@ -49,18 +60,25 @@ def ping(node):
     return node.run(
         "systemd-run --quiet --wait --pipe --collect --uid=deploykit --gid=deploykit"
         " --property=EnvironmentFile=%s/shared/env %s exec %s celery -A @worker@ inspect ping"
-        " --destination=jobs@%s --timeout=5",
+        " --destination=jobs-%s@%s --timeout=5",
         APP,
         HELPER,
         APP,
+        live_release(node),
         node.run("hostname").stdout.strip(),
     )
 
 
-def test_worker_runs_as_the_service_account(node, worker_running):
-    service = node.service("jobs-worker")
+def test_worker_runs_as_the_service_account(node, unit, worker_running):
+    service = node.service(unit)
     assert service.is_enabled
-    pid = main_pid(node)
+    # One instance, the live release's: no other release's is left running or enabled.
+    listed = node.run("systemctl list-units --all --plain --no-legend 'jobs-worker@*'").stdout
+    assert [line.split()[0] for line in listed.splitlines()] == [unit]
+    assert (
+        node.run("ls /etc/systemd/system/multi-user.target.wants/").stdout.split().count(unit) == 1
+    )
+    pid = main_pid(node, unit)
     processes = node.run("ps -o user:32=,args= --ppid %s -p %s", str(pid), str(pid))
     lines = processes.stdout.splitlines()
     assert len(lines) == 2, lines  # the main process and its one pool process (concurrency 1)
@@ -69,17 +87,19 @@ def test_worker_runs_as_the_service_account(node, worker_running):
         assert user == "deploykit"
         assert "celery -A jobs.tasks:celery_app worker --loglevel INFO --concurrency 1" in args
     environ = node.run("tr '\\0' '\\n' < /proc/%s/environ", str(pid)).stdout.splitlines()
-    live = node.run("readlink %s/current", APP).stdout.strip().rsplit("/", 1)[1]
+    live = live_release(node)
     assert f"DEPLOYKIT_RELEASE_ID={live}" in environ
     assert f"BROKER_URL={BROKER}" in environ
 
 
-def test_unit_stops_with_a_warm_shutdown_and_is_hardened(node):
+def test_unit_stops_with_a_warm_shutdown_and_is_hardened(node, unit):
     wanted = {**RELEASE_UNIT_SANDBOX, "TimeoutStopUSec": "1min"}
-    assert unit_properties(node, UNIT, wanted) == wanted
-    unit = node.run("systemctl cat %s", UNIT).stdout
-    assert f"EnvironmentFile={APP}/shared/env" in unit
-    assert f"ExecStart={HELPER} exec {APP} celery -A @worker@ worker" in unit
+    assert unit_properties(node, unit, wanted) == wanted
+    text = node.run("systemctl cat %s", TEMPLATE).stdout
+    assert f"EnvironmentFile={APP}/shared/env" in text
+    # The instance names the release it runs, and the Celery node name holds it too.
+    assert f"ExecStart={HELPER} exec --release %i {APP} celery -A @worker@ worker" in text
+    assert "--hostname jobs-%i@%H" in text
 
 
 def test_env_file_holds_the_contract_settings(node):
@@ -113,7 +133,7 @@ def test_no_port_is_opened(node, worker_running):
     assert not node.file("/etc/nftables.d/worker.nft").exists
 
 
-def test_a_stop_lets_the_running_job_finish(node, worker_running):
+def test_a_stop_lets_the_running_job_finish(node, unit, worker_running):
     """Celery's warm shutdown: SIGTERM to the main process only; the job it runs finishes first."""
     tag = f"warm-{time.time_ns()}"
     sent = node.run(
@@ -124,43 +144,43 @@ def test_a_stop_lets_the_running_job_finish(node, worker_running):
     )
     assert sent.rc == 0, sent.stderr
     deadline = time.monotonic() + 20
-    while f"slow task {tag} started" not in node.run("journalctl -u %s -o cat", UNIT).stdout:
+    while f"slow task {tag} started" not in node.run("journalctl -u %s -o cat", unit).stdout:
         assert time.monotonic() < deadline, "the job never started"
         time.sleep(0.3)
     started = time.monotonic()
-    stop = node.run("systemctl stop %s", UNIT)
+    stop = node.run("systemctl stop %s", unit)
     took = time.monotonic() - started
     assert stop.rc == 0, stop.stderr
     # journald takes in the unit's last lines asynchronously: look again for a few seconds.
     finished = f"slow task {tag} finished after 6 s"
     deadline = time.monotonic() + 10
-    while finished not in (log := node.run("journalctl -u %s -o cat", UNIT).stdout):
+    while finished not in (log := node.run("journalctl -u %s -o cat", unit).stdout):
         assert time.monotonic() < deadline, log[-2000:]
         time.sleep(0.3)
     assert took > 3, f"the stop took {took:.1f} s: it did not wait for the job"
-    result = node.run("systemctl show --property=Result --value %s", UNIT).stdout.strip()
+    result = node.run("systemctl show --property=Result --value %s", unit).stdout.strip()
     assert result == "success"  # not killed at the timeout
 
 
-def test_restart_decision_reads_the_running_process(node, worker_running):
-    live = node.run("readlink %s/current", APP).stdout.strip().rsplit("/", 1)[1]
+def test_restart_decision_reads_the_running_process(node, unit, worker_running):
+    live = live_release(node)
     running = json.loads(
         node.run(
             "%s running %s --file %s/shared/env --file /etc/systemd/system/%s",
             HELPER,
-            UNIT,
+            unit,
             APP,
-            UNIT,
+            TEMPLATE,
         ).stdout
     )
     assert running["release"] == live
     assert running["changed_since"] == []
     node.run("touch %s/shared/env", APP)
-    changed = json.loads(node.run("%s running %s --file %s/shared/env", HELPER, UNIT, APP).stdout)
+    changed = json.loads(node.run("%s running %s --file %s/shared/env", HELPER, unit, APP).stdout)
     assert changed["changed_since"] == [f"{APP}/shared/env"]
-    node.run("systemctl restart %s", UNIT)
+    node.run("systemctl restart %s", unit)
 
 
 def test_application_without_a_worker_gets_nothing(node):
     assert not node.file("/srv/minimal").exists
-    assert not node.file("/etc/systemd/system/minimal-worker.service").exists
+    assert not node.file("/etc/systemd/system/minimal-worker@.service").exists

@@ -48,7 +48,8 @@ def test_the_command_reads_the_applications_units_only() -> None:
     words = shlex.split(logs.journal_command("shop", lines=50))
     assert words[:2] == ["env", "SYSTEMD_COLORS=0"]
     assert words[2] == "journalctl"
-    assert "--unit=shop-web.service" in words and "--unit=shop-worker.service" in words
+    assert "--unit=shop-web.service" in words and "--unit=shop-worker@*.service" in words
+    assert "--unit=shop-worker.service" in words  # a worker unit from before the unit per release
     assert "--lines=50" in words and "--output=json" in words
     assert "--reverse" in words  # the newest 50, not the oldest
     assert not any(word.startswith(("--since", "--grep", "--follow")) for word in words)

@@ -655,12 +655,16 @@ def test_the_applications_deploykit_installed_are_found_by_their_units(tmp_path:
     (tmp_path / "shop-web.service").write_text(f"ExecStart={helper}/srv/shop gunicorn @wsgi@\n")
     (tmp_path / "shop-worker.service").write_text(f"ExecStart={helper}/srv/shop celery\n")
     (tmp_path / "notes-web.service").write_text(f"ExecStart={helper}/srv/notes gunicorn\n")
+    # The worker's unit per release: its template.
+    (tmp_path / "notes-worker@.service").write_text(
+        f"ExecStart={helper.replace(' exec ', ' exec --release %i ')}/srv/notes celery\n"
+    )
     # Not deploykit's: another web unit on the host, and a unit of another kind.
     (tmp_path / "nginx-web.service").write_text("ExecStart=/usr/sbin/nginx\n")
     (tmp_path / "shop-beat.service").write_text(f"ExecStart={helper}/srv/shop celery beat\n")
     apps = deploykit_apps(str(tmp_path))
     assert {name: sorted(units) for name, units in apps.items()} == {
-        "notes": ["notes-web.service"],
+        "notes": ["notes-web.service", "notes-worker@.service"],
         "shop": ["shop-web.service", "shop-worker.service"],
     }
     assert deploykit_apps(str(tmp_path / "missing")) == {}

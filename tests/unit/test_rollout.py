@@ -370,13 +370,13 @@ def test_a_worker_node_of_an_application_without_a_worker_holds_its_current_rele
     nodes["worker1"] = {
         "groups": ["worker"],
         "apps": {},  # no unit of the application installed on the worker node
-        "worker": {"current": "r1", "units": {"notes-worker.service": {"active": "inactive"}}},
+        "worker": {"current": "r1", "units": {"notes-worker@.service": {"active": "inactive"}}},
     }
     report = status_from_survey("notes", nodes)
     worker = next(n for n in report.nodes if n.role == "worker")
     assert worker.release == "r1"
     # With its unit installed, a worker that does not run is not on any release.
-    installed = {"notes-worker.service": {"active": "inactive", "enabled": "disabled"}}
+    installed = {"notes-worker@.service": {"active": "inactive", "enabled": "disabled"}}
     nodes["worker1"]["apps"] = {"notes": installed}
     worker = next(n for n in status_from_survey("notes", nodes).nodes if n.role == "worker")
     assert worker.release is None

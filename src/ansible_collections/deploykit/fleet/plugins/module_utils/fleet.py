@@ -172,7 +172,7 @@ def _runner_node(
     node.releases = [str(r) for r in survey.get("releases") or []]
     node.service = state.get("active")
     node.release = state.get("release") if state.get("pid") else None
-    if role == "worker" and unit not in node.apps.get(unit.removesuffix("-worker.service"), {}):
+    if role == "worker" and unit not in node.apps.get(unit.removesuffix("-worker@.service"), {}):
         # The application has no worker: nothing of it is installed to run here, and the node
         # holds the release its current link points to (activate switches it all the same).
         node.release = node.current
@@ -229,7 +229,7 @@ def status_from_survey(app: str, nodes: Mapping[str, Any]) -> StatusReport:
     """Turn the survey's per-host reports (tasks/survey.yml) into a :class:`StatusReport`."""
     views = _haproxy_views(nodes)
     result: list[NodeStatus] = []
-    units = (("app", f"{app}-web.service"), ("worker", f"{app}-worker.service"))
+    units = (("app", f"{app}-web.service"), ("worker", f"{app}-worker@.service"))
     for host, report in sorted(nodes.items()):
         if not isinstance(report, Mapping):
             continue

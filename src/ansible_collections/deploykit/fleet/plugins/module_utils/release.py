@@ -39,19 +39,22 @@ deploykit-release survey APP_ROOT [--unit UNIT ...] [--health-url URL]
     With --health-url, the release the service itself reports there ({"release": ...} in a JSON
     answer) and the HTTP status. Prints one JSON object; exits 0 whatever it finds.
 
-deploykit-release exec APP_ROOT PROGRAM [ARGS ...]
-    Resolve APP_ROOT/current ONCE, then run PROGRAM from that release's virtualenv
-    (<release>/venv/bin/PROGRAM) in the release directory, with DEPLOYKIT_RELEASE_ID set to the
-    release's id. An argument @wsgi@ or @worker@ is replaced by that entry of the release's
-    contract (its manifest.json). systemd units start the application through it: the process
-    is pinned to the release that was live when it started, runs that release's entry point and
-    reports that release's id, whatever happens to the link later; the unit itself holds
-    nothing of any release. A switch takes effect at the next (re)start.
+deploykit-release exec [--release ID] APP_ROOT PROGRAM [ARGS ...]
+    Resolve APP_ROOT/current ONCE (with --release, take the release ID instead: a unit per
+    release, such as the worker's <app>-worker@ID.service, passes its instance), then run
+    PROGRAM from that release's virtualenv (<release>/venv/bin/PROGRAM) in the release
+    directory, with DEPLOYKIT_RELEASE_ID set to the release's id. An argument @wsgi@ or
+    @worker@ is replaced by that entry of the release's contract (its manifest.json). systemd
+    units start the application through it: the process is pinned to the release that was live
+    when it started (or that its instance names), runs that release's entry point and reports
+    that release's id, whatever happens to the link later; the unit itself holds nothing of any
+    release. A switch takes effect at the next (re)start.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import os
@@ -542,6 +545,14 @@ def process_release(pid: int) -> str | None:
     return None
 
 
+def running_releases() -> set[str]:
+    """The releases processes on this node run (DEPLOYKIT_RELEASE_ID in their environment): an
+    old release's worker still finishing its jobs runs one that current no longer points to, and
+    prune must not remove it from under it."""
+    found = {process_release(int(pid)) for pid in os.listdir("/proc") if pid.isdigit()}
+    return {release for release in found if release}
+
+
 def running(unit: str, files: list[str] | tuple[str, ...] = ()) -> dict:
     """What the unit's main process runs: {"pid" (0 when not running), "release", "active",
     "changed_since": which of ``files`` changed since it started}."""
@@ -575,14 +586,87 @@ def cmd_running(args: argparse.Namespace) -> int:
     return 0
 
 
+# A unit per release: a systemd template (the worker role's <app>-worker@.service) whose instance
+# is the release id, so that the new release's process starts and answers before the old one's
+# graceful stop. '+' is the one character a release id may hold that a unit name may not: it is
+# escaped as systemd-escape does; the unit passes the instance as it is (%i) and exec reads it back.
+TEMPLATE_SUFFIX = "@.service"
+
+
+def is_template(unit: str) -> bool:
+    return unit.endswith(TEMPLATE_SUFFIX)
+
+
+def release_instance(release_id: str) -> str:
+    return release_id.replace("+", "\\x2b")
+
+
+def release_of_instance(instance: str) -> str:
+    return instance.replace("\\x2b", "+")
+
+
+def instance_unit(template: str, release_id: str) -> str:
+    """``shop-worker@.service``, ``1.2.0-ab12`` → ``shop-worker@1.2.0-ab12.service``."""
+    return f"{template.removesuffix(TEMPLATE_SUFFIX)}@{release_instance(release_id)}.service"
+
+
+def instances(template: str, unit_dir: str = "/etc/systemd/system") -> list[str]:
+    """The instances of ``template`` systemd knows (running, stopping, failed) or would start at
+    boot (enabled), sorted."""
+    prefix = template.removesuffix(TEMPLATE_SUFFIX) + "@"
+    try:
+        shown = subprocess.run(
+            ["systemctl", "list-units", "--all", "--output=json", f"{prefix}*.service"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        listed = json.loads(shown.stdout or "[]")
+    except (OSError, ValueError):  # no systemd here, or an answer that is not JSON
+        listed = []
+    names = {
+        str(u.get("unit")) for u in listed if isinstance(u, dict) and u.get("load") != "not-found"
+    }
+    for wants in glob.glob(os.path.join(unit_dir, "*.wants", f"{glob.escape(prefix)}*.service")):
+        names.add(os.path.basename(wants))
+    return sorted(n for n in names if n.startswith(prefix) and n != template)
+
+
+def enabled(unit: str) -> bool:
+    return systemctl_show(unit, "UnitFileState").get("UnitFileState") == "enabled"
+
+
 def unit_state(unit: str) -> dict:
-    answer = running(unit)
-    return {"active": answer["active"], "pid": answer["pid"], "release": answer["release"]}
+    """{"active", "pid", "release"} of ``unit``; of a template, its instance that serves (the
+    enabled one, else the one running), with ``instance`` its name and ``others`` the other
+    instances' states (an old release's worker still finishing its jobs)."""
+    if not is_template(unit):
+        answer = running(unit)
+        return {"active": answer["active"], "pid": answer["pid"], "release": answer["release"]}
+    states = {}
+    for name in instances(unit):
+        shown = systemctl_show(name, "ActiveState", "UnitFileState")
+        states[name] = (
+            shown.get("ActiveState") or "unknown",
+            shown.get("UnitFileState") == "enabled",
+        )
+    ranked = sorted(
+        states,
+        key=lambda n: (not states[n][1], states[n][0] not in ("active", "activating", "reloading")),
+    )
+    if not ranked:
+        return {"active": "inactive", "pid": 0, "release": None, "instance": None, "others": {}}
+    answer = running(ranked[0])
+    return {
+        "active": answer["active"],
+        "pid": answer["pid"],
+        "release": answer["release"],
+        "instance": ranked[0],
+        "others": {n: states[n][0] for n in ranked[1:]},
+    }
 
 
 #: Where the app and worker roles install their units, and the command every one of them runs.
 UNIT_DIR = "/etc/systemd/system"
-UNIT_SUFFIXES = ("-web.service", "-worker.service")
+UNIT_SUFFIXES = ("-web.service", "-worker.service", "-worker@.service")
 HELPER_EXEC = "/usr/local/libexec/deploykit-release exec "
 
 
@@ -606,7 +690,16 @@ def deploykit_apps(unit_dir: str = UNIT_DIR) -> dict:
                     continue
         except OSError:
             continue
-        shown = systemctl_show(name, "ActiveState", "UnitFileState")
+        if is_template(name):
+            state = unit_state(name)
+            shown = {
+                "ActiveState": state["active"],
+                "UnitFileState": "enabled"
+                if any(enabled(n) for n in instances(name, unit_dir))
+                else "disabled",
+            }
+        else:
+            shown = systemctl_show(name, "ActiveState", "UnitFileState")
         apps.setdefault(name[: -len(suffix)], {})[name] = {
             "active": shown.get("ActiveState") or "unknown",
             "enabled": shown.get("UnitFileState") or "unknown",
@@ -674,21 +767,32 @@ def cmd_survey(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_exec(app_root: str, name: str, arguments: list[str]) -> int:
+def cmd_exec(app_root: str, name: str, arguments: list[str], release_id: str | None = None) -> int:
     root = os.path.abspath(app_root)
     link = os.path.join(root, "current")
-    release = os.path.realpath(link)
     releases = os.path.realpath(os.path.join(root, "releases"))
-    if (
-        not os.path.islink(link)
-        or os.path.dirname(release) != releases
-        or not os.path.isdir(release)
-    ):
-        print(
-            f"deploykit-release exec: {link} does not point to a release in {releases}",
-            file=sys.stderr,
-        )
-        return EX_CONFIG
+    if release_id is not None:
+        # A unit per release (the worker's): the instance names the release, current does not.
+        release_id = release_of_instance(release_id)
+        release = os.path.join(releases, release_id)
+        if not RELEASE_ID_RE.match(release_id) or not os.path.isdir(release):
+            print(
+                f"deploykit-release exec: release {release_id!r} is not staged in {releases}",
+                file=sys.stderr,
+            )
+            return EX_CONFIG
+    else:
+        release = os.path.realpath(link)
+        if (
+            not os.path.islink(link)
+            or os.path.dirname(release) != releases
+            or not os.path.isdir(release)
+        ):
+            print(
+                f"deploykit-release exec: {link} does not point to a release in {releases}",
+                file=sys.stderr,
+            )
+            return EX_CONFIG
     program = os.path.join(release, VENV, "bin", name)
     if "/" in name or not os.access(program, os.X_OK):
         print(
@@ -749,10 +853,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["exec"]:
         # Everything after PROGRAM is the program's own (no option parsing here).
+        release_id = None
+        if argv[1:2] == ["--release"] and len(argv) > 2:
+            release_id, argv = argv[2], argv[:1] + argv[3:]
         if len(argv) < 3:
-            print("usage: deploykit-release exec APP_ROOT PROGRAM [ARGS ...]", file=sys.stderr)
+            print(
+                "usage: deploykit-release exec [--release ID] APP_ROOT PROGRAM [ARGS ...]",
+                file=sys.stderr,
+            )
             return 2
-        return cmd_exec(argv[1], argv[2], argv[3:])
+        return cmd_exec(argv[1], argv[2], argv[3:], release_id)
     parser = argparse.ArgumentParser(prog="deploykit-release", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     verify = commands.add_parser("verify")

@@ -14,6 +14,11 @@ description:
   - First, with O(replaces), retires the units of the application this one replaces on the node
     (bounded stop, disable), so that its port is free (deploykit deploy --replace); the return
     after a failure replaces the other way round.
+  - With a template O(unit) (C(name@.service), the worker's), the release runs as its own
+    instance (C(name@<release_id>.service)): it starts beside the instances of other releases,
+    and only once it is healthy are they disabled and stopped, in the background (their own
+    TimeoutStopSec bounds a graceful stop that lets running jobs finish), or with
+    O(others_stop_timeout), waited for. A long job on the old release then holds nothing up.
   - Restarts the unit when its process does not run the release, or when one of O(files) (its
     settings, its unit) changed since it started; starts it when it is not running; enables it.
     A stop is bounded by O(stop_timeout) seconds of wall clock, then the unit is killed: a release
@@ -38,6 +43,7 @@ options:
   stop_timeout: {description: The longest wait for the old process to stop before it is killed., type: float, default: 40}
   journal_lines: {description: The unit's last journal lines reported on failure., type: int, default: 15}
   replaces: {description: "Units of another application retired (bounded stop, disable) before O(unit) starts.", type: list, elements: str, default: []}
+  others_stop_timeout: {description: "With a template O(unit): wait this long for the other instances to stop (then SIGKILL) instead of stopping them in the background.", type: float}
 """
 
 RETURN = r"""
@@ -46,6 +52,8 @@ switched: {description: Whether current changed., returned: always, type: bool}
 restarted: {description: Whether the unit was (re)started., returned: always, type: bool}
 killed: {description: Whether the old process had to be killed at the stop deadline., returned: always, type: bool}
 retired: {description: The units of O(replaces) that were running or enabled, now stopped and disabled., returned: always, type: list}
+instance: {description: "With a template O(unit): the instance that runs the release.", returned: always, type: str}
+stopping: {description: "With a template O(unit): the other instances disabled and stopping in the background.", returned: always, type: list}
 seconds: {description: Seconds per part (switch, stop, start, health)., returned: always, type: dict}
 journal: {description: The unit's last journal lines (on failure)., returned: failure, type: list}
 """
@@ -59,7 +67,11 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
     ReleaseProblem,
+    enabled,
     health,
+    instance_unit,
+    instances,
+    is_template,
     live_release,
     load_manifest,
     running,
@@ -181,9 +193,51 @@ def retire_unit(module: AnsibleModule, unit: str, timeout: float) -> dict:
 
 
 def retire(module: AnsibleModule, unit: str, timeout: float) -> None:
-    """state=retired: ``unit`` stopped (bounded) and disabled."""
-    done = retire_unit(module, unit, timeout)
-    module.exit_json(unit=unit, state="retired", **done)
+    """state=retired: ``unit`` (a template: every instance of it) stopped (bounded) and
+    disabled."""
+    if not is_template(unit):
+        done = retire_unit(module, unit, timeout)
+        module.exit_json(unit=unit, state="retired", **done)
+    units = instances(unit)
+    done = [retire_unit(module, name, timeout) for name in units]
+    module.exit_json(
+        unit=unit,
+        state="retired",
+        changed=any(d["changed"] for d in done),
+        killed=any(d["killed"] for d in done),
+        instances=units,
+    )
+
+
+def others_of(template: str, instance: str) -> list[str]:
+    """The other instances of ``template``, and the unit of the same name without an instance
+    (``name.service``, what deploykit installed before it ran a unit per release)."""
+    plain = template.replace("@.service", ".service")
+    legacy = [plain] if systemctl_show(plain, "LoadState").get("LoadState") == "loaded" else []
+    return [name for name in instances(template) if name != instance] + legacy
+
+
+def stop_others(module: AnsibleModule, others: list[str], timeout: float | None) -> dict:
+    """Disable ``others`` and stop them: waited for (bounded by ``timeout``, then SIGKILL), or
+    with no ``timeout`` only asked (systemd carries the stop out, bounded by its TimeoutStopSec).
+    {"retired": waited for, "stopping": asked, "killed"}."""
+    done: dict = {"retired": [], "stopping": [], "killed": False}
+    for name in others:
+        if timeout is not None:
+            retired = retire_unit(module, name, timeout)
+            if retired["changed"]:
+                done["retired"].append(name)
+                done["killed"] = done["killed"] or retired["killed"]
+            continue
+        shown = systemctl_show(name, "ActiveState", "UnitFileState")
+        if shown.get("UnitFileState") == "enabled":
+            systemctl(module, "disable", name)
+        if shown.get("ActiveState") == "failed":
+            systemctl(module, "reset-failed", name)
+        elif shown.get("ActiveState") not in STOPPED:
+            systemctl(module, "stop", "--no-block", name)
+            done["stopping"].append(name)
+    return done
 
 
 def journal(unit: str, lines: int, since: float) -> list[str]:
@@ -211,6 +265,7 @@ def main() -> None:
             "stop_timeout": {"type": "float", "default": 40},
             "journal_lines": {"type": "int", "default": 15},
             "replaces": {"type": "list", "elements": "str", "default": []},
+            "others_stop_timeout": {"type": "float"},
         },
         mutually_exclusive=[("health_url", "health_command", "health_address")],
         required_if=[("state", "live", ["release_id"])],
@@ -220,6 +275,10 @@ def main() -> None:
     unit, release_id = p["unit"], p["release_id"]
     if p["state"] == "retired":
         retire(module, unit, p["stop_timeout"])
+    # A template: the release runs as its own instance, beside the other releases' (see above).
+    template = unit if is_template(unit) else None
+    if template is not None:
+        unit = instance_unit(template, release_id)
     release_dir = os.path.join(p["app_root"], "releases", release_id)
     try:
         contract = load_manifest(release_dir).get("contract") or {}
@@ -241,13 +300,25 @@ def main() -> None:
         "unit": unit,
         "release_id": release_id,
         "retired": [],
+        "instance": unit if template else "",
+        "stopping": [],
     }
-    replaced = [u for u in p["replaces"] if u != unit]
+    others = others_of(template, unit) if template else []
+    replaced = [
+        name
+        for u in p["replaces"]
+        for name in (instances(u) if is_template(u) else [u])
+        if name != unit and u != template
+    ]
     if module.check_mode:
         result["retired"] = [
             u for u in replaced if retire_unit(module, u, p["stop_timeout"])["changed"]
         ]
-        changed = result["switched"] or must_restart or not state["pid"] or result["retired"]
+        changed = (
+            result["switched"] or must_restart or not state["pid"] or result["retired"]
+            or any(enabled(o) or systemctl_show(o, "ActiveState").get("ActiveState") not in STOPPED
+                   for o in others)
+        )  # fmt: skip
         module.exit_json(changed=bool(changed), **result)
     # The application this one replaces holds the port (and its worker the queue's consumers):
     # stopped and disabled first. A bounded stop: the clone is drained.
@@ -266,6 +337,9 @@ def main() -> None:
         if state["pid"] or systemctl_show(unit, "UnitFileState").get("UnitFileState") == "enabled":
             systemctl(module, "disable", "--now", unit)
             result["restarted"] = True
+        for other in others:
+            if retire_unit(module, other, p["stop_timeout"])["changed"]:
+                result["retired"].append(other)
         module.exit_json(
             changed=bool(result["switched"] or result["restarted"] or result["retired"]),
             unit_runs=False,
@@ -294,7 +368,7 @@ def main() -> None:
         systemctl(module, "start", "--no-block", unit)
         result["restarted"] = True
         seconds["start"] = round(time.monotonic() - started, 3)
-    if systemctl_show(unit, "UnitFileState").get("UnitFileState") != "enabled":
+    if template is None and not enabled(unit):
         systemctl(module, "enable", unit)
     restarts = int(systemctl_show(unit, "NRestarts").get("NRestarts") or 0)
     started = time.monotonic()
@@ -361,8 +435,22 @@ def main() -> None:
             journal=lines,
             **result,
         )
+    if template is not None:
+        # Healthy: this instance is the one that starts at boot, and the other releases' stop.
+        if not enabled(unit):
+            systemctl(module, "enable", unit)
+        started = time.monotonic()
+        done = stop_others(module, others, p["others_stop_timeout"])
+        result["retired"] += done["retired"]
+        result["stopping"] = done["stopping"]
+        result["killed"] = result["killed"] or done["killed"]
+        if others:
+            seconds["others"] = round(time.monotonic() - started, 3)
     module.exit_json(
-        changed=bool(result["switched"] or result["restarted"] or result["retired"]), **result
+        changed=bool(
+            result["switched"] or result["restarted"] or result["retired"] or result["stopping"]
+        ),
+        **result,
     )
 
 

@@ -41,7 +41,7 @@ options:
   app_root: {description: Where the application lives; empty for /srv/<name>., type: str, default: ""}
   venv: {description: Build the release's virtualenv (false on the balancers, which run no app code)., type: bool, default: true}
   python: {description: The interpreter the virtualenv is made from., type: path, default: /usr/bin/python3}
-  keep: {description: Releases kept on the node (the live one and this one always)., type: int, default: 5}
+  keep: {description: "Releases kept on the node (the live one, this one and any a process still runs always).", type: int, default: 5}
   configuration:
     description:
       - The fingerprint of what the node's configuration is made of besides the release (the
@@ -93,6 +93,7 @@ from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
     live_release,
     load_manifest,
     prune,
+    running_releases,
     stamp,
     verify_artifact,
     verify_tree,
@@ -440,7 +441,8 @@ def main() -> None:
             releases,
             p["keep"],
             os.path.join(root, "current"),
-            [release_id],
+            # Nor a release a process still runs (an old release's worker finishing its jobs).
+            [release_id, *sorted(running_releases())],
             os.path.join(root, "artifacts"),
             remove=lambda path: remove_later(module, path),
         )["removed"]
