@@ -27,7 +27,9 @@ from typing import Any
 import pytest
 from conftest import ROOT, LabShell
 from loadgen import LoadGenerator, SessionLogin
+from shop_user import User, submit_reports, wait_done, wait_until
 
+from ansible_collections.deploykit.fleet.plugins.module_utils.release import instance_unit
 from deploykit import lab
 
 pytestmark = pytest.mark.e2e
@@ -496,14 +498,49 @@ def test_a_node_configured_by_other_code_is_configured_again_by_a_deploy_of_the_
 
 
 def test_rollback_returns_to_the_release_before_the_live_one(
-    artifacts: dict[str, dict[str, Any]],
+    artifacts: dict[str, dict[str, Any]], shop: str, lab_up: lab.LabUpResult
 ) -> None:
+    """Jobs keep coming while the rollback runs: the old release's worker finishes the ones it
+    took (each job runs once: none killed and redone), the release's own worker takes the next
+    ones, and the old one's unit ends stopped and disabled."""
     a, b = artifacts["a"], artifacts["b"]
-    run = deploykit("rollback", "--json")
+    user = User(shop, f"rollback-{time.strftime('%H%M%S')}").login()
+    submitted: list[str] = []
+    stop = threading.Event()
+
+    def submit() -> None:
+        while not stop.is_set():
+            submitted.extend(submit_reports(user, 1))
+            stop.wait(0.7)
+
+    submitter = threading.Thread(target=submit, daemon=True)
+    submitter.start()
+    try:
+        run = deploykit("rollback", "--json")
+    finally:
+        stop.set()
+        submitter.join(timeout=30)
+    submitted.extend(submit_reports(user, 2))  # after the rollback: the release's own worker's
     assert run.rc == 0, (run.summary, run.stderr[-3000:])
     assert run.summary["event"] == "rollback"
     assert (run.summary["previous"], run.summary["release"]) == (b["release_id"], a["release_id"])
     assert set(releases_on_clones(status()).values()) == {a["release_id"]}
+    done = wait_done(user, submitted, timeout=120)
+    assert {doc["attempts"] for doc in done.values()} == {1}, done
+    ran = [doc["release"] for doc in done.values()]
+    assert set(ran) == {a["release_id"], b["release_id"]}, ran
+    assert {done[job]["release"] for job in submitted[-2:]} == {a["release_id"]}
+    # One worker left, A's: B's instance stopped once its jobs were done, and is disabled.
+    shell = LabShell(lab_up)
+    kept, old = (instance_unit(f"{APP}-worker@.service", r["release_id"]) for r in (a, b))
+    wait_until(
+        "the old release's worker stopped",
+        lambda: not shell.succeeds("worker1", f"systemctl is-active --quiet {old}"),
+        timeout=60,
+    )
+    enabled = shell.run("worker1", f"systemctl is-enabled {kept} {old} || true").split()
+    assert enabled == ["enabled", "disabled"], enabled
+    assert shell.succeeds("worker1", f"systemctl is-active --quiet {kept}")
 
 
 def test_the_history_records_every_attempt(artifacts: dict[str, dict[str, Any]]) -> None:
