@@ -653,8 +653,9 @@ class Rollouts:
         configuration_code: str = "",
     ) -> tuple[StatusReport, list[dict[str, Any]], bool]:
         """The lock, the history and the survey, in one run: (status, history, finished).
-        ``app`` None: the application the history names last, learned in the same run (before
-        the lock; BadInput when the history names none); status.app says which.
+        ``app`` None: the application the history names last, learned in the same run (from
+        the lock's own answer; BadInput, the lock released, when the history names none);
+        status.app says which.
         ``settled_record``: a deploy's record with nothing to do; when every node already runs
         its release in service, the ledger records it and releases the lock in this same run
         (finished is True), so a deploy with nothing to do takes one run, not two.
@@ -679,11 +680,10 @@ class Rollouts:
             raise
         locks = [r.res.get("ledger") for r in result.results_of("ledger")]
         histories = [a for a in locks if isinstance(a, Mapping) and "records" in a]
-        if app is None:
-            app = self._learned_app(histories[0].get("app") if histories else None)
         lock = next((a for a in locks if isinstance(a, Mapping) and "acquired" in a), None)
-        # The history read under the lock: the last one, in the lock's own answer (without an
-        # application named, the first was read before the lock to learn it).
+        if app is None:
+            app = self._app_of_lock(lock, histories, token)
+        # The history read under the lock, in the lock's own answer.
         history_answer = histories[-1] if histories else {}
         if isinstance(lock, Mapping) and isinstance(lock.get("took_over"), Mapping):
             old = lock["took_over"]
@@ -766,6 +766,24 @@ class Rollouts:
                 else None
             )
             self._start_renewing(token)
+
+    def _app_of_lock(self, lock: Mapping[str, Any] | None, histories: list[Any], token: str) -> str:
+        """The application the lock's answer names (the history's); when it names none, the
+        lock taken for it is released (nothing was surveyed, nothing is recorded), then
+        BadInput says what is missing."""
+        named = histories[0].get("app") if histories else None
+        if not named and isinstance(lock, Mapping) and lock.get("acquired"):
+            self._release_unused(token)
+        return self._learned_app(named)
+
+    def _release_unused(self, token: str) -> None:
+        """Release the lock a begin run took for nothing (by its token; nothing recorded): by
+        the ledger's helper over SSH, else a run of ledger.yml."""
+        self._stop_renewing()
+        request = {"command": "lock release", "token": token}
+        if self._balancers and self._ask_ledger(self._balancers[0], request) is not None:
+            return
+        self._run("ledger.yml", {"rollout_ledger": request}, runs_subdir="lease")
 
     def _start_renewing(self, token: str) -> None:
         self._stop_renewing()

@@ -337,8 +337,9 @@ def test_finish_appends_the_record_then_releases_only_its_own_lock(tmp_path: Pat
 
 
 def test_a_lock_taken_with_history_answers_the_last_records_read_under_it(tmp_path: Path) -> None:
-    """A rollout's first step in one call (begin.yml): the lock, then the history's last records;
-    a lock refused answers no history (the run stops there)."""
+    """A rollout's first step in one call (begin.yml): the lock, then the history's last records
+    and the application they name; a lock refused answers them too (the run stops there, and the
+    refused attempt is recorded with its application)."""
     directory = str(tmp_path)
     for action in ("deploy", "rollback", "deploy"):
         ledger_module.history_append(directory, {"action": action, "app": "shop"})
@@ -353,7 +354,8 @@ def test_a_lock_taken_with_history_answers_the_last_records_read_under_it(tmp_pa
         directory, "lock acquire",
         {"holder": json.loads(holder("bob@ctl", "t2")), "with_history": True, "limit": 2},
     )  # fmt: skip
-    assert refused["acquired"] is False and "records" not in refused
+    assert refused["acquired"] is False and refused["holder"]["who"] == "ada@ctl", refused
+    assert refused["app"] == "shop" and len(refused["records"]) == 2
     # Without with_history, the answer is the lock's alone, as before.
     ledger(tmp_path, "lock", "release", "--token", "t1")
     plain = ledger_module.run(directory, "lock acquire", {"holder": json.loads(holder("c", "t3"))})

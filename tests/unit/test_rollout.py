@@ -480,6 +480,29 @@ def test_status_names_why_it_learned_no_application(tmp_path: Path) -> None:
         rollouts._app_named_by(_history_run({}, ["lb1", "lb2"]), TWO_BALANCERS)
 
 
+def test_a_lock_taken_for_an_application_no_history_names_is_released(tmp_path: Path) -> None:
+    """begin.yml learns the application from the lock's own answer; with nothing named anywhere,
+    the lock it took is released (by its token) before the controller says which is missing."""
+    rollouts, _ = _rollouts(tmp_path)
+    runs: list[tuple[str, dict[str, Any]]] = []
+    lock = {"acquired": True, "holder": {"token": "t0k"}, "records": [], "app": None}
+
+    def fake_run(playbook: str, extravars: dict[str, Any], **_: Any) -> RunResult:
+        runs.append((playbook, dict(extravars)))
+        answer = lock if playbook == "begin.yml" else {"released": True}
+        results = [ModuleResult(host="lb1", action="deploykit.fleet.ledger", ok=True,
+                                res={"ledger": answer})]  # fmt: skip
+        return RunResult(status="failed", rc=2, recap={}, failures=[], artifacts_dir=None,
+                         results=results)  # fmt: skip
+
+    rollouts._run = fake_run  # type: ignore[method-assign]
+    with pytest.raises(BadInput, match="which application"):
+        rollouts._begin(None, {"token": "t0k", "command": "rollback"}, wait=0)
+    assert [playbook for playbook, _ in runs] == ["begin.yml", "ledger.yml"]
+    assert runs[0][1]["rollout_app_from_history"] is True
+    assert runs[1][1]["rollout_ledger"] == {"command": "lock release", "token": "t0k"}
+
+
 # --- the return's stop bound ------------------------------------------------------------------
 
 

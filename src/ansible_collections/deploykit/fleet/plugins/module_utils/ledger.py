@@ -21,8 +21,9 @@ deploykit-ledger [--dir DIR] lock acquire --holder JSON [--wait SECONDS] [--take
     --take-over, a STALE lease is replaced by this holder (never a live one), atomically and only
     if it is still the stale lease that was read; the answer then carries "took_over" (the old
     holder, its age and last renewal), and the history gets a "lock take-over" record. With
-    --with-history, a lock taken answers the history's last N records too ("records", "app": as
-    history show), read under the lock in the same call.
+    --with-history, the answer holds the history's last N records too ("records", "app": as
+    history show), read under the lock in the same call when it was taken (a refused one reads
+    it all the same: the history is only ever appended to).
 deploykit-ledger [--dir DIR] lock renew --token TOKEN
     Renew the lease whose holder carries TOKEN (the lock file's mtime is its last renewal).
     Prints {"extended": bool, "holder": ... or null, ...} (and the lease's state, as lock status);
@@ -446,9 +447,11 @@ def refused(answer: dict) -> bool:
 
 
 def with_history(answer: dict, directory: str, args: dict) -> dict:
-    """A lock taken with ``with_history``: the history's last ``limit`` records too, read under
-    the lock in the same call (a rollout's first step, one round trip instead of two)."""
-    if args.get("with_history") and answer.get("acquired"):
+    """A lock asked for ``with_history``: the history's last ``limit`` records too, and the
+    application it names, in the same call (a rollout's first step, one round trip instead of
+    two): read under the lock when it was taken; when it was not, read all the same (the history
+    is only ever appended to), so that a refused attempt is recorded with its application."""
+    if args.get("with_history"):
         return {**answer, **history_show(directory, int(args.get("limit") or 0))}
     return answer
 

@@ -75,8 +75,9 @@ options:
     default: 0
   with_history:
     description:
-      - C(lock acquire), once the lock is taken, answers the history's last O(limit) records too
-        (C(records), C(app): as C(history show)), read under the lock in the same call.
+      - C(lock acquire) answers the history's last O(limit) records too (C(records), C(app): as
+        C(history show)), read under the lock in the same call when it was taken, all the same
+        when it was refused (the history is only ever appended to).
     type: bool
     default: false
   surveys:
