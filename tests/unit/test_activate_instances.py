@@ -82,7 +82,7 @@ def test_the_old_releases_worker_is_disabled_and_stops_in_the_background(
 ) -> None:
     done = activate.stop_others(systemd, [OLD, FAILED], timeout=None)
     # Asked to stop, not waited for: it finishes its jobs while the deploy goes on.
-    assert done == {"retired": [], "stopping": [OLD], "killed": False}
+    assert done == {"retired": [], "stopping": [OLD], "disabled": [OLD], "killed": False}
     assert ["stop", "--no-block", OLD] in systemd.calls
     assert systemd.units[OLD] == {
         "ActiveState": "deactivating", "UnitFileState": "disabled", "LoadState": "loaded"
@@ -95,7 +95,7 @@ def test_the_old_releases_worker_is_disabled_and_stops_in_the_background(
 def test_a_return_waits_for_the_stop_and_kills_at_its_bound(systemd: ScriptedSystemd) -> None:
     done = activate.stop_others(systemd, [OLD], timeout=0.01)
     # Still stopping at the bound: killed, and reported so.
-    assert done == {"retired": [OLD], "stopping": [], "killed": True}
+    assert done == {"retired": [OLD], "stopping": [], "disabled": [], "killed": True}
     assert ["kill", "--signal=SIGKILL", OLD] in systemd.calls
     assert systemd.units[OLD]["ActiveState"] == "inactive"
     assert systemd.units[OLD]["UnitFileState"] == "disabled"
@@ -105,6 +105,7 @@ def test_nothing_to_stop_is_nothing_done(systemd: ScriptedSystemd) -> None:
     assert activate.stop_others(systemd, [], timeout=None) == {
         "retired": [],
         "stopping": [],
+        "disabled": [],
         "killed": False,
     }
     assert systemd.calls == []

@@ -51,7 +51,7 @@ previous: {description: The release current pointed to before (empty on a first 
 switched: {description: Whether current changed., returned: always, type: bool}
 restarted: {description: Whether the unit was (re)started., returned: always, type: bool}
 killed: {description: Whether the old process had to be killed at the stop deadline., returned: always, type: bool}
-retired: {description: The units of O(replaces) that were running or enabled, now stopped and disabled., returned: always, type: list}
+retired: {description: "The units of O(replaces) that were running or enabled, now stopped and disabled (with a template O(unit) and O(others_stop_timeout), the other instances too).", returned: always, type: list}
 instance: {description: "With a template O(unit): the instance that runs the release.", returned: always, type: str}
 stopping: {description: "With a template O(unit): the other instances disabled and stopping in the background.", returned: always, type: list}
 seconds: {description: Seconds per part (switch, stop, start, health)., returned: always, type: dict}
@@ -220,8 +220,8 @@ def others_of(template: str, instance: str) -> list[str]:
 def stop_others(module: AnsibleModule, others: list[str], timeout: float | None) -> dict:
     """Disable ``others`` and stop them: waited for (bounded by ``timeout``, then SIGKILL), or
     with no ``timeout`` only asked (systemd carries the stop out, bounded by its TimeoutStopSec).
-    {"retired": waited for, "stopping": asked, "killed"}."""
-    done: dict = {"retired": [], "stopping": [], "killed": False}
+    {"retired": waited for, "stopping": asked, "disabled": what it disabled, "killed"}."""
+    done: dict = {"retired": [], "stopping": [], "disabled": [], "killed": False}
     for name in others:
         if timeout is not None:
             retired = retire_unit(module, name, timeout)
@@ -232,6 +232,7 @@ def stop_others(module: AnsibleModule, others: list[str], timeout: float | None)
         shown = systemctl_show(name, "ActiveState", "UnitFileState")
         if shown.get("UnitFileState") == "enabled":
             systemctl(module, "disable", name)
+            done["disabled"].append(name)
         if shown.get("ActiveState") == "failed":
             systemctl(module, "reset-failed", name)
         elif shown.get("ActiveState") not in STOPPED:
@@ -435,20 +436,27 @@ def main() -> None:
             journal=lines,
             **result,
         )
+    touched = False
     if template is not None:
         # Healthy: this instance is the one that starts at boot, and the other releases' stop.
         if not enabled(unit):
             systemctl(module, "enable", unit)
+            touched = True
         started = time.monotonic()
         done = stop_others(module, others, p["others_stop_timeout"])
         result["retired"] += done["retired"]
         result["stopping"] = done["stopping"]
         result["killed"] = result["killed"] or done["killed"]
+        touched = touched or bool(done["disabled"])
         if others:
             seconds["others"] = round(time.monotonic() - started, 3)
     module.exit_json(
         changed=bool(
-            result["switched"] or result["restarted"] or result["retired"] or result["stopping"]
+            result["switched"]
+            or result["restarted"]
+            or result["retired"]
+            or result["stopping"]
+            or touched
         ),
         **result,
     )
