@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -64,8 +65,9 @@ def test_every_clone_and_worker_merged_by_time(lab_up: lab.LabUpResult, shop: st
     assert {line["host"] for line in lines} == set(clones + workers)
     for line in lines:
         assert set(line) == {"host", "time", "unit", "priority", "message"}
-        role = "web" if line["host"] in clones else "worker"
-        assert line["unit"] == f"shop-{role}.service", line
+        # A clone's web unit; a worker's unit per release (the instance names the release).
+        wanted = r"shop-web\.service" if line["host"] in clones else r"shop-worker@[^@/]+\.service"
+        assert re.fullmatch(wanted, line["unit"]), line
     times = [line["time"] for line in lines]
     assert times == sorted(times), "the lines are not merged by time"
     # -n: the newest lines of all hosts together.
