@@ -610,7 +610,13 @@ def instance_unit(template: str, release_id: str) -> str:
     return f"{template.removesuffix(TEMPLATE_SUFFIX)}@{release_instance(release_id)}.service"
 
 
-def instances(template: str, unit_dir: str = "/etc/systemd/system") -> list[str]:
+#: Where the app and worker roles install their units, and the command every one of them runs.
+UNIT_DIR = "/etc/systemd/system"
+UNIT_SUFFIXES = ("-web.service", "-worker.service", "-worker@.service")
+HELPER_EXEC = "/usr/local/libexec/deploykit-release exec "
+
+
+def instances(template: str, unit_dir: str = UNIT_DIR) -> list[str]:
     """The instances of ``template`` systemd knows (running, stopping, failed) or would start at
     boot (enabled), sorted."""
     prefix = template.removesuffix(TEMPLATE_SUFFIX) + "@"
@@ -634,15 +640,16 @@ def enabled(unit: str) -> bool:
     return systemctl_show(unit, "UnitFileState").get("UnitFileState") == "enabled"
 
 
-def unit_state(unit: str) -> dict:
+def unit_state(unit: str, unit_dir: str = UNIT_DIR) -> dict:
     """{"active", "pid", "release"} of ``unit``; of a template, its instance that serves (the
-    enabled one, else the one running), with ``instance`` its name and ``others`` the other
-    instances' states (an old release's worker still finishing its jobs)."""
+    enabled one, else the one running), with ``instance`` its name, ``enabled`` whether it is
+    (when it is not, no instance is) and ``others`` the other instances' states (an old
+    release's worker still finishing its jobs)."""
     if not is_template(unit):
         answer = running(unit)
         return {"active": answer["active"], "pid": answer["pid"], "release": answer["release"]}
     states = {}
-    for name in instances(unit):
+    for name in instances(unit, unit_dir):
         shown = systemctl_show(name, "ActiveState", "UnitFileState")
         states[name] = (
             shown.get("ActiveState") or "unknown",
@@ -653,21 +660,19 @@ def unit_state(unit: str) -> dict:
         key=lambda n: (not states[n][1], states[n][0] not in ("active", "activating", "reloading")),
     )
     if not ranked:
-        return {"active": "inactive", "pid": 0, "release": None, "instance": None, "others": {}}
+        return {
+            "active": "inactive", "pid": 0, "release": None, "instance": None, "enabled": False,
+            "others": {},
+        }  # fmt: skip
     answer = running(ranked[0])
     return {
         "active": answer["active"],
         "pid": answer["pid"],
         "release": answer["release"],
         "instance": ranked[0],
+        "enabled": states[ranked[0]][1],
         "others": {n: states[n][0] for n in ranked[1:]},
     }
-
-
-#: Where the app and worker roles install their units, and the command every one of them runs.
-UNIT_DIR = "/etc/systemd/system"
-UNIT_SUFFIXES = ("-web.service", "-worker.service", "-worker@.service")
-HELPER_EXEC = "/usr/local/libexec/deploykit-release exec "
 
 
 def deploykit_apps(unit_dir: str = UNIT_DIR) -> dict:
@@ -691,12 +696,11 @@ def deploykit_apps(unit_dir: str = UNIT_DIR) -> dict:
         except OSError:
             continue
         if is_template(name):
-            state = unit_state(name)
+            # Its serving instance: the enabled one when there is one (unit_state's ranking).
+            state = unit_state(name, unit_dir)
             shown = {
                 "ActiveState": state["active"],
-                "UnitFileState": "enabled"
-                if any(enabled(n) for n in instances(name, unit_dir))
-                else "disabled",
+                "UnitFileState": "enabled" if state["enabled"] else "disabled",
             }
         else:
             shown = systemctl_show(name, "ActiveState", "UnitFileState")
