@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -573,3 +574,51 @@ def test_the_history_records_every_attempt(artifacts: dict[str, dict[str, Any]])
     assert "503" in bad["nodes"]["app3/app"]["message"]
     assert bad["nodes"]["app3/app"]["journal"]
     assert all(r["who"] and r["recorded"] and "seconds" in r for r in mine)
+
+
+# Run on the worker by the test, as a client of the queue: a report job of SECONDS seconds,
+# longer than a rollback's way to its worker step, so the worker that takes it is still finishing
+# it when the next rollback switches back to that worker's release.
+LONG_JOB = """
+set -a; . /srv/{app}/shared/env; set +a
+cd /srv/{app}/current && runuser -u deploykit -- venv/bin/python -c '
+import sys; sys.path.insert(0, "source/src")
+from shop.jobs import celery_app, enqueue_report
+enqueue_report(celery_app, sys.argv[1], float(sys.argv[2]))' {job_id} {seconds}
+"""
+
+
+def test_a_switch_back_to_a_worker_still_finishing_a_job_waits_for_it_then_starts_it(
+    artifacts: dict[str, dict[str, Any]], shop: str, lab_up: lab.LabUpResult
+) -> None:
+    """A rollback leaves the old release's worker finishing the job it holds; a rollback straight
+    back finds that worker still stopping (it answers no ping and would exit once done): the
+    switch waits for its stop, starts the release's worker again and succeeds, and the job ran
+    once, to its end."""
+    a, b = artifacts["a"], artifacts["b"]
+    shell = LabShell(lab_up)
+    a_worker, b_worker = (instance_unit(f"{APP}-worker@.service", r["release_id"]) for r in (a, b))
+    # The state the rollback test left: A live.
+    live = status()["live"]
+    assert live == a["release_id"], live
+    job_id = str(uuid.uuid4())
+    shell.run("worker1", LONG_JOB.format(app=APP, job_id=job_id, seconds=40))
+    user = User(shop, f"switch-back-{time.strftime('%H%M%S')}").login()
+    wait_until(
+        "the live worker runs the long job",
+        lambda: (user.get(f"/reports/{job_id}").json() or {}).get("status") == "running",
+        timeout=30,
+    )
+    away = deploykit("rollback", "--to", b["release_id"], "--json")
+    assert away.rc == 0, (away.summary, away.stderr[-3000:])
+    # What the test is about: A's worker is still finishing the job as the rollback back starts.
+    state = shell.run("worker1", f"systemctl show -P ActiveState {a_worker}").strip()
+    assert state == "deactivating", state
+    back = deploykit("rollback", "--to", a["release_id"], "--json")
+    assert back.rc == 0, (back.summary, back.stderr[-3000:])
+    assert back.summary["outcome"] == "succeeded", back.summary
+    assert shell.succeeds("worker1", f"systemctl is-active --quiet {a_worker}")
+    enabled = shell.run("worker1", f"systemctl is-enabled {a_worker} {b_worker} || true").split()
+    assert enabled == ["enabled", "disabled"], enabled
+    done = user.get(f"/reports/{job_id}").json()
+    assert (done["status"], done["attempts"], done["release"]) == ("done", 1, a["release_id"]), done

@@ -19,6 +19,9 @@ description:
     and only once it is healthy are they disabled and stopped, in the background (their own
     TimeoutStopSec bounds a graceful stop that lets running jobs finish), or with
     O(others_stop_timeout), waited for. A long job on the old release then holds nothing up.
+    The release's own instance found still stopping so (a switch back to a release whose worker
+    has not finished the jobs it held) is waited for, within O(others_stop_timeout) when given
+    (a return), else O(stop_timeout), then killed, and started again.
   - Restarts the unit when its process does not run the release, or when one of O(files) (its
     settings, its unit) changed since it started; starts it when it is not running; enables it.
     A stop is bounded by O(stop_timeout) seconds of wall clock, then the unit is killed: a release
@@ -291,7 +294,12 @@ def main() -> None:
         p["health_url"] = p["health_address"].rstrip("/") + str(contract.get("health_path") or "/")
     seconds: dict[str, float] = {}
     state = running(unit, p["files"])
-    must_restart = state["release"] != release_id or bool(state["changed_since"])
+    # The release's own instance still stopping: an earlier switch away from this release left
+    # it finishing its jobs in the background. It takes no new work (it answers no ping) and
+    # exits when they are done, so it cannot be this release's worker: it is waited for (a
+    # return's short bound, else the graceful one, then SIGKILL) and started again.
+    stopping_self = state["active"] == "deactivating"
+    must_restart = state["release"] != release_id or bool(state["changed_since"]) or stopping_self
     releases = os.path.join(p["app_root"], "releases")
     previous = live_release(os.path.join(p["app_root"], "current"), releases) or ""
     result = {
@@ -360,7 +368,10 @@ def main() -> None:
     if must_restart and state["pid"]:
         # A bounded stop: SIGTERM (the unit's graceful stop), then SIGKILL at the deadline.
         started = time.monotonic()
-        result["killed"] = bounded_stop(module, unit, p["stop_timeout"])
+        bound = p["stop_timeout"]
+        if stopping_self and p["others_stop_timeout"] is not None:
+            bound = p["others_stop_timeout"]
+        result["killed"] = bounded_stop(module, unit, bound)
         seconds["stop"] = round(time.monotonic() - started, 3)
     if must_restart or not state["pid"]:
         # --no-block: a start that hangs (a unit that never notifies) is the health gate's to
