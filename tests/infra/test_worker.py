@@ -181,6 +181,16 @@ def test_restart_decision_reads_the_running_process(node, unit, worker_running):
     node.run("systemctl restart %s", unit)
 
 
+def test_the_single_worker_unit_of_earlier_versions_is_stopped_and_gone(node):
+    """prepare.yml left jobs-worker.service as an upgraded node has it (enabled, running): the
+    first activation of the release's own instance stopped and disabled it and removed its file."""
+    assert not node.file("/etc/systemd/system/jobs-worker.service").exists
+    # Nothing left loaded: no process, no state, nothing that starts it at boot.
+    shown = unit_properties(node, "jobs-worker.service", ["LoadState", "ActiveState", "MainPID"])
+    assert shown == {"LoadState": "not-found", "ActiveState": "inactive", "MainPID": "0"}
+    assert not node.file("/etc/systemd/system/multi-user.target.wants/jobs-worker.service").exists
+
+
 def test_application_without_a_worker_gets_nothing(node):
     assert not node.file("/srv/minimal").exists
     assert not node.file("/etc/systemd/system/minimal-worker@.service").exists

@@ -6,6 +6,7 @@ a scripted systemd (the controller has none; the lab's deploys and tests/e2e pro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -108,4 +109,38 @@ def test_nothing_to_stop_is_nothing_done(systemd: ScriptedSystemd) -> None:
         "disabled": [],
         "killed": False,
     }
+    assert systemd.calls == []
+
+
+@pytest.mark.parametrize(
+    ("text", "unit_enabled", "removed"),
+    [
+        # deploykit's single worker of earlier versions, disabled by the step: its file goes.
+        ("ExecStart=/usr/local/libexec/deploykit-release exec /srv/shop celery\n", False, True),
+        # Still enabled (the step did not disable it): kept.
+        ("ExecStart=/usr/local/libexec/deploykit-release exec /srv/shop celery\n", True, False),
+        # A unit of that name somebody else wrote: never removed.
+        ("ExecStart=/usr/bin/celery -A other worker\n", False, False),
+    ],
+)
+def test_the_single_worker_unit_of_earlier_versions_is_removed_once_disabled(
+    systemd: ScriptedSystemd,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    text: str,
+    unit_enabled: bool,
+    removed: bool,
+) -> None:
+    unit_file = tmp_path / "shop-worker.service"
+    unit_file.write_text(f"[Service]\n{text}")
+    monkeypatch.setattr(activate, "enabled", lambda unit: unit_enabled)
+    path = activate.remove_plain_unit(systemd, "shop-worker@.service", unit_dir=str(tmp_path))
+    assert path == (str(unit_file) if removed else "")
+    assert unit_file.exists() is not removed
+    # systemd forgets the file it loaded only after a reload.
+    assert (["daemon-reload"] in systemd.calls) is removed
+
+
+def test_no_single_worker_unit_is_nothing_done(systemd: ScriptedSystemd, tmp_path: Path) -> None:
+    assert activate.remove_plain_unit(systemd, "shop-worker@.service", unit_dir=str(tmp_path)) == ""
     assert systemd.calls == []

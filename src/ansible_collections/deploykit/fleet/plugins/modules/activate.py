@@ -21,7 +21,10 @@ description:
     O(others_stop_timeout), waited for. A long job on the old release then holds nothing up.
     The release's own instance found still stopping so (a switch back to a release whose worker
     has not finished the jobs it held) is waited for, within O(others_stop_timeout) when given
-    (a return), else O(stop_timeout), then killed, and started again.
+    (a return), else O(stop_timeout), then killed, and started again. The unit of the template's
+    name without an instance (C(name.service), deploykit's single worker before a unit per
+    release) is stopped with the other instances, and once disabled its unit file is removed
+    (only one deploykit wrote).
   - Restarts the unit when its process does not run the release, or when one of O(files) (its
     settings, its unit) changed since it started; starts it when it is not running; enables it.
     A stop is bounded by O(stop_timeout) seconds of wall clock, then the unit is killed: a release
@@ -57,6 +60,7 @@ killed: {description: Whether the old process had to be killed at the stop deadl
 retired: {description: "The units of O(replaces) that were running or enabled, now stopped and disabled (with a template O(unit) and O(others_stop_timeout), the other instances too).", returned: always, type: list}
 instance: {description: "With a template O(unit): the instance that runs the release.", returned: always, type: str}
 stopping: {description: "With a template O(unit): the other instances disabled and stopping in the background.", returned: always, type: list}
+removed: {description: "With a template O(unit): the unit file of its plain unit (C(name.service), from before a unit per release) removed, or empty.", returned: always, type: str}
 seconds: {description: Seconds per part (switch, stop, start, health)., returned: always, type: dict}
 journal: {description: The unit's last journal lines (on failure)., returned: failure, type: list}
 """
@@ -69,6 +73,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.deploykit.fleet.plugins.module_utils.release import (
+    UNIT_DIR,
     ReleaseProblem,
     enabled,
     health,
@@ -214,12 +219,37 @@ def retire(module: AnsibleModule, unit: str, timeout: float) -> None:
     )
 
 
+def plain_unit(template: str) -> str:
+    """The unit of the same name without an instance: ``name.service``, what deploykit installed
+    before it ran a unit per release."""
+    return template.replace("@.service", ".service")
+
+
 def others_of(template: str, instance: str) -> list[str]:
-    """The other instances of ``template``, and the unit of the same name without an instance
-    (``name.service``, what deploykit installed before it ran a unit per release)."""
-    plain = template.replace("@.service", ".service")
+    """The other instances of ``template``, and its plain unit (see plain_unit) when loaded."""
+    plain = plain_unit(template)
     legacy = [plain] if systemctl_show(plain, "LoadState").get("LoadState") == "loaded" else []
     return [name for name in instances(template) if name != instance] + legacy
+
+
+def remove_plain_unit(module: AnsibleModule, template: str, unit_dir: str = UNIT_DIR) -> str:
+    """The plain unit's file (see plain_unit), once it is disabled: removed, so that nothing
+    starts the single worker of earlier versions again (by hand, or at boot through a unit that
+    wants it). Only a file deploykit wrote (its units run deploykit-release exec); a unit still
+    stopping is not disturbed by the removal: systemd keeps it loaded until its process exits.
+    The path removed, or ""."""
+    plain = plain_unit(template)
+    path = os.path.join(unit_dir, plain)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            written_by_deploykit = "deploykit-release exec" in handle.read()
+    except OSError:
+        return ""
+    if not written_by_deploykit or enabled(plain):
+        return ""
+    os.remove(path)
+    systemctl(module, "daemon-reload")
+    return path
 
 
 def stop_others(module: AnsibleModule, others: list[str], timeout: float | None) -> dict:
@@ -313,6 +343,7 @@ def main() -> None:
         "retired": [],
         "instance": unit if template else "",
         "stopping": [],
+        "removed": "",
     }
     others = others_of(template, unit) if template else []
     replaced = [
@@ -460,7 +491,8 @@ def main() -> None:
         result["retired"] += done["retired"]
         result["stopping"] = done["stopping"]
         result["killed"] = result["killed"] or done["killed"]
-        touched = touched or bool(done["disabled"])
+        result["removed"] = remove_plain_unit(module, template)
+        touched = touched or bool(done["disabled"]) or bool(result["removed"])
         if others:
             seconds["others"] = round(time.monotonic() - started, 3)
     module.exit_json(
