@@ -232,12 +232,9 @@ def others_of(template: str, instance: str) -> list[str]:
     return [name for name in instances(template) if name != instance] + legacy
 
 
-def remove_plain_unit(module: AnsibleModule, template: str, unit_dir: str = UNIT_DIR) -> str:
-    """The plain unit's file (see plain_unit), once it is disabled: removed, so that nothing
-    starts the single worker of earlier versions again (by hand, or at boot through a unit that
-    wants it). Only a file deploykit wrote (its units run deploykit-release exec); a unit still
-    stopping is not disturbed by the removal: systemd keeps it loaded until its process exits.
-    The path removed, or ""."""
+def removable_plain_unit(template: str, unit_dir: str = UNIT_DIR) -> str:
+    """The plain unit's file (see plain_unit) when it goes: deploykit wrote it (its units run
+    deploykit-release exec) and it is disabled. The path, or ""."""
     plain = plain_unit(template)
     path = os.path.join(unit_dir, plain)
     try:
@@ -245,10 +242,18 @@ def remove_plain_unit(module: AnsibleModule, template: str, unit_dir: str = UNIT
             written_by_deploykit = "deploykit-release exec" in handle.read()
     except OSError:
         return ""
-    if not written_by_deploykit or enabled(plain):
-        return ""
-    os.remove(path)
-    systemctl(module, "daemon-reload")
+    return path if written_by_deploykit and not enabled(plain) else ""
+
+
+def remove_plain_unit(module: AnsibleModule, template: str, unit_dir: str = UNIT_DIR) -> str:
+    """The plain unit's file, once it is disabled (see removable_plain_unit), removed, so that
+    nothing starts the single worker of earlier versions again (by hand, or at boot through a
+    unit that wants it). A unit still stopping is not disturbed by the removal: systemd keeps it
+    loaded until its process exits. The path removed, or ""."""
+    path = removable_plain_unit(template, unit_dir)
+    if path:
+        os.remove(path)
+        systemctl(module, "daemon-reload")
     return path
 
 
@@ -360,6 +365,7 @@ def main() -> None:
             result["switched"] or must_restart or not state["pid"] or result["retired"]
             or any(enabled(o) or systemctl_show(o, "ActiveState").get("ActiveState") not in STOPPED
                    for o in others)
+            or (template is not None and removable_plain_unit(template))
         )  # fmt: skip
         module.exit_json(changed=bool(changed), **result)
     # The application this one replaces holds the port (and its worker the queue's consumers):
